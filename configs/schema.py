@@ -26,8 +26,8 @@ class _Section(BaseModel):
 
 
 class TaskConfig(_Section):
-    families: list[Literal["add", "sort", "reverse", "upper", "max", "count"]] = Field(
-        default=["add", "sort", "reverse", "upper", "max"],
+    families: list[Literal["add", "sort", "copy", "reverse", "upper", "max", "count"]] = Field(
+        default=["add", "sort", "copy", "upper", "max", "count"],
         description="Prompt families of the embedded task; prompts of one family are semantically related.",
     )
     n_train: int = Field(default=6000, ge=10, description="Number of training prompts generated.")
@@ -70,6 +70,79 @@ class SFTConfig(_Section):
     eval_max_new_tokens: int = Field(default=24, ge=1, description="Greedy tokens generated per held-out prompt.")
 
 
+class DataConfig(_Section):
+    source: str | None = Field(
+        default=None,
+        description="Preference source (.jsonl, .jsonl.gz, .parquet or a datasets save_to_disk dir); null uses the embedded task.",
+    )
+    format: Literal["auto", "paired", "scored", "ground_truth", "conversational"] = Field(
+        default="auto", description="Row format of the source; auto detects it from the first valid row."
+    )
+    split: str | None = Field(default=None, description="Keep only rows whose `split` field equals this (e.g. train).")
+    hf_split: str = Field(default="train", description="Split taken from a DatasetDict directory.")
+    on_bad_row: Literal["error", "skip"] = Field(
+        default="error",
+        description="A malformed row stops the job with an error naming file, row and field (error), or is skipped and counted by reason in the report (skip).",
+    )
+    max_chars: int | None = Field(
+        default=20000, ge=1, description="Rows whose prompt plus longest response exceed this many characters are bad rows (null: no limit)."
+    )
+
+
+class NegativesConfig(_Section):
+    autoregressive: int = Field(default=2, ge=0, description="Autoregressive negatives sampled per prompt from the reference policy (vLLM).")
+    meanfield: int = Field(default=1, ge=0, description="Meanfield negatives per prompt: ground truth with a fraction of tokens resampled in one forward pass.")
+    truncation: int = Field(default=1, ge=0, description="Truncation negatives per prompt: ground truth cut at a random token, then EOS.")
+    batch: int = Field(default=0, ge=0, description="Batch negatives per prompt: ground truths of other prompts in its contrast group.")
+    meanfield_fraction: float = Field(default=0.15, gt=0, le=1, description="Fraction c of response tokens a meanfield negative resamples.")
+    temperature: float = Field(default=1.0, gt=0, description="Sampling temperature of autoregressive negatives.")
+    top_k: int = Field(default=50, ge=-1, description="Top-k of autoregressive sampling (-1: off).")
+    top_p: float = Field(default=1.0, gt=0, le=1, description="Top-p of autoregressive sampling.")
+    max_tokens: int = Field(default=32, ge=1, description="Maximum new tokens per autoregressive negative.")
+    engine: Literal["vllm", "hf"] = Field(
+        default="vllm", description="Autoregressive sampler: vllm (default), or hf (transformers.generate, an explicit fallback)."
+    )
+
+
+class GroupingConfig(_Section):
+    method: Literal["neighbors", "random"] = Field(
+        default="neighbors",
+        description="How prompts are put into RPO contrast groups: greedy nearest neighbours on prompt embeddings, or random (the paper's baseline).",
+    )
+    group_size: int = Field(default=4, ge=1, description="Prompts per contrast group.")
+
+
+class PrepareConfig(_Section):
+    policy_dir: str | None = Field(
+        default=None, description="Reference policy directory (save_pretrained); null uses the SFT job's model."
+    )
+    negatives: NegativesConfig = Field(default_factory=NegativesConfig, description="Synthetic negatives added per prompt.")
+    reward: str = Field(
+        default="auto",
+        description="Scores of responses: 'source' (the source's scores), 'task' (the embedded task's reward), 'module:function' (a programmatic scorer f(prompt, response) -> float), 'model:<dir>' (a sequence-classification reward model), or 'auto' (source scores when present, else the task reward).",
+    )
+    embedder_dir: str | None = Field(
+        default=None, description="sentence-transformers model directory; null uses the packaged all-MiniLM-L6-v2."
+    )
+    grouping: GroupingConfig = Field(default_factory=GroupingConfig, description="RPO contrast groups.")
+    swepo_alpha: float = Field(default=1.0, description="SWEPO alpha used for the stored log-weights.")
+    swepo_p: float = Field(default=1.0, ge=0, description="SWEPO power p used for the stored log-weights.")
+    swepo_weighting: Literal["abs", "signed"] = Field(default="abs", description="SWEPO weighting used for the stored log-weights.")
+    ref_logps: bool = Field(default=True, description="Compute frozen reference log-probs and store them in the shards.")
+    on_overlength: Literal["error", "skip"] = Field(
+        default="skip", description="A row whose prompt plus a response exceeds model.max_length tokens: error, or skip and count."
+    )
+    max_rows: int | None = Field(default=None, ge=1, description="Use only the first N source rows (null: all).")
+    shard_groups: int = Field(default=64, ge=1, description="Contrast groups per output shard (shards never split a group).")
+    batch_size: int = Field(default=32, ge=1, description="Rows per Ray Data batch in the model stages.")
+    generator_actors: int = Field(default=1, ge=1, description="vLLM generator actors.")
+    generator_cpus: float = Field(default=1, gt=0, description="CPUs per vLLM generator actor.")
+    generator_gpus: float = Field(default=0, ge=0, description="GPUs per vLLM generator actor (0 on CPU machines).")
+    model_actors: int = Field(default=1, ge=1, description="Actors of each stage that owns a small model (embedder, reference scorer, reward model).")
+    model_actor_cpus: float = Field(default=0.5, gt=0, description="CPUs per small-model actor.")
+    model_actor_gpus: float = Field(default=0, ge=0, description="GPUs per small-model actor.")
+
+
 class RayConfig(_Section):
     address: str | None = Field(
         default=None,
@@ -89,6 +162,8 @@ class Config(_Section):
     task: TaskConfig = Field(default_factory=TaskConfig, description="The embedded default task.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="The from-scratch reference model.")
     sft: SFTConfig = Field(default_factory=SFTConfig, description="The SFT job that trains the reference model.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Where preference data comes from and how bad rows are handled.")
+    prepare: PrepareConfig = Field(default_factory=PrepareConfig, description="The prepare job (Ray Data stages to shards).")
     ray: RayConfig = Field(default_factory=RayConfig, description="Ray cluster settings.")
 
     def section_hash(self, *sections: str) -> str:
@@ -98,6 +173,21 @@ class Config(_Section):
 
     def job_dir(self, job: str) -> Path:
         return Path(self.output_dir) / job
+
+
+def field_reference(model: type[BaseModel] = None, prefix: str = "") -> list[tuple[str, str, str]]:
+    """``(dotted key, default, description)`` for every field: the one place fields are documented."""
+    model = model or Config
+    rows = []
+    for name, info in model.model_fields.items():
+        key = f"{prefix}{name}"
+        sub = info.annotation if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel) else None
+        if sub is not None:
+            rows += field_reference(sub, f"{key}.")
+        else:
+            default = info.get_default(call_default_factory=True)
+            rows.append((key, json.dumps(default), info.description or ""))
+    return rows
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

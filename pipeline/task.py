@@ -32,18 +32,23 @@ def _numbers(text: str) -> list[int]:
 FAMILIES: dict[str, tuple[list[str], Callable[[random.Random], dict], Callable[[str], str]]] = {
     "add": (
         ["Add {a} and {b}.", "What is {a} plus {b}?", "Compute the sum {a} + {b}."],
-        lambda rng: {"a": rng.randint(0, 99), "b": rng.randint(0, 99)},
+        lambda rng: {"a": rng.randint(0, 30), "b": rng.randint(0, 30)},
         lambda ops: str(sum(_numbers(ops))),
     ),
     "sort": (
         ["Sort the digits: {xs}", "Put these digits in ascending order: {xs}", "Order from small to large: {xs}"],
-        lambda rng: {"xs": " ".join(str(rng.randint(0, 9)) for _ in range(rng.randint(3, 6)))},
+        lambda rng: {"xs": " ".join(str(rng.randint(0, 9)) for _ in range(rng.randint(3, 5)))},
         lambda ops: " ".join(str(x) for x in sorted(_numbers(ops))),
     ),
     "reverse": (
         ["Reverse the word: {w}", "Write {w} backwards.", "Spell the word {w} in reverse."],
         lambda rng: {"w": _word(rng, 3, 7)},
         lambda ops: ops[::-1],
+    ),
+    "copy": (
+        ["Repeat the word: {w}", "Say {w} again.", "Copy the word {w} exactly."],
+        lambda rng: {"w": _word(rng, 3, 7)},
+        lambda ops: ops,
     ),
     "upper": (
         ["Uppercase the word: {w}", "Write {w} in capital letters.", "Convert {w} to upper case."],
@@ -52,7 +57,7 @@ FAMILIES: dict[str, tuple[list[str], Callable[[random.Random], dict], Callable[[
     ),
     "max": (
         ["Largest number in: {xs}", "Which is the biggest of {xs}?", "Find the maximum of {xs}"],
-        lambda rng: {"xs": " ".join(str(rng.randint(0, 99)) for _ in range(rng.randint(3, 5)))},
+        lambda rng: {"xs": " ".join(str(rng.randint(0, 9)) for _ in range(rng.randint(3, 5)))},
         lambda ops: str(max(_numbers(ops))),
     ),
     "count": (

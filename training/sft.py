@@ -10,8 +10,6 @@ from pathlib import Path
 import deepspeed
 import ray
 import ray.train
-import torch
-import torch.nn.functional as F
 from ray.train import Checkpoint, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from transformers import AutoTokenizer, LlamaForCausalLM
@@ -20,6 +18,7 @@ from configs.schema import Config
 from pipeline import task
 from pipeline.tokenize import encode_prompt, encode_response, pad_sequences
 from training.engine import deepspeed_config, set_worker_threads
+from training.logprobs import response_token_counts, sequence_logps
 from training.evaluation import greedy_generate_hf, task_scores
 from training.model import build_model, build_tokenizer, is_saved_model
 
@@ -53,9 +52,8 @@ def sft_worker_loop(loop_config: dict) -> None:
     step, tokens, started, losses = 0, 0, time.perf_counter(), []
     for batch in shard.iter_batches(batch_size=micro, batch_format="numpy", drop_last=True):
         t = pad_sequences(list(batch["prompt_ids"]), list(batch["response_ids"]), tokenizer.pad_token_id)
-        logits = engine(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).logits[:, :-1]
-        labels = t["input_ids"][:, 1:].masked_fill(~t["response_mask"][:, 1:], -100)
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100)
+        logps = sequence_logps(engine, t["input_ids"], t["attention_mask"], t["response_mask"])
+        loss = -logps.sum() / response_token_counts(t["response_mask"]).sum()
         engine.backward(loss)
         engine.step()
         step += 1

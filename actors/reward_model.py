@@ -1,0 +1,46 @@
+"""Scores from a reward model: a ``transformers`` sequence-classification directory (one logit per text)."""
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import torch
+
+from pipeline.stages import active
+
+
+class RewardModelScores:
+    def __init__(self, model_dir: str, threads: int = 1, batch_size: int = 32):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        torch.set_num_threads(max(1, threads))
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+        if self.model.config.num_labels != 1:
+            raise ValueError(f"reward model {model_dir} has {self.model.config.num_labels} labels; expected 1 (a scalar score)")
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        started = time.perf_counter()
+        texts, owner = [], []
+        for i, ok in enumerate(active(batch)):
+            if ok:
+                for r in batch["responses"].iloc[i]:
+                    texts.append(batch["prompt"].iloc[i] + r)
+                    owner.append(i)
+        values: list[float] = []
+        for c in range(0, len(texts), self.batch_size):
+            enc = self.tokenizer(texts[c : c + self.batch_size], return_tensors="pt", padding=True, truncation=True)
+            values += self.model(**enc).logits[:, 0].float().tolist()
+        scores = list(batch["scores"])
+        for i in set(owner):
+            scores[i] = []
+        for i, v in zip(owner, values):
+            scores[i].append(v)
+        out = batch.copy()
+        out["scores"] = scores
+        out["seconds_rewards"] = (time.perf_counter() - started) / max(len(out), 1)
+        return out

@@ -1,0 +1,158 @@
+"""Training shards: Parquet files of whole contrast groups plus a manifest that makes the prepare job resumable.
+
+The manifest records the schema version, the hash of everything that determines the records
+(config sections and the policy's files), and per shard its rows, groups, SHA-256 and stage
+statistics. It is rewritten atomically after each shard, so a job stopped at any point can be
+re-run: shards whose checksum still matches are kept and only the rest is computed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.records import SCHEMA_VERSION, check_schema_version, extend_schema, with_version
+
+# Columns the prepare job adds to the base record (see DESIGN.md "Records").
+SHARD_SCHEMA = extend_schema(
+    {
+        "prompt_ids": pa.list_(pa.int32()),
+        "response_ids": pa.list_(pa.list_(pa.int32())),
+        "prompt_embedding": pa.list_(pa.float32()),
+        "response_embeddings": pa.list_(pa.list_(pa.float32())),
+        "deviation": pa.list_(pa.float64()),
+        "log_weight": pa.list_(pa.float64()),
+        "rank": pa.list_(pa.int32()),
+        "group_id": pa.int64(),
+        "group_position": pa.int32(),
+        "group_size": pa.int32(),
+        "group_similarity": pa.list_(pa.float32()),
+        "ref_logps": pa.list_(pa.float64()),
+    }
+)
+# Empty lists mean "not computed" inside the graph; in shards they are nulls.
+_NULL_IF_EMPTY = ("scores", "deviation", "log_weight", "rank", "ref_logps", "response_embeddings", "prompt_embedding")
+MANIFEST = "manifest.json"
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}.parquet"
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def dir_fingerprint(path: Path) -> str:
+    """Names and sizes of a model directory's files: changes when the model is re-saved differently."""
+    items = sorted((p.relative_to(path).as_posix(), p.stat().st_size) for p in Path(path).rglob("*") if p.is_file())
+    return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
+
+
+def to_shard_table(rows: pd.DataFrame) -> pa.Table:
+    rows = rows.copy()
+    for column in _NULL_IF_EMPTY:
+        if column in rows:
+            rows[column] = [None if v is None or len(v) == 0 else v for v in rows[column]]
+    for name in SHARD_SCHEMA.names:
+        if name not in rows:
+            rows[name] = None
+    table = pa.Table.from_pandas(rows[SHARD_SCHEMA.names], schema=SHARD_SCHEMA, preserve_index=False)
+    return with_version(table)
+
+
+@dataclass
+class Manifest:
+    """What has been written so far; ``shards`` maps file name to its entry."""
+
+    directory: Path
+    config_hash: str
+    total_shards: int = 0
+    shards: dict[str, dict] = field(default_factory=dict)
+    source: dict = field(default_factory=dict)
+
+    @property
+    def path(self) -> Path:
+        return self.directory / MANIFEST
+
+    @classmethod
+    def open(cls, directory: Path, config_hash: str) -> tuple["Manifest", list[str]]:
+        """Load the manifest if it matches ``config_hash`` and return it with notes on what was discarded."""
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / MANIFEST
+        notes: list[str] = []
+        if not path.is_file():
+            return cls(directory, config_hash), notes
+        data = json.loads(path.read_text())
+        if data.get("schema_version") != SCHEMA_VERSION or data.get("config_hash") != config_hash:
+            notes.append("settings or policy changed since the last run: rebuilding every shard")
+            for name in data.get("shards", {}):
+                (directory / name).unlink(missing_ok=True)
+            return cls(directory, config_hash), notes
+        manifest = cls(directory, config_hash, data.get("total_shards", 0), {}, data.get("source", {}))
+        for name, entry in data.get("shards", {}).items():
+            file = directory / name
+            if file.is_file() and file_sha256(file) == entry["sha256"]:
+                manifest.shards[name] = entry
+            else:
+                notes.append(f"{name}: missing or checksum mismatch, recomputing it")
+        return manifest, notes
+
+    def add(self, index: int, rows: pd.DataFrame, stats: dict) -> Path:
+        table = to_shard_table(rows)
+        name = shard_name(index)
+        tmp = self.directory / f".{name}.tmp"
+        pq.write_table(table, tmp)
+        os.replace(tmp, self.directory / name)
+        self.shards[name] = {
+            "rows": table.num_rows,
+            "groups": int(rows["group_id"].nunique()),
+            "sha256": file_sha256(self.directory / name),
+            "stats": stats,
+        }
+        self.save()
+        return self.directory / name
+
+    def save(self) -> None:
+        data = {
+            "schema_version": SCHEMA_VERSION,
+            "config_hash": self.config_hash,
+            "total_shards": self.total_shards,
+            "complete": len(self.shards) == self.total_shards,
+            "rows": sum(e["rows"] for e in self.shards.values()),
+            "source": self.source,
+            "shards": dict(sorted(self.shards.items())),
+        }
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        os.replace(tmp, self.path)
+
+
+def read_shards(directory: str | Path) -> pa.Table:
+    """All shards of a complete prepare run, verified against the manifest."""
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run `python -m jobs.prepare` first")
+    data = json.loads(path.read_text())
+    if not data.get("complete"):
+        raise ValueError(f"{path}: prepare did not finish ({len(data['shards'])}/{data['total_shards']} shards); re-run it to resume")
+    tables = []
+    for name, entry in sorted(data["shards"].items()):
+        file = directory / name
+        if file_sha256(file) != entry["sha256"]:
+            raise ValueError(f"{file}: checksum does not match {path}; re-run prepare to rebuild it")
+        table = pq.read_table(file)
+        check_schema_version(table)
+        tables.append(table)
+    return pa.concat_tables(tables)

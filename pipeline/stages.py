@@ -1,0 +1,225 @@
+"""Prepare-job stages as plain functions over pandas batches and tensors.
+
+Each function here is what one Ray Data ``map_batches`` step runs (``pipeline.graph`` wires
+them); none of them needs a cluster, so they are unit-tested alone. Token ids are the source
+of truth for a response (``response_ids``): negatives are made as tokens, and the trainer
+and the reference scorer read those exact tokens, never a re-tokenization of the text.
+
+Rows that cannot be used are not dropped inside a stage: the stage sets ``skip_reason`` and
+later stages pass such rows through, so the writer can count every skip by its reason.
+Absent values are empty (``""``, ``[]``) rather than null so every batch has the same Arrow
+types; the shard writer turns them into nulls.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline.tokenize import encode_prompt, encode_response
+
+
+def row_seed(seed: int, row_id: str, salt: str) -> int:
+    """A per-row seed: results depend on the row and the run's seed, not on batch composition."""
+    digest = hashlib.sha256(f"{seed}:{salt}:{row_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def timed(stage: str, fn: Callable[[pd.DataFrame], pd.DataFrame]) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    """Wrap a stage so each row carries its share of the stage's compute seconds (summed by the writer)."""
+
+    def run(batch: pd.DataFrame) -> pd.DataFrame:
+        started = time.perf_counter()
+        out = fn(batch)
+        out[f"seconds_{stage}"] = (time.perf_counter() - started) / max(len(out), 1)
+        return out
+
+    return run
+
+
+def active(batch: pd.DataFrame) -> pd.Series:
+    """Rows not marked for skipping."""
+    return batch["skip_reason"] == ""
+
+
+def tokenize_records(batch: pd.DataFrame, tokenizer, max_length: int, on_overlength: str) -> pd.DataFrame:
+    """Add ``prompt_ids`` and ``response_ids``; mark rows longer than ``max_length`` tokens."""
+    batch = batch.copy()
+    prompt_ids, response_ids, reasons = [], [], []
+    for row in batch.itertuples():
+        p = encode_prompt(tokenizer, row.prompt)
+        rs = [encode_response(tokenizer, r) for r in row.responses]
+        longest = len(p) + max(len(r) for r in rs)
+        reason = ""
+        if longest > max_length:
+            if on_overlength == "error":
+                raise ValueError(
+                    f"{row.source} row {row.row}, field 'responses': prompt + response is {longest} tokens, "
+                    f"over model.max_length={max_length} (set prepare.on_overlength: skip to skip such rows)"
+                )
+            reason = "over_length"
+        prompt_ids.append(p)
+        response_ids.append(rs)
+        reasons.append(reason)
+    batch["prompt_ids"] = prompt_ids
+    batch["response_ids"] = response_ids
+    batch["skip_reason"] = reasons
+    return batch
+
+
+def append_negatives(
+    batch: pd.DataFrame, new_ids: list[list[list[int]]], origin: str, tokenizer
+) -> pd.DataFrame:
+    """Append token-id negatives (one list per row) with their decoded text and origin."""
+    batch = batch.copy()
+    responses, origins, ids, scores = [], [], [], []
+    for row, extra in zip(batch.itertuples(), new_ids):
+        responses.append(list(row.responses) + [tokenizer.decode(x, skip_special_tokens=True) for x in extra])
+        origins.append(list(row.origins) + [origin] * len(extra))
+        ids.append(list(row.response_ids) + [list(x) for x in extra])
+        # Source scores do not cover synthetic responses; the rewards stage fills them.
+        scores.append([] if len(extra) else list(row.scores))
+    batch["responses"], batch["origins"], batch["response_ids"], batch["scores"] = responses, origins, ids, scores
+    return batch
+
+
+def truncation_negatives(response_ids: list[int], n: int, eos_id: int, rng: random.Random) -> list[list[int]]:
+    """``n`` copies of a response cut at a random token (keeping at least one) and ended with EOS."""
+    body = response_ids[:-1] if response_ids and response_ids[-1] == eos_id else response_ids
+    if len(body) < 2:
+        return []
+    return [body[: rng.randint(1, len(body) - 1)] + [eos_id] for _ in range(n)]
+
+
+def meanfield_resample(
+    response_ids: torch.Tensor, logits: torch.Tensor, fraction: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resample ``round(fraction * T)`` response positions independently from the model's next-token distribution.
+
+    Args:
+        response_ids: ``[T]`` ground-truth response tokens (the final EOS is never resampled).
+        logits: ``[T, V]`` teacher-forced logits, ``logits[t]`` predicting ``response_ids[t]``.
+    Returns: ``(new_ids [T], positions [m])``; only ``positions`` can differ from ``response_ids``.
+    """
+    T = response_ids.shape[0] - 1  # keep EOS so the negative stays a finished sequence
+    m = int(round(fraction * T))
+    if T <= 0 or m == 0:
+        return response_ids.clone(), torch.empty(0, dtype=torch.long)
+    positions = torch.randperm(T, generator=generator)[:m].sort().values
+    probs = torch.softmax(logits[positions].float(), dim=-1)
+    new_ids = response_ids.clone()
+    new_ids[positions] = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return new_ids, positions
+
+
+def swepo_weights(scores: list[float], alpha: float, p: float, weighting: str) -> tuple[list[float], list[float]]:
+    """SWEPO deviations ``Δ_i = S_i - mean S`` and log-weights (``α|Δ|^p`` or ``αΔ``) of one group."""
+    s = np.asarray(scores, dtype=np.float64)
+    dev = s - s.mean()
+    log_w = alpha * np.abs(dev) ** p if weighting == "abs" else alpha * dev
+    return dev.tolist(), log_w.tolist()
+
+
+def cosine_rank(response_embeddings: np.ndarray, anchor: int = 0) -> list[int]:
+    """Order of responses by cosine similarity to the anchor's embedding, the anchor first (CPO's ranked variants)."""
+    e = response_embeddings / np.maximum(np.linalg.norm(response_embeddings, axis=1, keepdims=True), 1e-12)
+    sims = e @ e[anchor]
+    others = sorted((i for i in range(len(e)) if i != anchor), key=lambda i: (-sims[i], i))
+    return [anchor, *others]
+
+
+def contrast_groups(embeddings: np.ndarray, method: str, group_size: int, seed: int) -> list[list[int]]:
+    """Partition prompts into contrast groups of ``group_size`` (the last may be smaller).
+
+    ``neighbors``: repeatedly take the first unassigned prompt in a seeded random order and
+    group it with its most similar unassigned prompts, so groups hold related prompts.
+    ``random``: a seeded random partition (the RPO paper's baseline).
+    """
+    n = len(embeddings)
+    order = np.random.default_rng(seed).permutation(n)
+    if method == "random":
+        return [sorted(order[i : i + group_size].tolist()) for i in range(0, n, group_size)]
+    if method != "neighbors":
+        raise ValueError(f"unknown grouping method {method!r}")
+    e = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    free = np.ones(n, dtype=bool)
+    groups = []
+    for anchor in order:
+        if not free[anchor]:
+            continue
+        sims = e @ e[anchor]
+        sims[~free] = -np.inf
+        members = np.argsort(-sims, kind="stable")[: min(group_size, int(free.sum()))]
+        free[members] = False
+        groups.append(sorted(members.tolist()))
+    return groups
+
+
+def group_similarity(embeddings: np.ndarray, members: list[int]) -> np.ndarray:
+    """Cosine similarities ``[B, B]`` between the prompts of one group, in member order."""
+    e = embeddings[members]
+    e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    return e @ e.T
+
+
+def load_scorer(spec: str) -> Callable[[str, str], float]:
+    """A programmatic reward ``f(prompt, response) -> float``: ``task`` (the embedded task) or ``module:function``."""
+    import importlib
+
+    if spec == "task":
+        from pipeline.task import reward
+
+        return reward
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise ValueError(f"prepare.reward={spec!r}: expected 'source', 'task', 'auto', 'model:<dir>' or 'module:function'")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"prepare.reward={spec!r}: cannot import it ({exc})") from None
+    if not callable(fn):
+        raise ValueError(f"prepare.reward={spec!r} is not callable")
+    return fn
+
+
+def score_responses(batch: pd.DataFrame, scorer: Callable[[str, str], float]) -> pd.DataFrame:
+    """Fill ``scores`` of active rows with a programmatic reward of every response."""
+    batch = batch.copy()
+    scores = list(batch["scores"])
+    for i, ok in enumerate(active(batch)):
+        if ok:
+            prompt = batch["prompt"].iloc[i]
+            values = [float(scorer(prompt, r)) for r in batch["responses"].iloc[i]]
+            bad = [j for j, v in enumerate(values) if not np.isfinite(v)]
+            if bad:
+                raise ValueError(f"reward of row id={batch['id'].iloc[i]!r}, response {bad[0]} is not finite: {values[bad[0]]}")
+            scores[i] = values
+    batch["scores"] = scores
+    return batch
+
+
+def group_statistics(batch: pd.DataFrame, alpha: float, p: float, weighting: str) -> pd.DataFrame:
+    """SWEPO ``deviation``/``log_weight`` where scores exist (rows whose scores are all equal are marked);
+    CPO ``rank`` (order by cosine to the ground truth) where a ground truth and response embeddings exist."""
+    batch = batch.copy()
+    devs, log_ws, ranks, reasons = [], [], [], list(batch["skip_reason"])
+    has_embeddings = "response_embeddings" in batch
+    for i, row in enumerate(batch.itertuples()):
+        dev, log_w, rank = [], [], []
+        if reasons[i] == "":
+            if len(row.scores):
+                dev, log_w = swepo_weights(list(row.scores), alpha, p, weighting)
+                if max(dev) <= 0:
+                    reasons[i] = "equal_scores"
+            if has_embeddings and "ground_truth" in list(row.origins):
+                rank = cosine_rank(np.asarray(row.response_embeddings), list(row.origins).index("ground_truth"))
+        devs.append(dev)
+        log_ws.append(log_w)
+        ranks.append(rank)
+    batch["deviation"], batch["log_weight"], batch["rank"], batch["skip_reason"] = devs, log_ws, ranks, reasons
+    return batch

@@ -1,0 +1,58 @@
+"""The embedded task: deterministic, disjoint splits, verifiable answers, graded reward."""
+from __future__ import annotations
+
+import pytest
+
+from pipeline import task
+
+FAMILIES = list(task.FAMILIES)
+
+
+def test_generation_is_deterministic_and_splits_are_disjoint():
+    a_train, a_held = task.generate(3, 500, 100, FAMILIES)
+    b_train, b_held = task.generate(3, 500, 100, FAMILIES)
+    assert a_train == b_train and a_held == b_held
+    assert len(a_train) == 500 and len(a_held) == 100
+    assert not {r["prompt"] for r in a_train} & {r["prompt"] for r in a_held}
+    other, _ = task.generate(4, 500, 100, FAMILIES)
+    assert other != a_train
+
+
+def test_every_family_is_present_and_answers_verify():
+    train, _ = task.generate(0, 600, 60, FAMILIES)
+    assert {r["family"] for r in train} == set(FAMILIES)
+    for r in train:
+        assert task.family_of(r["prompt"]) == r["family"]
+        assert task.solve(r["prompt"]) == r["response"]
+        assert task.reward(r["prompt"], r["response"]) == 1.0
+        assert task.exact_match(r["prompt"], " " + r["response"] + "\n")
+
+
+@pytest.mark.parametrize(
+    "prompt, answer, expected",
+    [
+        ("Add 12 and 30.\nAnswer: ", "42", 1.0),
+        ("Add 12 and 30.\nAnswer: ", "43", 0.5),
+        ("Say bako again.\nAnswer: ", "bak", 0.75),
+        ("Sort the digits: 3 1 2\nAnswer: ", "1 2 3", 1.0),
+        ("Reverse the word: abcd\nAnswer: ", "dcb", 0.75),
+        ("Uppercase the word: sum\nAnswer: ", "SUM", 1.0),
+        ("Which is the biggest of 5 9 2?\nAnswer: ", "", 0.0),
+        ("How many letters are in bada?\nAnswer: ", "4", 1.0),
+    ],
+)
+def test_reward_gives_partial_credit_in_unit_interval(prompt, answer, expected):
+    assert task.reward(prompt, answer) == pytest.approx(expected)
+
+
+def test_sampled_answers_get_a_spread_of_rewards():
+    train, _ = task.generate(0, 200, 10, FAMILIES)
+    rewards = {task.reward(r["prompt"], r["response"][:-1] or "x") for r in train}
+    assert len(rewards) > 5 and all(0.0 <= x < 1.0 for x in rewards)
+
+
+def test_unknown_prompt_and_family_are_errors():
+    with pytest.raises(ValueError, match="not from the embedded task"):
+        task.solve("Tell me a joke.")
+    with pytest.raises(ValueError, match="unknown task families"):
+        task.generate(0, 10, 10, ["add", "poetry"])
