@@ -143,6 +143,50 @@ class PrepareConfig(_Section):
     model_actor_gpus: float = Field(default=0, ge=0, description="GPUs per small-model actor.")
 
 
+class TrainConfig(_Section):
+    loss: Literal["dpo", "swepo", "rpo", "cpo", "infonca", "nca"] = Field(default="cpo", description="Preference objective (formulas in DESIGN.md).")
+    beta: float = Field(default=0.1, gt=0, description="Implicit-reward scale beta of every loss.")
+    swepo_alpha: float = Field(default=1.0, description="SWEPO: weight scale alpha.")
+    swepo_p: float = Field(default=1.0, ge=0, description="SWEPO: power p of |deviation| (0 = unweighted group loss).")
+    swepo_weighting: Literal["abs", "signed"] = Field(default="abs", description="SWEPO: log w = alpha*|dev|^p (abs) or alpha*dev (signed).")
+    swepo_mode: Literal["k1_vs_k2", "1_vs_k"] = Field(default="k1_vs_k2", description="SWEPO: all above-mean responses positive, or only the best.")
+    rpo_weighting: Literal["embedding", "uniform", "diagonal"] = Field(default="embedding", description="RPO: weights of the cross-prompt contrasts.")
+    rpo_tau: float = Field(default=0.5, gt=0, description="RPO: softmax temperature over prompt similarities.")
+    rpo_lambda: float = Field(default=0.8, ge=0, le=1, description="RPO diagonal: weight of a prompt's own pair.")
+    rpo_paired: bool = Field(default=True, description="RPO: chosen i vs rejected j of paired prompts (false: unpaired, every chosen item against every rejected item of the group).")
+    cpo_ranked: bool = Field(default=False, description="CPO: Plackett-Luce over the stored similarity ranking instead of ground truth vs rest.")
+    cpo_alpha_mle: float = Field(default=0.0, ge=0, le=1, description="CPO: weight of the ground truth's mean token NLL added to the loss.")
+    temperature: float = Field(default=1.0, gt=0, description="InfoNCA/NCA: temperature T of the score softmax.")
+    steps: int = Field(default=60, ge=1, description="Optimizer steps.")
+    batch_groups: int = Field(default=8, ge=1, description="Global batch, in contrast groups per optimizer step (all workers).")
+    micro_groups: int = Field(default=2, ge=1, description="Contrast groups per worker forward pass; gradient accumulation makes up the global batch.")
+    lr: float = Field(default=5e-5, gt=0, description="Peak learning rate (AdamW, warm-up then cosine).")
+    warmup_steps: int = Field(default=5, ge=0, description="Linear warm-up steps.")
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
+    deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig, description="DeepSpeed settings of the train job.")
+    num_workers: int | tuple[int, int] = Field(default=2, description="Training workers, or [min, max] for elastic training.")
+    cpus_per_worker: float = Field(default=1, gt=0, description="CPUs per training worker.")
+    checkpoint_every: int = Field(default=20, ge=1, description="Save a checkpoint (save_pretrained + DeepSpeed state) every N steps.")
+    keep_checkpoints: int = Field(default=2, ge=1, description="Checkpoints kept (the oldest are deleted).")
+    max_failures: int = Field(default=3, ge=0, description="Worker failures survived by restoring the latest checkpoint.")
+    reference: Literal["shards", "live"] = Field(default="shards", description="Reference log-probs from the prepared shards, or from a live frozen model.")
+    heldout_fraction: float = Field(default=0.1, gt=0, lt=1, description="Fraction of contrast groups held out for implicit-reward accuracy.")
+    log_every: int = Field(default=5, ge=1, description="Print metrics every N steps (TensorBoard and CSV get every step).")
+
+    @model_validator(mode="after")
+    def _workers(self) -> "TrainConfig":
+        lo, hi = (self.num_workers, self.num_workers) if isinstance(self.num_workers, int) else self.num_workers
+        if not 1 <= lo <= hi:
+            raise ValueError(f"num_workers must be >= 1 or [min, max] with 1 <= min <= max, got {self.num_workers}")
+        for world in range(lo, hi + 1):
+            if self.batch_groups % (world * self.micro_groups):
+                raise ValueError(
+                    f"batch_groups={self.batch_groups} must be divisible by workers*micro_groups for every world size "
+                    f"(fails for {world} workers x {self.micro_groups})"
+                )
+        return self
+
+
 class RayConfig(_Section):
     address: str | None = Field(
         default=None,
@@ -164,6 +208,7 @@ class Config(_Section):
     sft: SFTConfig = Field(default_factory=SFTConfig, description="The SFT job that trains the reference model.")
     data: DataConfig = Field(default_factory=DataConfig, description="Where preference data comes from and how bad rows are handled.")
     prepare: PrepareConfig = Field(default_factory=PrepareConfig, description="The prepare job (Ray Data stages to shards).")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="The preference training job.")
     ray: RayConfig = Field(default_factory=RayConfig, description="Ray cluster settings.")
 
     def section_hash(self, *sections: str) -> str:

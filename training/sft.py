@@ -17,7 +17,7 @@ from transformers import AutoTokenizer, LlamaForCausalLM
 from configs.schema import Config
 from pipeline import task
 from pipeline.tokenize import encode_prompt, encode_response, pad_sequences
-from training.engine import deepspeed_config, set_worker_threads
+from training.engine import deepspeed_config, lr_at, set_lr, set_worker_threads
 from training.logprobs import response_token_counts, sequence_logps
 from training.evaluation import greedy_generate_hf, task_scores
 from training.model import build_model, build_tokenizer, is_saved_model
@@ -42,8 +42,6 @@ def sft_worker_loop(loop_config: dict) -> None:
         world_size=world,
         lr=cfg.sft.lr,
         weight_decay=cfg.sft.weight_decay,
-        total_steps=cfg.sft.steps,
-        warmup_steps=cfg.sft.warmup_steps,
     )
     model = build_model(cfg.model, tokenizer, cfg.seed)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
@@ -51,6 +49,7 @@ def sft_worker_loop(loop_config: dict) -> None:
     shard = ray.train.get_dataset_shard("train")
     step, tokens, started, losses = 0, 0, time.perf_counter(), []
     for batch in shard.iter_batches(batch_size=micro, batch_format="numpy", drop_last=True):
+        set_lr(engine, lr_at(step, cfg.sft.steps, cfg.sft.warmup_steps, cfg.sft.lr))
         t = pad_sequences(list(batch["prompt_ids"]), list(batch["response_ids"]), tokenizer.pad_token_id)
         logps = sequence_logps(engine, t["input_ids"], t["attention_mask"], t["response_mask"])
         loss = -logps.sum() / response_token_counts(t["response_mask"]).sum()
@@ -63,7 +62,7 @@ def sft_worker_loop(loop_config: dict) -> None:
             elapsed = time.perf_counter() - started
             print(
                 f"[sft] step {step}/{cfg.sft.steps} loss {sum(losses[-LOG_EVERY:]) / len(losses[-LOG_EVERY:]):.4f} "
-                f"lr {engine.get_lr()[0]:.2e} tokens/s {tokens / elapsed:.0f}",
+                f"lr {lr_at(step, cfg.sft.steps, cfg.sft.warmup_steps, cfg.sft.lr):.2e} tokens/s {tokens / elapsed:.0f}",
                 flush=True,
             )
         if step >= cfg.sft.steps:

@@ -1,0 +1,19 @@
+"""Train the policy on prepared shards: ``python -m jobs.train --config configs/demo.yaml``."""
+from __future__ import annotations
+
+from jobs.common import init_ray, parse_config, write_report
+from training.train import run_train
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = parse_config("train", argv)
+    init_ray(cfg)
+    report = run_train(cfg)
+    write_report(cfg, "train", report)
+    print(f"[train] {report['loss']}: {report['optimizer_steps']} steps, held-out implicit-reward accuracy "
+          f"{report['heldout_accuracy_start']:.3f} -> {report['heldout_accuracy_end']:.3f}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

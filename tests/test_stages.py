@@ -1,0 +1,193 @@
+"""Prepare-job stages alone (no cluster): negatives, groups, SWEPO statistics, ranks, shards."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from actors.reference import MeanfieldNegatives, ReferenceLogps
+from pipeline import stages
+from pipeline.shards import Manifest, read_shards
+from pipeline.tokenize import pad_sequences
+
+
+def test_meanfield_changes_only_chosen_positions_and_their_count():
+    gen = torch.Generator().manual_seed(0)
+    y = torch.arange(10, 31)  # 20 response tokens + EOS
+    logits = torch.zeros(21, 50)
+    logits[:, 3] = 20.0  # the model is sure of token 3 everywhere
+    new, positions = stages.meanfield_resample(y, logits, 0.15, gen)
+    assert len(positions) == round(0.15 * 20) == 3
+    changed = (new != y).nonzero().flatten()
+    assert set(changed.tolist()) <= set(positions.tolist())
+    assert (new[positions] == 3).all()
+    assert new[-1] == y[-1]  # EOS is kept
+
+
+def test_meanfield_samples_follow_the_model_distribution():
+    gen = torch.Generator().manual_seed(1)
+    y = torch.full((41,), 7)
+    probs = torch.tensor([0.6, 0.3, 0.1])
+    logits = torch.full((41, 3), -1e9)
+    logits[:, :3] = probs.log()
+    counts = torch.zeros(3)
+    for _ in range(500):
+        new, positions = stages.meanfield_resample(y, logits, 0.25, gen)
+        counts += torch.bincount(new[positions], minlength=3)[:3].float()
+    freq = counts / counts.sum()
+    assert torch.allclose(freq, probs, atol=0.03), freq
+
+
+def _fixed_distribution_model(path, tokenizer, target: dict[int, float]):
+    """A Llama whose next-token distribution is ``target`` whatever the context (residual stream = one constant vector)."""
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=False,
+                      pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        for p in model.model.layers.parameters():
+            p.zero_()
+        model.model.embed_tokens.weight.fill_(1.0)
+        model.model.norm.weight.fill_(1.0)
+        logits = torch.full((len(tokenizer),), -30.0)
+        for tok, prob in target.items():
+            logits[tok] = float(np.log(prob))
+        model.lm_head.weight.copy_(logits[:, None].expand(-1, 64) / 64)  # norm(ones) = ones, so logits = row sums
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
+def _batch(tokenizer, prompts, responses, origins=None):
+    rows = pd.DataFrame({
+        "id": [f"r{i}" for i in range(len(prompts))],
+        "prompt": prompts,
+        "responses": [[r] for r in responses],
+        "origins": origins or [["ground_truth"] for _ in prompts],
+        "scores": [[] for _ in prompts],
+        "source": "test",
+        "row": range(1, len(prompts) + 1),
+    })
+    return stages.tokenize_records(rows, tokenizer, max_length=256, on_overlength="skip")
+
+
+def test_meanfield_actor_resamples_from_the_reference_model(tiny_model_dir, tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    a, b = tokenizer.convert_tokens_to_ids(["Q", "Z"])
+    _fixed_distribution_model(tmp_path, tokenizer, {a: 0.75, b: 0.25})
+    actor = MeanfieldNegatives(str(tmp_path), n=40, fraction=0.5, seed=0)
+    batch = _batch(tokenizer, ["Say abcdefghij again.\nAnswer: "], ["abcdefghij"])
+    out = actor(batch)
+    truth = out["response_ids"].iloc[0][0]
+    negs = out["response_ids"].iloc[0][1:]
+    assert list(out["origins"].iloc[0]) == ["ground_truth"] + ["meanfield"] * 40
+    resampled = []
+    for neg in negs:
+        assert len(neg) == len(truth) and neg[-1] == tokenizer.eos_token_id
+        diff = [j for j in range(len(truth)) if neg[j] != truth[j]]
+        assert len(diff) == 5  # round(0.5 * 10); Q and Z never occur in the truth, so every draw differs
+        resampled += [neg[j] for j in diff]
+    share_a = resampled.count(a) / len(resampled)
+    assert set(resampled) == {a, b} and abs(share_a - 0.75) < 0.08
+    # same seed, same row -> same negatives, whatever else is in the batch
+    again = MeanfieldNegatives(str(tmp_path), n=40, fraction=0.5, seed=0)(batch)
+    assert [list(x) for x in again["response_ids"].iloc[0]] == [list(x) for x in out["response_ids"].iloc[0]]
+
+
+def test_reference_logps_equal_a_direct_transformers_computation(tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    batch = _batch(tokenizer, ["Add 1 and 2.\nAnswer: ", "Sort the digits: 3 1\nAnswer: "], ["3", "1 3"])
+    out = ReferenceLogps(str(tiny_model_dir))(batch)
+    model = LlamaForCausalLM.from_pretrained(tiny_model_dir).eval()
+    for i in range(2):
+        p, r = list(batch["prompt_ids"].iloc[i]), list(batch["response_ids"].iloc[i][0])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([p + r])).logits[0], -1)
+        direct = sum(logp[len(p) - 1 + t, r[t]].item() for t in range(len(r)))
+        assert out["ref_logps"].iloc[i][0] == pytest.approx(direct, abs=1e-4)
+
+
+def test_truncation_cuts_and_appends_eos():
+    rng = random.Random(0)
+    negs = stages.truncation_negatives([5, 6, 7, 8, 2], 20, eos_id=2, rng=rng)
+    assert len(negs) == 20
+    for n in negs:
+        assert n[-1] == 2 and 2 <= len(n) <= 4 and n[:-1] == [5, 6, 7, 8][: len(n) - 1]
+    assert stages.truncation_negatives([5, 2], 3, 2, rng) == []
+
+
+def test_over_length_rows_are_marked_or_fail(tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rows = pd.DataFrame({"id": ["a", "b"], "prompt": ["short", "x" * 100], "responses": [["ok"], ["ok"]],
+                         "origins": [["ground_truth"]] * 2, "scores": [[], []], "source": "f.jsonl", "row": [1, 2]})
+    out = stages.tokenize_records(rows, tokenizer, max_length=50, on_overlength="skip")
+    assert list(out["skip_reason"]) == ["", "over_length"]
+    with pytest.raises(ValueError, match="f.jsonl row 2, field 'responses'"):
+        stages.tokenize_records(rows, tokenizer, max_length=50, on_overlength="error")
+
+
+def test_neighbor_groups_hold_related_prompts_and_random_is_a_partition():
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(3, 16))
+    emb = np.concatenate([c + 0.05 * rng.normal(size=(8, 16)) for c in centers])
+    labels = np.repeat(np.arange(3), 8)
+    groups = stages.contrast_groups(emb, "neighbors", 4, seed=0)
+    assert sorted(i for g in groups for i in g) == list(range(24))
+    assert all(len(set(labels[g])) == 1 for g in groups)
+    rand = stages.contrast_groups(emb, "random", 4, seed=0)
+    assert sorted(i for g in rand for i in g) == list(range(24))
+    assert any(len(set(labels[g])) > 1 for g in rand)
+    sim = stages.group_similarity(emb, groups[0])
+    assert sim.shape == (4, 4) and np.allclose(np.diag(sim), 1.0, atol=1e-5)
+
+
+def test_swepo_weights_and_cosine_rank():
+    dev, log_w = stages.swepo_weights([8, 6, 6.5, 3], alpha=1.0, p=1.0, weighting="abs")
+    assert dev == pytest.approx([2.125, 0.125, 0.625, -2.875])
+    assert log_w == pytest.approx([2.125, 0.125, 0.625, 2.875])
+    _, signed = stages.swepo_weights([8, 6, 6.5, 3], 1.0, 1.0, "signed")
+    assert signed == pytest.approx(dev)
+    emb = np.array([[1, 0], [0, 1], [0.9, 0.1], [0.5, 0.5]], dtype=float)
+    assert stages.cosine_rank(emb, anchor=0) == [0, 2, 3, 1]
+
+
+def test_equal_scores_are_marked_for_skipping():
+    batch = pd.DataFrame({"scores": [[1.0, 1.0], [2.0, 1.0]], "origins": [["chosen", "rejected"]] * 2,
+                          "skip_reason": ["", ""]})
+    out = stages.group_statistics(batch, 1.0, 1.0, "abs")
+    assert list(out["skip_reason"]) == ["equal_scores", ""]
+    assert out["deviation"].iloc[1] == pytest.approx([0.5, -0.5])
+
+
+def test_programmatic_scorers_load_by_name():
+    assert stages.load_scorer("task")("Add 1 and 2.\nAnswer: ", "3") == 1.0
+    assert stages.load_scorer("pipeline.task:reward") is stages.load_scorer("task")
+    with pytest.raises(ValueError, match="cannot import"):
+        stages.load_scorer("no_such_module:f")
+
+
+def test_manifest_resumes_only_verified_shards(tmp_path):
+    rows = pd.DataFrame({
+        "id": ["a", "b"], "prompt": ["p", "q"], "responses": [["x", "y"], ["z", "w"]],
+        "origins": [["chosen", "rejected"]] * 2, "scores": [[1.0, 0.0], []], "source": "s", "row": [1, 2],
+        "group_id": [0, 1], "group_position": [0, 0], "group_size": [1, 1], "group_similarity": [[1.0], [1.0]],
+    })
+    m, notes = Manifest.open(tmp_path, "h1")
+    m.total_shards = 2
+    m.add(0, rows.iloc[:1], {"rows_in": 1})
+    m2, notes = Manifest.open(tmp_path, "h1")
+    assert list(m2.shards) == ["shard-00000.parquet"] and not notes
+    (tmp_path / "shard-00000.parquet").write_bytes(b"corrupt")
+    m3, notes = Manifest.open(tmp_path, "h1")
+    assert not m3.shards and "checksum mismatch" in notes[0]
+    m3.total_shards = 2
+    m3.add(0, rows.iloc[:1], {})
+    m3.add(1, rows.iloc[1:], {})
+    table = read_shards(tmp_path)
+    assert table.column("id").to_pylist() == ["a", "b"]
+    assert table.column("scores").to_pylist() == [[1.0, 0.0], None]
+    _, notes = Manifest.open(tmp_path, "other-settings")
+    assert "rebuilding" in notes[0] and not (tmp_path / "shard-00000.parquet").exists()

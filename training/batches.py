@@ -1,0 +1,121 @@
+"""From shard records to training tensors, one contrast group at a time.
+
+A *group* is what the prepare job grouped (RPO's contrast group: related prompts); each prompt
+carries K responses. The trainer's unit of data is the whole group, so no batch ever splits
+one. Within a prompt the anchor response (ground truth, else chosen, else the best scored)
+is moved to index 0, which is where CPO expects the ground truth.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline.tokenize import pad_sequences
+
+
+def _anchor(origins: list[str], scores) -> int:
+    for origin in ("ground_truth", "chosen"):
+        if origin in origins:
+            return origins.index(origin)
+    if scores is not None and len(scores):
+        return int(np.argmax(scores))
+    return 0
+
+
+def _prompt_record(row) -> dict:
+    origins = list(row["origins"])
+    scores = None if row["scores"] is None else [float(s) for s in row["scores"]]
+    a = _anchor(origins, scores)
+    perm = [a] + [i for i in range(len(origins)) if i != a]
+    where = {old: new for new, old in enumerate(perm)}
+    rank = row.get("rank")
+    return {
+        "prompt_ids": [int(t) for t in row["prompt_ids"]],
+        "response_ids": [[int(t) for t in row["response_ids"][i]] for i in perm],
+        "origins": [origins[i] for i in perm],
+        "scores": None if scores is None else [scores[i] for i in perm],
+        "ref_logps": None if row.get("ref_logps") is None else [float(row["ref_logps"][i]) for i in perm],
+        "rank": None if rank is None else [where[int(i)] for i in rank],
+        "similarity": [float(x) for x in row["group_similarity"]],
+    }
+
+
+def pack_groups(rows: pd.DataFrame) -> list[dict]:
+    """One dict per contrast group (members in group order), from per-prompt shard rows."""
+    groups = []
+    for gid, part in rows.sort_values(["group_id", "group_position"]).groupby("group_id", sort=True):
+        members = [_prompt_record(r) for _, r in part.iterrows()]
+        if len(members) != int(part["group_size"].iloc[0]):
+            raise ValueError(f"contrast group {gid} is split: {len(members)} of {int(part['group_size'].iloc[0])} prompts present")
+        groups.append({"group_id": int(gid), "members": members})
+    return groups
+
+
+@dataclass
+class Batch:
+    """Tensors of a list of groups. ``P`` prompts, ``K`` the most responses of any prompt, ``N`` sequences."""
+
+    input_ids: torch.Tensor  # [N, L]
+    attention_mask: torch.Tensor  # [N, L]
+    response_mask: torch.Tensor  # [N, L]
+    seq_index: torch.Tensor  # [P, K] row of each response in the N sequences (0 where padded)
+    mask: torch.Tensor  # [P, K] real responses
+    ref_logps: torch.Tensor | None  # [P, K]
+    scores: torch.Tensor | None  # [P, K]
+    order: torch.Tensor | None  # [P, K] CPO ranking (anchor first)
+    is_rejected: torch.Tensor  # [P, K] origin "rejected"
+    group_of_prompt: torch.Tensor  # [P]
+    similarity: list[torch.Tensor]  # per group [B, B]
+    tokens: int
+
+    def gather(self, per_sequence: torch.Tensor) -> torch.Tensor:
+        """``[N]`` per-sequence values laid out as ``[P, K]`` (0 where padded)."""
+        return torch.where(self.mask, per_sequence[self.seq_index], torch.zeros_like(self.mask, dtype=per_sequence.dtype))
+
+
+def collate(groups: list[dict], pad_id: int) -> Batch:
+    members = [(g, m) for g, group in enumerate(groups) for m in group["members"]]
+    K = max(len(m["response_ids"]) for _, m in members)
+    P = len(members)
+    prompts, responses = [], []
+    seq_index = torch.zeros(P, K, dtype=torch.long)
+    mask = torch.zeros(P, K, dtype=torch.bool)
+    is_rejected = torch.zeros(P, K, dtype=torch.bool)
+    have_ref = all(m["ref_logps"] is not None for _, m in members)
+    have_scores = all(m["scores"] is not None for _, m in members)
+    have_rank = all(m["rank"] is not None for _, m in members)
+    ref = torch.zeros(P, K, dtype=torch.float64)
+    scores = torch.zeros(P, K, dtype=torch.float64)
+    order = torch.arange(K).repeat(P, 1)
+    for p, (_, m) in enumerate(members):
+        k = len(m["response_ids"])
+        for j, r in enumerate(m["response_ids"]):
+            seq_index[p, j] = len(responses)
+            prompts.append(m["prompt_ids"])
+            responses.append(r)
+        mask[p, :k] = True
+        is_rejected[p, :k] = torch.tensor([o == "rejected" for o in m["origins"]])
+        if have_ref:
+            ref[p, :k] = torch.tensor(m["ref_logps"])
+        if have_scores:
+            scores[p, :k] = torch.tensor(m["scores"])
+        if have_rank:
+            order[p, :k] = torch.tensor(m["rank"])
+    t = pad_sequences(prompts, responses, pad_id)
+    return Batch(
+        input_ids=t["input_ids"],
+        attention_mask=t["attention_mask"],
+        response_mask=t["response_mask"],
+        seq_index=seq_index,
+        mask=mask,
+        ref_logps=ref.float() if have_ref else None,
+        scores=scores.float() if have_scores else None,
+        order=order if have_rank else None,
+        is_rejected=is_rejected,
+        group_of_prompt=torch.tensor([g for g, _ in members]),
+        similarity=[torch.tensor([m["similarity"] for m in group["members"]]) for group in groups],
+        tokens=int(t["attention_mask"].sum()),
+    )

@@ -1,0 +1,91 @@
+"""The configured preference loss on a batch of contrast groups (dispatch over ``training.losses``)."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from configs.schema import TrainConfig
+from training import losses as L
+from training.batches import Batch
+
+NEEDS_SCORES = {"swepo", "infonca", "nca"}
+
+
+def _rejected_index(batch: Batch) -> Tensor:
+    """Per prompt, the response DPO and RPO contrast with the anchor: the lowest scored, else origin
+    'rejected', else the first negative."""
+    if batch.scores is not None:
+        return batch.scores.masked_fill(~batch.mask, float("inf")).argmin(-1)
+    has_rejected = batch.is_rejected.any(-1)
+    return torch.where(has_rejected, batch.is_rejected.float().argmax(-1), torch.ones_like(has_rejected, dtype=torch.long))
+
+
+def implicit_accuracy(rewards: Tensor, batch: Batch) -> tuple[float, int]:
+    """(correct, pairs) over response pairs ordered by label: scores when present, else anchor above the rest.
+
+    A tie counts half, so a policy equal to its reference scores exactly 0.5.
+    """
+    labels = batch.scores if batch.scores is not None else (torch.arange(batch.mask.shape[1]) == 0).float().expand_as(rewards)
+    better = (labels.unsqueeze(-1) > labels.unsqueeze(-2)) & batch.mask.unsqueeze(-1) & batch.mask.unsqueeze(-2)
+    diff = rewards.unsqueeze(-1) - rewards.unsqueeze(-2)
+    correct = ((diff > 0).float() + 0.5 * (diff == 0).float())[better].sum()
+    return float(correct), int(better.sum())
+
+
+def preference_loss(tc: TrainConfig, batch: Batch, policy: Tensor, ref: Tensor, token_counts: Tensor) -> tuple[Tensor, dict]:
+    """Mean loss over valid prompts and detached metrics.
+
+    Args:
+        policy, ref: ``[P, K]`` summed response log-probs (ref from shards or a live model).
+        token_counts: ``[P, K]`` response tokens (for CPO's NLL term).
+    """
+    if tc.loss in NEEDS_SCORES and batch.scores is None:
+        raise ValueError(f"train.loss={tc.loss} needs response scores; the shards have none (set prepare.reward)")
+    P = policy.shape[0]
+    rows = torch.arange(P)
+    if tc.loss == "dpo":
+        rej = _rejected_index(batch)
+        out = L.dpo_loss(policy[rows, 0], policy[rows, rej], ref[rows, 0], ref[rows, rej], beta=tc.beta)
+    elif tc.loss == "swepo":
+        out = L.swepo_loss(policy, ref, batch.scores, batch.mask, beta=tc.beta, alpha=tc.swepo_alpha, p=tc.swepo_p,
+                           weighting=tc.swepo_weighting, mode=tc.swepo_mode)
+    elif tc.loss == "rpo":
+        out = _rpo(tc, batch, policy, ref)
+    elif tc.loss == "cpo":
+        nll = -policy[:, 0] / token_counts[:, 0].clamp(min=1) if tc.cpo_alpha_mle else None
+        out = L.cpo_loss(policy, ref, beta=tc.beta, order=batch.order if tc.cpo_ranked else None, mask=batch.mask,
+                         nll=nll, alpha_mle=tc.cpo_alpha_mle)
+    else:
+        fn = L.infonca_loss if tc.loss == "infonca" else L.nca_loss
+        out = fn(policy, ref, batch.scores, beta=tc.beta, temperature=tc.temperature, mask=batch.mask)
+    valid = out.valid
+    loss = (out.losses * valid).sum() / valid.sum().clamp(min=1)
+    correct, pairs = implicit_accuracy(tc.beta * (policy - ref).detach(), batch)
+    metrics = {"loss": float(loss.detach()), "prompts": P, "skipped_prompts": int((~valid).sum()),
+               "accuracy_correct": correct, "accuracy_pairs": pairs}
+    if "margin" in out.metrics:
+        metrics["margin"] = float(out.metrics["margin"][valid].mean()) if valid.any() else 0.0
+    return loss, metrics
+
+
+def _rpo(tc: TrainConfig, batch: Batch, policy: Tensor, ref: Tensor) -> L.LossOutput:
+    """RPO per contrast group; paired rows are prompts, unpaired columns are every negative of the group."""
+    rej = _rejected_index(batch)
+    outs = []
+    for g, sim in enumerate(batch.similarity):
+        rows = (batch.group_of_prompt == g).nonzero().flatten()
+        if tc.rpo_paired:
+            out = L.rpo_loss(policy[rows, 0], policy[rows, rej[rows]], ref[rows, 0], ref[rows, rej[rows]],
+                             similarity=sim, beta=tc.beta, tau=tc.rpo_tau, weighting=tc.rpo_weighting, lam=tc.rpo_lambda)
+        else:
+            neg = batch.mask[rows].clone()
+            neg[:, 0] = False
+            owner, col = neg.nonzero(as_tuple=True)
+            out = L.rpo_loss(policy[rows, 0], policy[rows[owner], col], ref[rows, 0], ref[rows[owner], col],
+                             similarity=sim[:, owner], beta=tc.beta, tau=tc.rpo_tau, weighting=tc.rpo_weighting)
+        outs.append(out)
+    return L.LossOutput(
+        torch.cat([o.losses for o in outs]),
+        torch.cat([o.valid for o in outs]),
+        {"margin": torch.cat([o.metrics["margin"] for o in outs])},
+    )

@@ -1,0 +1,264 @@
+"""Preference training: Ray Train workers running DeepSpeed on prepared shards, with checkpoints and resume.
+
+Data position is addressed, not streamed: the global batch of step ``s`` is a fixed slice of a
+seeded per-epoch permutation of contrast groups, and worker ``r`` of ``W`` trains its ``1/W`` of
+it. A run restored at step ``s`` (after a failure, on a re-run, or on a different number of
+workers) therefore continues with exactly the groups it had not trained, and the global batch
+stays the same size whatever ``W`` is: gradient accumulation makes up the difference.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import deepspeed
+import numpy as np
+import pandas as pd
+import ray
+import ray.train
+import torch
+import torch.distributed as dist
+from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from configs.schema import Config
+from pipeline.shards import MANIFEST, file_sha256
+from training.batches import Batch, collate, pack_groups
+from training.engine import deepspeed_config, lr_at, set_lr, set_worker_threads
+from training.logprobs import response_token_counts, sequence_logps
+from training.objective import preference_loss
+
+STATE = "train_state.json"
+
+
+def split_heldout(group_ids: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, held-out) group ids: a seeded, size-stable split."""
+    ids = sorted(group_ids)
+    perm = np.random.default_rng([seed, 7]).permutation(len(ids))
+    n_held = max(1, int(round(fraction * len(ids))))
+    held = sorted(ids[i] for i in perm[:n_held])
+    return sorted(set(ids) - set(held)), held
+
+
+def step_groups(train_ids: list[int], batch_groups: int, seed: int, step: int) -> list[int]:
+    """The contrast groups of optimizer step ``step``: a slice of the epoch's seeded permutation."""
+    per_epoch = len(train_ids) // batch_groups
+    if per_epoch == 0:
+        raise ValueError(f"train.batch_groups={batch_groups} is more than the {len(train_ids)} training groups")
+    epoch, k = divmod(step, per_epoch)
+    perm = np.random.default_rng([seed, epoch]).permutation(len(train_ids))
+    return [train_ids[i] for i in perm[k * batch_groups : (k + 1) * batch_groups]]
+
+
+def _sequence_values(engine, ref_model, batch: Batch, live_reference: bool):
+    policy_seq = sequence_logps(engine, batch.input_ids, batch.attention_mask, batch.response_mask)
+    policy = batch.gather(policy_seq)
+    if live_reference:
+        with torch.no_grad():
+            ref = batch.gather(sequence_logps(ref_model, batch.input_ids, batch.attention_mask, batch.response_mask))
+    else:
+        ref = batch.ref_logps
+    counts = batch.gather(response_token_counts(batch.response_mask).float())
+    return policy, ref, counts
+
+
+@torch.no_grad()
+def heldout_accuracy(engine, ref_model, groups: list[dict], cfg: Config, pad_id: int) -> float:
+    correct = pairs = 0.0
+    engine.eval()
+    for i in range(0, len(groups), cfg.train.micro_groups):
+        batch = collate(groups[i : i + cfg.train.micro_groups], pad_id)
+        policy, ref, counts = _sequence_values(engine, ref_model, batch, cfg.train.reference == "live")
+        _, m = preference_loss(cfg.train, batch, policy, ref, counts)
+        correct, pairs = correct + m["accuracy_correct"], pairs + m["accuracy_pairs"]
+    engine.train()
+    return correct / max(pairs, 1)
+
+
+def _all_sum(values: list[float]) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    if dist.is_initialized():
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def train_worker_loop(lc: dict) -> None:
+    cfg = Config.model_validate(lc["config"])
+    tc = cfg.train
+    ctx = ray.train.get_context()
+    world, rank = ctx.get_world_size(), ctx.get_world_rank()
+    set_worker_threads(tc.cpus_per_worker)
+    job_dir = Path(lc["job_dir"])
+    tokenizer = AutoTokenizer.from_pretrained(lc["policy_dir"])
+    pad_id = tokenizer.pad_token_id
+
+    rows = pd.concat(list(ray.train.get_dataset_shard("train").iter_batches(batch_format="pandas", batch_size=4096)))
+    groups = {g["group_id"]: g for g in pack_groups(rows)}
+    train_ids, held_ids = split_heldout(list(groups), tc.heldout_fraction, cfg.seed)
+    heldout = [groups[i] for i in held_ids]
+
+    per_worker = tc.batch_groups // world
+    accum = per_worker // tc.micro_groups
+    model = AutoModelForCausalLM.from_pretrained(lc["policy_dir"], dtype=torch.float32)
+    ds_config = deepspeed_config(tc.deepspeed, micro_batch=tc.micro_groups, grad_accum=accum, world_size=world,
+                                 lr=tc.lr, weight_decay=tc.weight_decay)
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
+    ref_model = None
+    if tc.reference == "live":
+        ref_model = AutoModelForCausalLM.from_pretrained(lc["policy_dir"], dtype=torch.float32).eval().requires_grad_(False)
+
+    start, acc_start = 0, None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            state = json.loads((Path(d) / STATE).read_text())
+            same_world = state["world_size"] == world
+            # ZeRO partitions optimizer state by rank; on a new world size only the weights carry over.
+            engine.load_checkpoint(str(Path(d) / "deepspeed"), tag="state", load_optimizer_states=same_world,
+                                   load_lr_scheduler_states=False, load_module_only=not same_world)
+        start, acc_start = state["step"], state["heldout_accuracy_start"]
+        if rank == 0:
+            print(f"[train] restored step {start} (saved by {state['world_size']} workers, now {world})", flush=True)
+    if acc_start is None:
+        acc_start = heldout_accuracy(engine, ref_model, heldout, cfg, pad_id)
+
+    writer = None
+    if rank == 0:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(job_dir / "tensorboard"), purge_step=start)
+        print(f"[train] {tc.loss}: {len(train_ids)} training groups, {len(heldout)} held out; {world} workers x "
+              f"{accum} micro-batches of {tc.micro_groups} groups; steps {start}..{tc.steps}; "
+              f"held-out accuracy at start {acc_start:.3f}", flush=True)
+    data_log = open(job_dir / f"data_rank{rank}.jsonl", "a")
+
+    for step in range(start, tc.steps):
+        started = time.perf_counter()
+        lr = lr_at(step, tc.steps, tc.warmup_steps, tc.lr)
+        set_lr(engine, lr)
+        mine = step_groups(train_ids, tc.batch_groups, cfg.seed, step)[rank * per_worker : (rank + 1) * per_worker]
+        sums = np.zeros(6)  # loss*prompts, prompts, skipped, correct, pairs, tokens
+        for m in range(accum):
+            batch = collate([groups[g] for g in mine[m * tc.micro_groups : (m + 1) * tc.micro_groups]], pad_id)
+            policy, ref, counts = _sequence_values(engine, ref_model, batch, tc.reference == "live")
+            loss, metrics = preference_loss(tc, batch, policy, ref, counts)
+            engine.backward(loss)
+            engine.step()
+            sums += [metrics["loss"] * metrics["prompts"], metrics["prompts"], metrics["skipped_prompts"],
+                     metrics["accuracy_correct"], metrics["accuracy_pairs"], batch.tokens]
+        data_log.write(json.dumps({"step": step, "rank": rank, "world": world, "groups": mine}) + "\n")
+        data_log.flush()
+        total = _all_sum(sums.tolist())
+        seconds = time.perf_counter() - started
+        row = {
+            "step": step + 1, "loss": total[0] / max(total[1], 1), "accuracy": total[3] / max(total[4], 1),
+            "skipped_prompts": int(total[2]), "grad_norm": float(engine.get_global_grad_norm() or 0.0),
+            "lr": lr, "tokens_per_second": total[5] / seconds, "world_size": world,
+        }
+        if rank == 0:
+            _log(job_dir, writer, row, tc.log_every)
+        done = step + 1 == tc.steps
+        if (step + 1) % tc.checkpoint_every == 0 or done:
+            extra = {"heldout_accuracy_end": heldout_accuracy(engine, ref_model, heldout, cfg, pad_id)} if done else {}
+            _checkpoint(engine, tokenizer, rank, world, step + 1, acc_start, {**row, **extra, "heldout_accuracy_start": acc_start})
+    data_log.close()
+    if writer:
+        writer.close()
+
+
+def _log(job_dir: Path, writer, row: dict, log_every: int) -> None:
+    path = job_dir / "metrics.csv"
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            w.writeheader()
+        w.writerow(row)
+    for key, value in row.items():
+        if key != "step":
+            writer.add_scalar(f"train/{key}", value, row["step"])
+    if row["step"] % log_every == 0 or row["step"] == 1:
+        print(f"[train] step {row['step']} loss {row['loss']:.4f} acc {row['accuracy']:.3f} grad {row['grad_norm']:.3f} "
+              f"lr {row['lr']:.2e} tok/s {row['tokens_per_second']:.0f}", flush=True)
+
+
+def _checkpoint(engine, tokenizer, rank: int, world: int, step: int, acc_start: float, metrics: dict) -> None:
+    """Every rank saves its DeepSpeed state; rank 0 adds a save_pretrained model and the step; Ray merges and keeps them."""
+    with tempfile.TemporaryDirectory() as tmp:
+        engine.save_checkpoint(str(Path(tmp) / "deepspeed"), tag="state")
+        with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), enabled=engine.zero_optimization_stage() == 3):
+            if rank == 0:
+                engine.module.save_pretrained(Path(tmp) / "model")
+                tokenizer.save_pretrained(Path(tmp) / "model")
+                (Path(tmp) / STATE).write_text(json.dumps({"step": step, "world_size": world, "heldout_accuracy_start": acc_start}))
+        if dist.is_initialized():
+            dist.barrier()
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+
+
+def shard_files(cfg: Config) -> list[str]:
+    """The verified Parquet shards of the prepare job."""
+    directory = cfg.job_dir("prepare") / "shards"
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{manifest_path} not found: run `python -m jobs.prepare --config ...` first")
+    manifest = json.loads(manifest_path.read_text())
+    if not manifest.get("complete"):
+        raise ValueError(f"{manifest_path}: prepare did not finish; re-run it to resume")
+    files = []
+    for name, entry in sorted(manifest["shards"].items()):
+        if file_sha256(directory / name) != entry["sha256"]:
+            raise ValueError(f"{directory / name}: checksum does not match the manifest; re-run prepare")
+        files.append(str((directory / name).resolve()))
+    return files
+
+
+def run_train(cfg: Config) -> dict:
+    from pipeline.graph import policy_dir
+
+    started = time.perf_counter()
+    tc = cfg.train
+    job_dir = cfg.job_dir("train").resolve()
+    job_dir.mkdir(parents=True, exist_ok=True)
+    dataset = ray.data.read_parquet(shard_files(cfg))
+    run_name = f"{cfg.name}-train-{cfg.section_hash('train', 'prepare', 'data')}"
+    storage = Path(cfg.ray.storage_path or Path(cfg.output_dir) / "ray").resolve()
+    trainer = TorchTrainer(
+        train_worker_loop,
+        train_loop_config={"config": cfg.model_dump(mode="json"), "policy_dir": str(policy_dir(cfg).resolve()),
+                           "job_dir": str(job_dir)},
+        scaling_config=ScalingConfig(num_workers=tuple(tc.num_workers) if isinstance(tc.num_workers, (list, tuple)) else tc.num_workers,
+                                     use_gpu=False, resources_per_worker={"CPU": tc.cpus_per_worker}),
+        datasets={"train": dataset},
+        # Every worker sees every group; which ones it trains is decided by the step (see the module docstring).
+        dataset_config=DataConfig(datasets_to_split=[]),
+        run_config=RunConfig(name=run_name, storage_path=str(storage),
+                             checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints),
+                             failure_config=FailureConfig(max_failures=tc.max_failures)),
+    )
+    result = trainer.fit()
+    policy_out = job_dir / "policy"
+    with result.checkpoint.as_directory() as d:
+        import shutil
+
+        shutil.rmtree(policy_out, ignore_errors=True)
+        shutil.copytree(Path(d) / "model", policy_out)
+    m = result.metrics
+    return {
+        "loss": tc.loss,
+        "optimizer_steps": m["step"],
+        "heldout_accuracy_start": m["heldout_accuracy_start"],
+        "heldout_accuracy_end": m["heldout_accuracy_end"],
+        "final_train_loss": m["loss"],
+        "final_train_accuracy": m["accuracy"],
+        "tokens_per_second": m["tokens_per_second"],
+        "policy_dir": str(policy_out),
+        "checkpoint": result.checkpoint.path,
+        "metrics_csv": str(job_dir / "metrics.csv"),
+        "tensorboard_dir": str(job_dir / "tensorboard"),
+        "wall_seconds": time.perf_counter() - started,
+    }
