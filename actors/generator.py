@@ -8,7 +8,7 @@ import pandas as pd
 import torch
 
 from configs.schema import NegativesConfig
-from pipeline.stages import active, append_negatives, row_seed
+from pipeline.stages import as_lists, active, append_negatives, row_seed
 
 
 class _Sampler:
@@ -33,6 +33,7 @@ class _Sampler:
         for i, samples in zip(idx, sampled):
             new_ids[i] = samples
         out = append_negatives(batch, new_ids, "autoregressive", self.tokenizer)
+        out = as_lists(out)
         out["generated_tokens"] = [sum(len(s) for s in x) for x in new_ids]
         out["seconds_autoregressive"] = (time.perf_counter() - started) / max(len(out), 1)
         out["seconds_generator_start"] = 0.0

@@ -6,7 +6,7 @@ import time
 import pandas as pd
 import torch
 
-from pipeline.stages import active, append_negatives, meanfield_resample, row_seed
+from pipeline.stages import active, anchor_index, append_negatives, as_lists, meanfield_resample, row_seed
 from pipeline.tokenize import pad_sequences
 from training.logprobs import sequence_logps
 
@@ -37,7 +37,7 @@ class MeanfieldNegatives(_ReferenceActor):
         for chunk in range(0, len(rows), CHUNK):
             idx = rows[chunk : chunk + CHUNK]
             prompts = [list(batch["prompt_ids"].iloc[i]) for i in idx]
-            truths = [list(batch["response_ids"].iloc[i][_ground_truth(batch["origins"].iloc[i])]) for i in idx]
+            truths = [list(batch["response_ids"].iloc[i][anchor_index(batch["origins"].iloc[i])]) for i in idx]
             t = pad_sequences(prompts, truths, self.tokenizer.pad_token_id)
             logits = self.model(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).logits
             for i, p, y, row_logits in zip(idx, prompts, truths, logits):
@@ -45,8 +45,11 @@ class MeanfieldNegatives(_ReferenceActor):
                 response_logits = row_logits[len(p) - 1 : len(p) - 1 + len(y)]
                 gen = torch.Generator().manual_seed(row_seed(self.seed, batch["id"].iloc[i], "meanfield"))
                 y_t = torch.tensor(y)
-                new_ids[i] = [meanfield_resample(y_t, response_logits, self.fraction, gen)[0].tolist() for _ in range(self.n)]
+                samples = [meanfield_resample(y_t, response_logits, self.fraction, gen) for _ in range(self.n)]
+                # round(c*T) = 0 for very short responses: nothing would change, so there is no negative to add.
+                new_ids[i] = [ids.tolist() for ids, positions in samples if len(positions)]
         out = append_negatives(batch, new_ids, "meanfield", self.tokenizer)
+        out = as_lists(out)
         out["seconds_meanfield"] = (time.perf_counter() - started) / max(len(out), 1)
         return out
 
@@ -73,14 +76,6 @@ class ReferenceLogps(_ReferenceActor):
             ref[i].append(v)
         out = batch.copy()
         out["ref_logps"] = ref
+        out = as_lists(out)
         out["seconds_ref_logps"] = (time.perf_counter() - started) / max(len(out), 1)
         return out
-
-
-def _ground_truth(origins) -> int:
-    """Index of the response the meanfield negatives perturb: the ground truth, else the chosen, else the first."""
-    origins = list(origins)
-    for origin in ("ground_truth", "chosen"):
-        if origin in origins:
-            return origins.index(origin)
-    return 0

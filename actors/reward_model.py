@@ -6,7 +6,7 @@ import time
 import pandas as pd
 import torch
 
-from pipeline.stages import active
+from pipeline.stages import as_lists, active
 
 
 class RewardModelScores:
@@ -42,5 +42,6 @@ class RewardModelScores:
             scores[i].append(v)
         out = batch.copy()
         out["scores"] = scores
+        out = as_lists(out)
         out["seconds_rewards"] = (time.perf_counter() - started) / max(len(out), 1)
         return out

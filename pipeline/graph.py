@@ -32,6 +32,8 @@ from pipeline.shards import Manifest, dir_fingerprint, shard_name
 from pipeline.sources import read_source
 from pipeline.stages import (
     active,
+    anchor_index,
+    as_lists,
     append_negatives,
     contrast_groups,
     group_similarity,
@@ -102,7 +104,7 @@ def _pool(cfg: Config, actors: int, cpus: float, gpus: float) -> dict:
 def _truncate(batch: pd.DataFrame, n: int, eos_id: int, seed: int, tokenizer) -> pd.DataFrame:
     new_ids = []
     for row_id, ids, origins, ok in zip(batch["id"], batch["response_ids"], batch["origins"], active(batch)):
-        gt = list(origins).index("ground_truth") if "ground_truth" in list(origins) else 0
+        gt = anchor_index(origins)
         rng = random.Random(row_seed(seed, row_id, "truncation"))
         new_ids.append(truncation_negatives([int(t) for t in ids[gt]], n, eos_id, rng) if ok else [])
     return append_negatives(batch, new_ids, "truncation", tokenizer)
@@ -125,26 +127,11 @@ def assign_groups(front: pd.DataFrame, cfg: Config) -> pd.DataFrame:
         for k, i in enumerate(members):
             gid[i], pos[i], size[i], sims[i] = g, k, len(members), sim[k].astype(np.float32).tolist()
             others = [j for j in members if j != i][:n_batch]
-            batch_neg[i] = [list(rows["response_ids"][j][_first_truth(rows["origins"][j])]) for j in others]
+            batch_neg[i] = [list(rows["response_ids"][j][anchor_index(rows["origins"][j])]) for j in others]
     rows["group_id"], rows["group_position"], rows["group_size"] = gid, pos, size
     rows["group_similarity"], rows["batch_negative_ids"] = sims, batch_neg
     rows["shard"] = rows["group_id"] // cfg.prepare.shard_groups
     return rows.sort_values(["group_id", "group_position"], kind="stable").reset_index(drop=True)
-
-
-def _first_truth(origins) -> int:
-    origins = list(origins)
-    return origins.index("ground_truth") if "ground_truth" in origins else origins.index("chosen") if "chosen" in origins else 0
-
-
-def _lists(df: pd.DataFrame) -> pd.DataFrame:
-    """Arrow-friendly columns: numpy arrays (from Arrow) back to plain lists."""
-    for c in df.columns:
-        if len(df) and isinstance(df[c].iloc[0], np.ndarray):
-            df[c] = [x.tolist() if isinstance(x, np.ndarray) and x.dtype != object else
-                     [y.tolist() if isinstance(y, np.ndarray) else y for y in x] if isinstance(x, np.ndarray) else x
-                     for x in df[c]]
-    return df
 
 
 def build_main_graph(ds: ray.data.Dataset, cfg: Config, model_dir: str, tokenizer, reward: str) -> ray.data.Dataset:
@@ -205,7 +192,7 @@ def run_prepare(cfg: Config) -> dict:
 
     # Front pass: tokenize, embed prompts; then group in the driver.
     t = time.perf_counter()
-    rows = table.to_pandas()
+    rows = as_lists(table.to_pandas())
     rows["scores"] = [[] if s is None else list(s) for s in rows["scores"]]
     small = _pool(cfg, cfg.prepare.model_actors, cfg.prepare.model_actor_cpus, cfg.prepare.model_actor_gpus)
     front = (
@@ -216,7 +203,7 @@ def run_prepare(cfg: Config) -> dict:
                                                       "threads": max(1, int(cfg.prepare.model_actor_cpus))}, **small)
         .to_pandas()
     )
-    front = _lists(front)
+    front = as_lists(front)
     skipped = Counter(r for r in front["skip_reason"] if r)
     for stage in ("tokenize", "embed_prompts"):
         seconds[stage] += float(front[f"seconds_{stage}"].sum())
@@ -235,7 +222,7 @@ def run_prepare(cfg: Config) -> dict:
         graph = build_main_graph(ray.data.from_pandas(todo), cfg, str(model_dir), tokenizer, reward)
         _write_stream(graph, todo["shard"].value_counts().to_dict(), manifest, started)
 
-    return _summarize(cfg, manifest, source_report, skipped, seconds, time.perf_counter() - started, reward)
+    return _summarize(cfg, manifest, source_report, table.num_rows, skipped, seconds, time.perf_counter() - started, reward)
 
 
 def _write_stream(graph: ray.data.Dataset, shard_rows: dict, manifest: Manifest, started: float) -> None:
@@ -247,44 +234,51 @@ def _write_stream(graph: ray.data.Dataset, shard_rows: dict, manifest: Manifest,
             pending[shard].append(part)
             arrived[shard] += len(part)
             if arrived[shard] == shard_rows[shard]:
-                rows = _lists(pd.concat(pending.pop(shard), ignore_index=True))
-                stats = _shard_stats(rows)
-                kept = rows[active(rows)]
-                path = manifest.add(int(shard), kept, stats)
-                print(f"[prepare] wrote {path.name}: {len(kept)} rows ({len(manifest.shards)}/{manifest.total_shards} shards, "
+                rows = as_lists(pd.concat(pending.pop(shard), ignore_index=True))
+                if not active(rows).all():
+                    raise RuntimeError(f"rows of shard {shard} were marked for skipping after grouping: {set(rows['skip_reason'])}")
+                path = manifest.add(int(shard), rows, _shard_stats(rows))
+                print(f"[prepare] wrote {path.name}: {len(rows)} rows ({len(manifest.shards)}/{manifest.total_shards} shards, "
                       f"{time.perf_counter() - started:.0f}s)", flush=True)
 
 
 def _shard_stats(rows: pd.DataFrame) -> dict:
-    neg = Counter(o for origins, ok in zip(rows["origins"], active(rows)) if ok for o in origins)
     return {
-        "rows_in": len(rows),
-        "skipped": dict(Counter(r for r in rows["skip_reason"] if r)),
-        "responses_by_origin": dict(neg),
+        "rows": len(rows),
+        "responses_by_origin": dict(Counter(o for origins in rows["origins"] for o in origins)),
+        "duplicate_negatives_dropped": int(rows["duplicate_negatives"].sum()) if "duplicate_negatives" in rows else 0,
+        "equal_score_rows": int(sum(1 for d in rows["deviation"] if len(d) and max(d) <= 0)),
         "generated_tokens": int(rows["generated_tokens"].sum()) if "generated_tokens" in rows else 0,
         "seconds": {c[len("seconds_"):]: float(rows[c].sum()) for c in rows.columns if c.startswith("seconds_")},
     }
 
 
-def _summarize(cfg: Config, manifest: Manifest, source_report: dict, front_skipped: Counter, seconds: Counter,
-               wall: float, reward: str) -> dict:
+def _summarize(cfg: Config, manifest: Manifest, source_report: dict, rows_in: int, front_skipped: Counter,
+               seconds: Counter, wall: float, reward: str) -> dict:
     skipped = Counter(front_skipped)
     origins: Counter = Counter()
-    generated = 0
+    generated = duplicates = equal = 0
     for entry in manifest.shards.values():
         st = entry["stats"]
-        skipped.update(st["skipped"])
         origins.update(st["responses_by_origin"])
+        duplicates += st["duplicate_negatives_dropped"]
+        equal += st["equal_score_rows"]
         generated += st["generated_tokens"]
         for stage, s in st["seconds"].items():
             seconds[stage] += s
     for reason, n in source_report.get("skipped", {}).items():
         skipped[f"source:{reason}"] += n
+    if source_report.get("filtered"):
+        skipped["other_split"] += source_report["filtered"]
+    if source_report.get("rows_out", 0) > rows_in:
+        skipped["max_rows"] = source_report["rows_out"] - rows_in
     gen_seconds = seconds.get("autoregressive", 0.0)
     rows_out = sum(e["rows"] for e in manifest.shards.values())
     return {
-        "rows_in": source_report.get("rows_read", 0),
+        "rows_in": source_report.get("rows_read", rows_in),
         "rows_out": rows_out,
+        "duplicate_negatives_dropped": duplicates,
+        "equal_score_rows": equal,
         "groups": sum(e["groups"] for e in manifest.shards.values()),
         "shards": len(manifest.shards),
         "shards_dir": str(manifest.directory),
@@ -306,6 +300,8 @@ def summary_table(report: dict) -> str:
              f"{'contrast groups':<28}{report['groups']:>12}", f"{'shards':<28}{report['shards']:>12}"]
     lines += [f"{'skipped: ' + k:<28}{v:>12}" for k, v in sorted(report["skipped"].items())]
     lines += [f"{'responses: ' + k:<28}{v:>12}" for k, v in sorted(report["responses_by_origin"].items())]
+    lines += [f"{'negatives equal to anchor':<28}{report['duplicate_negatives_dropped']:>12}",
+              f"{'rows with all-equal scores':<28}{report['equal_score_rows']:>12}"]
     lines += [f"{'seconds: ' + k:<28}{v:>12.2f}" for k, v in report["seconds_per_stage"].items()]
     if report["generation_tokens_per_second"]:
         lines.append(f"{'generation tokens/s':<28}{report['generation_tokens_per_second']:>12.1f}")

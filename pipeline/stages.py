@@ -30,12 +30,31 @@ def row_seed(seed: int, row_id: str, salt: str) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
+def as_lists(batch: pd.DataFrame) -> pd.DataFrame:
+    """Numpy cells (what Arrow list columns become in pandas) back to plain lists.
+
+    Ray Data turns a column of equal-length numpy arrays into a fixed-shape tensor column,
+    which fails for strings; plain lists always become Arrow list columns.
+    """
+    for column in batch.columns:
+        values = batch[column]
+        if len(values) and any(isinstance(v, np.ndarray) for v in values):
+            batch[column] = [_to_list(v) for v in values]
+    return batch
+
+
+def _to_list(value):
+    if isinstance(value, np.ndarray):
+        return [_to_list(v) for v in value] if value.dtype == object else value.tolist()
+    return value
+
+
 def timed(stage: str, fn: Callable[[pd.DataFrame], pd.DataFrame]) -> Callable[[pd.DataFrame], pd.DataFrame]:
     """Wrap a stage so each row carries its share of the stage's compute seconds (summed by the writer)."""
 
     def run(batch: pd.DataFrame) -> pd.DataFrame:
         started = time.perf_counter()
-        out = fn(batch)
+        out = as_lists(fn(batch))
         out[f"seconds_{stage}"] = (time.perf_counter() - started) / max(len(out), 1)
         return out
 
@@ -72,19 +91,37 @@ def tokenize_records(batch: pd.DataFrame, tokenizer, max_length: int, on_overlen
     return batch
 
 
+def anchor_index(origins) -> int:
+    """The response negatives are made from and contrasted with: the ground truth, else the chosen, else the first."""
+    origins = list(origins)
+    for origin in ("ground_truth", "chosen"):
+        if origin in origins:
+            return origins.index(origin)
+    return 0
+
+
 def append_negatives(
     batch: pd.DataFrame, new_ids: list[list[list[int]]], origin: str, tokenizer
 ) -> pd.DataFrame:
-    """Append token-id negatives (one list per row) with their decoded text and origin."""
+    """Append token-id negatives (one list per row) with their decoded text and origin.
+
+    A negative identical to the row's anchor is not a negative: it is dropped and counted in
+    ``duplicate_negatives`` (a sample can reproduce the ground truth exactly).
+    """
     batch = batch.copy()
-    responses, origins, ids, scores = [], [], [], []
-    for row, extra in zip(batch.itertuples(), new_ids):
-        responses.append(list(row.responses) + [tokenizer.decode(x, skip_special_tokens=True) for x in extra])
-        origins.append(list(row.origins) + [origin] * len(extra))
-        ids.append(list(row.response_ids) + [list(x) for x in extra])
+    responses, origins, ids, scores, duplicates = [], [], [], [], []
+    previous = batch["duplicate_negatives"] if "duplicate_negatives" in batch else [0] * len(batch)
+    for row, extra, dup in zip(batch.itertuples(), new_ids, previous):
+        anchor = [int(t) for t in row.response_ids[anchor_index(row.origins)]]
+        kept = [[int(t) for t in x] for x in extra if [int(t) for t in x] != anchor]
+        responses.append(list(row.responses) + [tokenizer.decode(x, skip_special_tokens=True) for x in kept])
+        origins.append(list(row.origins) + [origin] * len(kept))
+        ids.append([list(x) for x in row.response_ids] + kept)
         # Source scores do not cover synthetic responses; the rewards stage fills them.
         scores.append([] if len(extra) else list(row.scores))
+        duplicates.append(int(dup) + len(extra) - len(kept))
     batch["responses"], batch["origins"], batch["response_ids"], batch["scores"] = responses, origins, ids, scores
+    batch["duplicate_negatives"] = duplicates
     return batch
 
 
@@ -204,22 +241,24 @@ def score_responses(batch: pd.DataFrame, scorer: Callable[[str, str], float]) ->
 
 
 def group_statistics(batch: pd.DataFrame, alpha: float, p: float, weighting: str) -> pd.DataFrame:
-    """SWEPO ``deviation``/``log_weight`` where scores exist (rows whose scores are all equal are marked);
-    CPO ``rank`` (order by cosine to the ground truth) where a ground truth and response embeddings exist."""
+    """SWEPO ``deviation``/``log_weight`` where scores exist; CPO ``rank`` (order by cosine to the ground
+    truth) where a ground truth and response embeddings exist.
+
+    Rows whose scores are all equal are kept (CPO and DPO can still use them); the SWEPO loss skips and
+    counts them, and the writer reports how many there are.
+    """
     batch = batch.copy()
-    devs, log_ws, ranks, reasons = [], [], [], list(batch["skip_reason"])
+    devs, log_ws, ranks = [], [], []
     has_embeddings = "response_embeddings" in batch
     for i, row in enumerate(batch.itertuples()):
         dev, log_w, rank = [], [], []
-        if reasons[i] == "":
+        if row.skip_reason == "":
             if len(row.scores):
                 dev, log_w = swepo_weights(list(row.scores), alpha, p, weighting)
-                if max(dev) <= 0:
-                    reasons[i] = "equal_scores"
             if has_embeddings and "ground_truth" in list(row.origins):
                 rank = cosine_rank(np.asarray(row.response_embeddings), list(row.origins).index("ground_truth"))
         devs.append(dev)
         log_ws.append(log_w)
         ranks.append(rank)
-    batch["deviation"], batch["log_weight"], batch["rank"], batch["skip_reason"] = devs, log_ws, ranks, reasons
+    batch["deviation"], batch["log_weight"], batch["rank"] = devs, log_ws, ranks
     return batch

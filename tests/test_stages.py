@@ -154,12 +154,22 @@ def test_swepo_weights_and_cosine_rank():
     assert stages.cosine_rank(emb, anchor=0) == [0, 2, 3, 1]
 
 
-def test_equal_scores_are_marked_for_skipping():
+def test_equal_scores_stay_for_the_losses_that_can_use_them():
     batch = pd.DataFrame({"scores": [[1.0, 1.0], [2.0, 1.0]], "origins": [["chosen", "rejected"]] * 2,
                           "skip_reason": ["", ""]})
     out = stages.group_statistics(batch, 1.0, 1.0, "abs")
-    assert list(out["skip_reason"]) == ["equal_scores", ""]
+    assert list(out["skip_reason"]) == ["", ""]  # SWEPO skips and counts them at training time
+    assert out["deviation"].iloc[0] == pytest.approx([0.0, 0.0])
     assert out["deviation"].iloc[1] == pytest.approx([0.5, -0.5])
+
+
+def test_negatives_identical_to_the_anchor_are_dropped_and_counted(tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    batch = _batch(tokenizer, ["Say abc again.\nAnswer: "], ["abc"])
+    truth = list(batch["response_ids"].iloc[0][0])
+    out = stages.append_negatives(batch, [[truth, truth[1:]]], "autoregressive", tokenizer)
+    assert list(out["origins"].iloc[0]) == ["ground_truth", "autoregressive"]
+    assert out["duplicate_negatives"].iloc[0] == 1 and out["responses"].iloc[0][1] == "bc"
 
 
 def test_programmatic_scorers_load_by_name():

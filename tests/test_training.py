@@ -1,0 +1,90 @@
+"""Training data layout and loss dispatch (no cluster): groups stay whole, data position is exact."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from configs.schema import ConfigError, TrainConfig, load_config
+from training.batches import collate, pack_groups
+from training.objective import implicit_accuracy, preference_loss
+from training.train import split_heldout, step_groups
+
+
+def _rows() -> pd.DataFrame:
+    rows = []
+    for g in range(3):
+        for pos in range(2):
+            rows.append({
+                "group_id": g, "group_position": pos, "group_size": 2,
+                "prompt_ids": [1, 10 + g, 20 + pos],
+                "response_ids": [[5, 2], [6, 7, 2], [8, 2]],
+                "origins": ["autoregressive", "ground_truth", "truncation"],
+                "scores": [0.2, 1.0, 0.5], "ref_logps": [-3.0, -2.0, -1.0], "rank": [1, 2, 0],
+                "group_similarity": [1.0, 0.5] if pos == 0 else [0.5, 1.0],
+            })
+    return pd.DataFrame(rows)
+
+
+def test_groups_are_packed_whole_with_the_anchor_first():
+    groups = pack_groups(_rows())
+    assert [g["group_id"] for g in groups] == [0, 1, 2]
+    m = groups[0]["members"][0]
+    assert m["origins"][0] == "ground_truth" and m["response_ids"][0] == [6, 7, 2]
+    assert m["scores"] == [1.0, 0.2, 0.5] and m["ref_logps"] == [-2.0, -3.0, -1.0]
+    assert m["rank"] == [0, 2, 1]  # stored order [1, 2, 0] in the new positions
+    with pytest.raises(ValueError, match="contrast group 1 is split"):
+        pack_groups(_rows().drop(index=2))
+
+
+def test_collate_lays_out_every_response_once():
+    batch = collate(pack_groups(_rows())[:2], pad_id=0)
+    assert batch.mask.shape == (4, 3) and batch.input_ids.shape[0] == 12
+    per_seq = torch.arange(12, dtype=torch.float32)
+    assert sorted(batch.gather(per_seq).flatten().tolist()) == list(range(12))
+    assert batch.group_of_prompt.tolist() == [0, 0, 1, 1] and batch.similarity[0].shape == (2, 2)
+
+
+@pytest.mark.parametrize("loss", ["dpo", "swepo", "rpo", "cpo", "infonca", "nca"])
+def test_every_loss_runs_and_a_policy_equal_to_its_reference_scores_half(loss):
+    tc = TrainConfig(loss=loss, cpo_ranked=True, cpo_alpha_mle=0.5)
+    batch = collate(pack_groups(_rows()), pad_id=0)
+    policy = batch.ref_logps.clone().requires_grad_(True)
+    value, metrics = preference_loss(tc, batch, policy, batch.ref_logps, batch.gather(torch.full((18,), 2.0)))
+    value.backward()
+    assert torch.isfinite(value) and policy.grad.abs().sum() > 0
+    assert metrics["accuracy_correct"] / metrics["accuracy_pairs"] == 0.5
+    if loss == "dpo":
+        assert value.item() == pytest.approx(math.log(2))
+
+
+def test_implicit_accuracy_orders_pairs_by_score():
+    batch = collate(pack_groups(_rows())[:1], pad_id=0)  # scores per prompt after anchoring: [1.0, 0.2, 0.5]
+    rewards = torch.tensor([[3.0, 1.0, 2.0], [0.0, 1.0, 2.0]])
+    correct, pairs = implicit_accuracy(rewards, batch)
+    assert pairs == 6 and correct == 3 + 1  # first prompt all 3 right; second only 0.5 > 0.2 right
+
+
+def test_step_groups_cover_each_epoch_exactly_once():
+    train = list(range(0, 40, 2))
+    seen = [g for s in range(5) for g in step_groups(train, 4, seed=0, step=s)]
+    assert sorted(seen) == train
+    assert step_groups(train, 4, 0, 5) != step_groups(train, 4, 0, 0)  # new epoch, new order
+    assert step_groups(train, 4, 0, 3) == step_groups(train, 4, 0, 3)
+    with pytest.raises(ValueError, match="more than the"):
+        step_groups([1, 2], 4, 0, 0)
+
+
+def test_heldout_split_is_disjoint_and_stable():
+    train, held = split_heldout(list(range(50)), 0.1, seed=3)
+    assert len(held) == 5 and not set(train) & set(held) and sorted(train + held) == list(range(50))
+    assert split_heldout(list(range(50)), 0.1, seed=3) == (train, held)
+
+
+def test_elastic_batch_must_divide_for_every_world_size(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  num_workers: [1, 3]\n  batch_groups: 8\n  micro_groups: 2\n")
+    with pytest.raises(ConfigError, match="fails for 3 workers"):
+        load_config(path)
