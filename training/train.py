@@ -217,15 +217,18 @@ def shard_files(cfg: Config) -> list[str]:
     return files
 
 
-def run_train(cfg: Config) -> dict:
+def run_train(cfg: Config, job: str = "train") -> dict:
+    """Train ``cfg.train.loss``; results go to ``<output_dir>/<job>`` (the comparison uses one job dir per method)."""
     from pipeline.graph import policy_dir
 
     started = time.perf_counter()
     tc = cfg.train
-    job_dir = cfg.job_dir("train").resolve()
+    job_dir = cfg.job_dir(job).resolve()
     job_dir.mkdir(parents=True, exist_ok=True)
-    dataset = ray.data.read_parquet(shard_files(cfg))
-    run_name = f"{cfg.name}-train-{cfg.section_hash('train', 'prepare', 'data')}"
+    # Materialized once in the driver: workers then read blocks without needing CPUs for read tasks.
+    dataset = ray.data.read_parquet(shard_files(cfg)).materialize()
+    # Same settings, same run name: Ray Train restores a re-run from its latest checkpoint.
+    run_name = f"{cfg.name}-{job.replace('/', '-')}-{cfg.section_hash('train', 'prepare', 'data')}"
     storage = Path(cfg.ray.storage_path or Path(cfg.output_dir) / "ray").resolve()
     trainer = TorchTrainer(
         train_worker_loop,

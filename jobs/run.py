@@ -1,0 +1,32 @@
+"""The run a new user starts first: reference model (reused if present) -> prepare -> train -> evaluate.
+
+``python -m jobs.run --config configs/demo.yaml`` (what ``make run`` runs).
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+from jobs import evaluate, prepare, sft, train
+from jobs.common import init_ray, parse_config, write_report
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    cfg = parse_config("run", argv)
+    init_ray(cfg)
+    started = time.perf_counter()
+    reports = {}
+    for name, job in (("sft", sft), ("prepare", prepare), ("train", train), ("evaluate", evaluate)):
+        print(f"\n===== {name} =====", flush=True)
+        reports[name] = job.main(argv)
+    wall = time.perf_counter() - started
+    print(f"\n===== {cfg.name}: SFT reference vs {cfg.train.loss} policy ({wall / 60:.1f} min) =====")
+    print(evaluate.comparison_table(reports["evaluate"]))
+    write_report(cfg, "run", {"wall_seconds": wall, "stages": {k: str(cfg.job_dir(k) / "report.json") for k in reports},
+                              **{k: reports["evaluate"][k] for k in ("reference_exact_match", "policy_exact_match")}})
+    return reports
+
+
+if __name__ == "__main__":
+    main()
