@@ -28,3 +28,33 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def run_job(job: str, out: Path, *overrides: str, config: str = "configs/tiny.yaml") -> dict:
+    """Run ``python -m jobs.<job>`` as a user would and return its report."""
+    import json
+    import subprocess
+    import sys
+
+    sets = [arg for o in (f"output_dir={out}", *overrides) for arg in ("--set", o)]
+    proc = subprocess.run([sys.executable, "-m", f"jobs.{job}", "--config", config, *sets], cwd=ROOT,
+                          capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, f"{job} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+    return json.loads((out / job / "report.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> dict:
+    """The tiny config's reference model and prepared shards (SFT + prepare jobs run for real), once per session."""
+    out = tmp_path_factory.mktemp("tiny_run")
+    return {"dir": out, "sft": run_job("sft", out), "prepare": run_job("prepare", out)}
+
+
+@pytest.fixture
+def tiny_copy(tiny_run, tmp_path) -> Path:
+    """A private copy of the tiny run's reference and shards, for tests that train into it."""
+    import shutil
+
+    for job in ("sft", "prepare"):
+        shutil.copytree(tiny_run["dir"] / job, tmp_path / job)
+    return tmp_path

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -13,31 +11,24 @@ import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
 from pipeline.shards import read_shards
+from tests.conftest import run_job
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
-def run_job(job: str, out: Path, *overrides: str) -> dict:
-    cmd = [sys.executable, "-m", f"jobs.{job}", "--config", "configs/tiny.yaml", "--set", f"output_dir={out}", *sum((["--set", o] for o in overrides), [])]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, f"{job} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
-    return json.loads((out / job / "report.json").read_text())
+@pytest.fixture(scope="module")
+def run_dir(tiny_run) -> Path:
+    return tiny_run["dir"]
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("tiny_run")
+def sft_report(tiny_run) -> dict:
+    return tiny_run["sft"]
 
 
 @pytest.fixture(scope="module")
-def sft_report(run_dir) -> dict:
-    return run_job("sft", run_dir)
-
-
-@pytest.fixture(scope="module")
-def prepare_report(run_dir, sft_report) -> dict:
-    return run_job("prepare", run_dir)
+def prepare_report(tiny_run) -> dict:
+    return tiny_run["prepare"]
 
 
 def test_sft_trains_and_saves_a_reusable_reference(run_dir, sft_report):

@@ -134,7 +134,9 @@ def train_worker_loop(lc: dict) -> None:
         print(f"[train] {tc.loss}: {len(train_ids)} training groups, {len(heldout)} held out; {world} workers x "
               f"{accum} micro-batches of {tc.micro_groups} groups; steps {start}..{tc.steps}; "
               f"held-out accuracy at start {acc_start:.3f}", flush=True)
+    # Which groups each step trained, per attempt: a restored run redoes the steps after its checkpoint.
     data_log = open(job_dir / f"data_rank{rank}.jsonl", "a")
+    attempt = _all_sum([time.time() if rank == 0 else 0.0])[0]  # one id shared by the ranks of this attempt
 
     for step in range(start, tc.steps):
         started = time.perf_counter()
@@ -150,7 +152,7 @@ def train_worker_loop(lc: dict) -> None:
             engine.step()
             sums += [metrics["loss"] * metrics["prompts"], metrics["prompts"], metrics["skipped_prompts"],
                      metrics["accuracy_correct"], metrics["accuracy_pairs"], batch.tokens]
-        data_log.write(json.dumps({"step": step, "rank": rank, "world": world, "groups": mine}) + "\n")
+        data_log.write(json.dumps({"step": step, "rank": rank, "world": world, "attempt": attempt, "groups": mine}) + "\n")
         data_log.flush()
         total = _all_sum(sums.tolist())
         seconds = time.perf_counter() - started

@@ -1,0 +1,111 @@
+"""Training survives a killed worker and a lost node, and keeps its data position exactly."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+STEPS = 24
+
+
+def _start_train(out: Path, *overrides: str) -> subprocess.Popen:
+    sets = [a for o in (f"output_dir={out}", f"train.steps={STEPS}", "train.checkpoint_every=4", "train.log_every=1", *overrides)
+            for a in ("--set", o)]
+    return subprocess.Popen([sys.executable, "-m", "jobs.train", "--config", "configs/tiny.yaml", *sets], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_step(out: Path, step: int, proc: subprocess.Popen, timeout: float = 900) -> pd.DataFrame:
+    path = out / "train" / "metrics.csv"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"train ended before step {step}:\n{proc.stdout.read()[-5000:]}")
+        if path.is_file():
+            df = pd.read_csv(path)
+            if len(df) and df["step"].max() >= step:
+                return df
+        time.sleep(0.2)
+    raise AssertionError(f"no step {step} within {timeout}s")
+
+
+def _finish(proc: subprocess.Popen) -> str:
+    output, _ = proc.communicate(timeout=1200)
+    assert proc.returncode == 0, output[-6000:]
+    return output
+
+
+def _trained_groups(out: Path) -> dict[int, list[int]]:
+    """Per step, the groups of the attempt that counts: the latest (a restored run redoes the steps after its checkpoint)."""
+    entries = [json.loads(line) for path in (out / "train").glob("data_rank*.jsonl") for line in path.read_text().splitlines()]
+    latest = {}
+    for e in entries:
+        latest[e["step"]] = max(latest.get(e["step"], 0), e["attempt"])
+    groups: dict[int, list[int]] = {}
+    for e in sorted(entries, key=lambda e: e["rank"]):
+        if e["attempt"] == latest[e["step"]]:
+            groups.setdefault(e["step"], []).extend(e["groups"])
+    return groups
+
+
+def _check_each_epoch_once(groups_by_step: dict[int, list[int]], batch_groups: int) -> None:
+    assert sorted(groups_by_step) == list(range(STEPS))
+    assert all(len(g) == batch_groups for g in groups_by_step.values())
+    n_train = len({g for gs in groups_by_step.values() for g in gs})
+    per_epoch = n_train // batch_groups
+    for epoch_start in range(0, STEPS, per_epoch):
+        seen = [g for s in range(epoch_start, min(epoch_start + per_epoch, STEPS)) for g in groups_by_step[s]]
+        assert len(seen) == len(set(seen)), "a group was trained twice within an epoch"
+        if epoch_start + per_epoch <= STEPS:
+            assert len(seen) == per_epoch * batch_groups, "a group was skipped"
+
+
+def _train_worker_pids() -> list[int]:
+    out = subprocess.run(["pgrep", "-f", "RayTrainWorker"], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def test_killed_worker_restores_from_checkpoint_and_finishes(tiny_copy):
+    proc = _start_train(tiny_copy, "train.max_failures=3")
+    _wait_for_step(tiny_copy, 6, proc)  # past the first checkpoint (step 4)
+    pids = _train_worker_pids()
+    assert pids, "no Ray Train worker process found"
+    os.kill(pids[-1], signal.SIGKILL)
+    output = _finish(proc)
+    assert "[train] restored step" in output
+    report = json.loads((tiny_copy / "train" / "report.json").read_text())
+    assert report["optimizer_steps"] == STEPS
+    _check_each_epoch_once(_trained_groups(tiny_copy), batch_groups=4)
+
+
+def test_elastic_training_continues_on_one_worker_after_a_node_is_removed(tiny_copy):
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    worker_node = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    try:
+        proc = _start_train(tiny_copy, f"ray.address={cluster.address}", "train.num_workers=[1, 2]", "train.max_failures=3")
+        df = _wait_for_step(tiny_copy, 6, proc)
+        assert (df["world_size"] == 2).all()
+        cluster.remove_node(worker_node)
+        output = _finish(proc)
+    finally:
+        cluster.shutdown()
+    assert "[train] restored step" in output
+    metrics = pd.read_csv(tiny_copy / "train" / "metrics.csv").drop_duplicates("step", keep="last")
+    assert metrics["step"].max() == STEPS
+    assert set(metrics["world_size"]) == {1, 2} and metrics.iloc[-1]["world_size"] == 1
+    report = json.loads((tiny_copy / "train" / "report.json").read_text())
+    assert report["optimizer_steps"] == STEPS
+    _check_each_epoch_once(_trained_groups(tiny_copy), batch_groups=4)
