@@ -6,7 +6,16 @@ import time
 import pandas as pd
 import torch
 
-from pipeline.stages import active, anchor_index, append_negatives, as_lists, meanfield_resample, row_seed
+from pipeline.stages import (
+    active,
+    anchor_index,
+    append_negatives,
+    as_lists,
+    flat_responses,
+    meanfield_resample,
+    regroup,
+    row_seed,
+)
 from pipeline.tokenize import pad_sequences
 from training.logprobs import sequence_logps
 
@@ -60,22 +69,15 @@ class ReferenceLogps(_ReferenceActor):
     @torch.no_grad()
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         started = time.perf_counter()
-        prompts, responses, owner = [], [], []
-        for i, ok in enumerate(active(batch)):
-            if ok:
-                for r in batch["response_ids"].iloc[i]:
-                    prompts.append(list(batch["prompt_ids"].iloc[i]))
-                    responses.append(list(r))
-                    owner.append(i)
+        positions = flat_responses(batch)
+        prompts = [list(batch["prompt_ids"].iloc[i]) for i, _ in positions]
+        responses = [list(batch["response_ids"].iloc[i][j]) for i, j in positions]
         values: list[float] = []
         for c in range(0, len(prompts), CHUNK):
             t = pad_sequences(prompts[c : c + CHUNK], responses[c : c + CHUNK], self.tokenizer.pad_token_id)
             values += sequence_logps(self.model, t["input_ids"], t["attention_mask"], t["response_mask"]).tolist()
-        ref: list[list[float]] = [[] for _ in range(len(batch))]
-        for i, v in zip(owner, values):
-            ref[i].append(v)
         out = batch.copy()
-        out["ref_logps"] = ref
+        out["ref_logps"] = regroup(batch, positions, values)
         out = as_lists(out)
         out["seconds_ref_logps"] = (time.perf_counter() - started) / max(len(out), 1)
         return out

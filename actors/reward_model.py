@@ -6,7 +6,7 @@ import time
 import pandas as pd
 import torch
 
-from pipeline.stages import as_lists, active
+from pipeline.stages import as_lists, flat_responses, regroup
 
 
 class RewardModelScores:
@@ -25,23 +25,14 @@ class RewardModelScores:
     @torch.no_grad()
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         started = time.perf_counter()
-        texts, owner = [], []
-        for i, ok in enumerate(active(batch)):
-            if ok:
-                for r in batch["responses"].iloc[i]:
-                    texts.append(batch["prompt"].iloc[i] + r)
-                    owner.append(i)
+        positions = flat_responses(batch)
+        texts = [batch["prompt"].iloc[i] + batch["responses"].iloc[i][j] for i, j in positions]
         values: list[float] = []
         for c in range(0, len(texts), self.batch_size):
             enc = self.tokenizer(texts[c : c + self.batch_size], return_tensors="pt", padding=True, truncation=True)
             values += self.model(**enc).logits[:, 0].float().tolist()
-        scores = list(batch["scores"])
-        for i in set(owner):
-            scores[i] = []
-        for i, v in zip(owner, values):
-            scores[i].append(v)
         out = batch.copy()
-        out["scores"] = scores
+        out["scores"] = regroup(batch, positions, values)
         out = as_lists(out)
         out["seconds_rewards"] = (time.perf_counter() - started) / max(len(out), 1)
         return out

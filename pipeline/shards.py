@@ -138,21 +138,27 @@ class Manifest:
         os.replace(tmp, self.path)
 
 
-def read_shards(directory: str | Path) -> pa.Table:
-    """All shards of a complete prepare run, verified against the manifest."""
+def verified_shard_files(directory: str | Path) -> list[Path]:
+    """The shard files of a complete prepare run, each checked against the manifest's SHA-256."""
     directory = Path(directory)
     path = directory / MANIFEST
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run `python -m jobs.prepare` first")
+        raise FileNotFoundError(f"{path} not found: run `python -m jobs.prepare --config ...` first")
     data = json.loads(path.read_text())
     if not data.get("complete"):
         raise ValueError(f"{path}: prepare did not finish ({len(data['shards'])}/{data['total_shards']} shards); re-run it to resume")
-    tables = []
+    files = []
     for name, entry in sorted(data["shards"].items()):
         file = directory / name
-        if file_sha256(file) != entry["sha256"]:
-            raise ValueError(f"{file}: checksum does not match {path}; re-run prepare to rebuild it")
-        table = pq.read_table(file)
+        if not file.is_file() or file_sha256(file) != entry["sha256"]:
+            raise ValueError(f"{file}: missing or checksum does not match {path}; re-run prepare to rebuild it")
+        files.append(file)
+    return files
+
+
+def read_shards(directory: str | Path) -> pa.Table:
+    """All shards of a complete prepare run, verified, as one table."""
+    tables = [pq.read_table(file) for file in verified_shard_files(directory)]
+    for table in tables:
         check_schema_version(table)
-        tables.append(table)
     return pa.concat_tables(tables)

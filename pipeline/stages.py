@@ -66,6 +66,19 @@ def active(batch: pd.DataFrame) -> pd.Series:
     return batch["skip_reason"] == ""
 
 
+def flat_responses(batch: pd.DataFrame) -> list[tuple[int, int]]:
+    """``(row, response)`` positions of every response of the active rows, the order model stages batch them in."""
+    return [(i, j) for i, ok in enumerate(active(batch)) if ok for j in range(len(batch["responses"].iloc[i]))]
+
+
+def regroup(batch: pd.DataFrame, positions: list[tuple[int, int]], values: list) -> list[list]:
+    """Per-row lists of values computed in :func:`flat_responses` order (empty for inactive rows)."""
+    rows: list[list] = [[] for _ in range(len(batch))]
+    for (i, _), value in zip(positions, values):
+        rows[i].append(value)
+    return rows
+
+
 def tokenize_records(batch: pd.DataFrame, tokenizer, max_length: int, on_overlength: str) -> pd.DataFrame:
     """Add ``prompt_ids`` and ``response_ids``; mark rows longer than ``max_length`` tokens."""
     batch = batch.copy()

@@ -201,3 +201,25 @@ def test_manifest_resumes_only_verified_shards(tmp_path):
     assert table.column("scores").to_pylist() == [[1.0, 0.0], None]
     _, notes = Manifest.open(tmp_path, "other-settings")
     assert "rebuilding" in notes[0] and not (tmp_path / "shard-00000.parquet").exists()
+
+
+def test_reward_model_actor_scores_every_response(tiny_model_dir, tmp_path):
+    from transformers import LlamaForSequenceClassification
+
+    from actors.reward_model import RewardModelScores
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, num_labels=1, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    LlamaForSequenceClassification(cfg).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    batch = _batch(tokenizer, ["Add 1 and 2.\nAnswer: ", "Say ab again.\nAnswer: "], ["3", "ab"])
+    batch = stages.append_negatives(batch, [[[5, 2]], [[6, 7, 2]]], "autoregressive", tokenizer)
+    out = RewardModelScores(str(tmp_path))(batch)
+    scores = [list(s) for s in out["scores"]]
+    assert [len(s) for s in scores] == [2, 2] and all(np.isfinite(v) for s in scores for v in s)
+    model = LlamaForSequenceClassification.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        direct = model(**tokenizer(["Add 1 and 2.\nAnswer: 3"], return_tensors="pt")).logits[0, 0].item()
+    assert scores[0][0] == pytest.approx(direct, abs=1e-4)

@@ -40,38 +40,14 @@ def margin_histogram(margins: dict[str, list[float]], out: Path, title: str) -> 
     return out
 
 
-def before_after_bars(values: dict[str, tuple[float, float]], out: Path, title: str, labels=("reference", "policy")) -> Path:
-    """``values``: metric name -> (before, after)."""
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    names = list(values)
+def _paired_bars(names: list[str], first: list[float], second: list[float], labels: tuple[str, str], out: Path,
+                 title: str, size: tuple[float, float]) -> Path:
+    fig, ax = plt.subplots(figsize=size)
     x = range(len(names))
     w = 0.38
-    before = [values[n][0] for n in names]
-    after = [values[n][1] for n in names]
-    b1 = ax.bar([i - w / 2 for i in x], before, w, label=labels[0])
-    b2 = ax.bar([i + w / 2 for i in x], after, w, label=labels[1])
-    ax.bar_label(b1, fmt="%.3f", fontsize=8)
-    ax.bar_label(b2, fmt="%.3f", fontsize=8)
+    for offset, values, label in ((-w / 2, first, labels[0]), (w / 2, second, labels[1])):
+        ax.bar_label(ax.bar([i + offset for i in x], values, w, label=label), fmt="%.3f", fontsize=8)
     ax.set_xticks(list(x), names)
-    ax.set_ylim(0, 1.05)
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
-
-
-def method_bars(table: pd.DataFrame, out: Path, title: str) -> Path:
-    """``table`` indexed by method with columns exact_match and mean_reward."""
-    fig, ax = plt.subplots(figsize=(8, 4))
-    x = range(len(table))
-    w = 0.38
-    b1 = ax.bar([i - w / 2 for i in x], table["exact_match"], w, label="held-out exact match")
-    b2 = ax.bar([i + w / 2 for i in x], table["mean_reward"], w, label="held-out mean reward")
-    ax.bar_label(b1, fmt="%.3f", fontsize=8)
-    ax.bar_label(b2, fmt="%.3f", fontsize=8)
-    ax.set_xticks(list(x), list(table.index))
     ax.set_ylim(0, 1.05)
     ax.set_title(title)
     ax.legend(loc="upper left")
@@ -79,3 +55,16 @@ def method_bars(table: pd.DataFrame, out: Path, title: str) -> Path:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def before_after_bars(values: dict[str, tuple[float, float]], out: Path, title: str) -> Path:
+    """``values``: metric name -> (reference, policy)."""
+    names = list(values)
+    return _paired_bars(names, [values[n][0] for n in names], [values[n][1] for n in names],
+                        ("SFT reference", "trained policy"), out, title, (6.5, 4))
+
+
+def method_bars(table: pd.DataFrame, out: Path, title: str) -> Path:
+    """``table`` indexed by method with columns exact_match and mean_reward."""
+    return _paired_bars(list(table.index), list(table["exact_match"]), list(table["mean_reward"]),
+                        ("held-out exact match", "held-out mean reward"), out, title, (8, 4))

@@ -26,7 +26,7 @@ from ray.train.torch import TorchTrainer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from configs.schema import Config
-from pipeline.shards import MANIFEST, file_sha256
+from pipeline.shards import verified_shard_files
 from training.batches import Batch, collate, pack_groups
 from training.engine import deepspeed_config, lr_at, set_lr, set_worker_threads
 from training.logprobs import response_token_counts, sequence_logps
@@ -202,23 +202,6 @@ def _checkpoint(engine, tokenizer, rank: int, world: int, step: int, acc_start: 
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
 
 
-def shard_files(cfg: Config) -> list[str]:
-    """The verified Parquet shards of the prepare job."""
-    directory = cfg.job_dir("prepare") / "shards"
-    manifest_path = directory / MANIFEST
-    if not manifest_path.is_file():
-        raise FileNotFoundError(f"{manifest_path} not found: run `python -m jobs.prepare --config ...` first")
-    manifest = json.loads(manifest_path.read_text())
-    if not manifest.get("complete"):
-        raise ValueError(f"{manifest_path}: prepare did not finish; re-run it to resume")
-    files = []
-    for name, entry in sorted(manifest["shards"].items()):
-        if file_sha256(directory / name) != entry["sha256"]:
-            raise ValueError(f"{directory / name}: checksum does not match the manifest; re-run prepare")
-        files.append(str((directory / name).resolve()))
-    return files
-
-
 def run_train(cfg: Config, job: str = "train") -> dict:
     """Train ``cfg.train.loss``; results go to ``<output_dir>/<job>`` (the comparison uses one job dir per method)."""
     from pipeline.graph import policy_dir
@@ -228,7 +211,8 @@ def run_train(cfg: Config, job: str = "train") -> dict:
     job_dir = cfg.job_dir(job).resolve()
     job_dir.mkdir(parents=True, exist_ok=True)
     # Materialized once in the driver: workers then read blocks without needing CPUs for read tasks.
-    dataset = ray.data.read_parquet(shard_files(cfg)).materialize()
+    files = [str(f.resolve()) for f in verified_shard_files(cfg.job_dir("prepare") / "shards")]
+    dataset = ray.data.read_parquet(files).materialize()
     # Same settings, same run name: Ray Train restores a re-run from its latest checkpoint.
     run_name = f"{cfg.name}-{job.replace('/', '-')}-{cfg.section_hash('train', 'prepare', 'data')}"
     storage = Path(cfg.ray.storage_path or Path(cfg.output_dir) / "ray").resolve()
