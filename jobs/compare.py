@@ -14,7 +14,7 @@ from training.evaluation import heldout_margins, task_eval
 from training.sft import run_sft
 from training.train import run_train
 
-METHODS = ("dpo", "swepo", "rpo", "cpo", "infonca")
+METHODS = ("dpo", "swepo", "rpo", "cpo", "infonca", "nca")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -24,15 +24,17 @@ def main(argv: list[str] | None = None) -> dict:
     run_prepare(cfg)
     out = cfg.job_dir("compare")
     _, ref = task_eval(policy_dir(cfg), cfg)
-    rows = {"SFT reference": {**ref, "implicit_accuracy": heldout_margins(policy_dir(cfg), cfg)[0], "train_seconds": 0.0}}
+    ref_accuracy = heldout_margins(policy_dir(cfg), cfg)[0]
+    rows = {"SFT reference": {**ref, "implicit_accuracy_start": ref_accuracy, "implicit_accuracy": ref_accuracy, "train_seconds": 0.0}}
     for method in METHODS:
         c = cfg.model_copy(deep=True)
         c.train.loss = method
         trained = run_train(c, job=f"compare/{method}")
         _, scores = task_eval(trained["policy_dir"], c)
-        rows[method] = {**scores, "implicit_accuracy": trained["heldout_accuracy_end"], "train_seconds": trained["wall_seconds"]}
+        rows[method] = {**scores, "implicit_accuracy_start": trained["heldout_accuracy_start"],
+                        "implicit_accuracy": trained["heldout_accuracy_end"], "train_seconds": trained["wall_seconds"]}
         print(f"[compare] {method}: exact match {scores['exact_match']:.3f}, mean reward {scores['mean_reward']:.3f}", flush=True)
-    table = pd.DataFrame(rows).T[["exact_match", "mean_reward", "implicit_accuracy", "train_seconds"]]
+    table = pd.DataFrame(rows).T[["exact_match", "mean_reward", "implicit_accuracy_start", "implicit_accuracy", "train_seconds"]]
     plot = plots.method_bars(table, out / "methods.png", f"held-out results per method ({cfg.name}, {cfg.train.steps} steps each)")
     header = "| method | " + " | ".join(table.columns) + " |\n|" + " --- |" * (len(table.columns) + 1) + "\n"
     (out / "table.md").write_text(header + "".join(

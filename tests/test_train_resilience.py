@@ -25,18 +25,24 @@ def _start_train(out: Path, *overrides: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _wait_for_step(out: Path, step: int, proc: subprocess.Popen, timeout: float = 900) -> pd.DataFrame:
-    path = out / "train" / "metrics.csv"
+def _wait_for_checkpoint(out: Path, proc: subprocess.Popen, timeout: float = 900) -> pd.DataFrame:
+    """Wait until Ray Train has registered a checkpoint (its snapshot lists one), then return the metrics so far.
+
+    A report still in flight when its worker dies is lost, so the failure must come after registration.
+    """
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"train ended before step {step}:\n{proc.stdout.read()[-5000:]}")
-        if path.is_file():
-            df = pd.read_csv(path)
-            if len(df) and df["step"].max() >= step:
-                return df
-        time.sleep(0.2)
-    raise AssertionError(f"no step {step} within {timeout}s")
+            raise AssertionError(f"train ended before its first checkpoint:\n{proc.stdout.read()[-5000:]}")
+        for snapshot in (out / "ray").glob("*/checkpoint_manager_snapshot.json"):
+            try:
+                registered = json.loads(snapshot.read_text()).get("checkpoint_results")
+            except json.JSONDecodeError:
+                continue
+            if registered:
+                return pd.read_csv(out / "train" / "metrics.csv")
+        time.sleep(0.1)
+    raise AssertionError(f"no checkpoint within {timeout}s")
 
 
 def _finish(proc: subprocess.Popen) -> str:
@@ -77,12 +83,12 @@ def _train_worker_pids() -> list[int]:
 
 def test_killed_worker_restores_from_checkpoint_and_finishes(tiny_copy):
     proc = _start_train(tiny_copy, "train.max_failures=3")
-    _wait_for_step(tiny_copy, 6, proc)  # past the first checkpoint (step 4)
+    _wait_for_checkpoint(tiny_copy, proc)
     pids = _train_worker_pids()
     assert pids, "no Ray Train worker process found"
     os.kill(pids[-1], signal.SIGKILL)
     output = _finish(proc)
-    assert "[train] restored step" in output
+    assert "[train] restored step" in output, output[-5000:]
     report = json.loads((tiny_copy / "train" / "report.json").read_text())
     assert report["optimizer_steps"] == STEPS
     _check_each_epoch_once(_trained_groups(tiny_copy), batch_groups=4)
@@ -96,13 +102,13 @@ def test_elastic_training_continues_on_one_worker_after_a_node_is_removed(tiny_c
     cluster.wait_for_nodes()
     try:
         proc = _start_train(tiny_copy, f"ray.address={cluster.address}", "train.num_workers=[1, 2]", "train.max_failures=3")
-        df = _wait_for_step(tiny_copy, 6, proc)
+        df = _wait_for_checkpoint(tiny_copy, proc)
         assert (df["world_size"] == 2).all()
         cluster.remove_node(worker_node)
         output = _finish(proc)
     finally:
         cluster.shutdown()
-    assert "[train] restored step" in output
+    assert "[train] restored step" in output, output[-5000:]
     metrics = pd.read_csv(tiny_copy / "train" / "metrics.csv").drop_duplicates("step", keep="last")
     assert metrics["step"].max() == STEPS
     assert set(metrics["world_size"]) == {1, 2} and metrics.iloc[-1]["world_size"] == 1
