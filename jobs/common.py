@@ -31,6 +31,8 @@ def init_ray(cfg: Config) -> None:
 
     if ray.is_initialized():
         return
+    # Ray Train's print patch re-logs every worker print, so each progress line would appear twice.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     kwargs = {"address": address} if address else {"num_cpus": cfg.ray.num_cpus, "include_dashboard": False}
     ray.init(log_to_driver=True, **kwargs)

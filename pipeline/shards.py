@@ -68,7 +68,9 @@ def to_shard_table(rows: pd.DataFrame) -> pa.Table:
         if name not in rows:
             rows[name] = None
     table = pa.Table.from_pandas(rows[SHARD_SCHEMA.names], schema=SHARD_SCHEMA, preserve_index=False)
-    return with_version(table)
+    # pandas metadata would name the pandas dtypes of this process (Arrow-backed ones among them),
+    # which another reader's to_pandas() may not understand; the Arrow schema says everything.
+    return with_version(table.replace_schema_metadata({}))
 
 
 @dataclass

@@ -46,7 +46,7 @@ def test_prepare_builds_every_stage_into_shards(run_dir, prepare_report):
     assert all(r["seconds_per_stage"][s] > 0 for s in ("autoregressive", "meanfield", "embed_responses", "ref_logps"))
     table = read_shards(run_dir / "prepare" / "shards")
     rows = table.to_pylist()
-    assert len(rows) == 48
+    assert len(rows) == 48 and len(table.to_pandas()) == 48  # readable by pandas in another process
     for row in rows:
         k = len(row["responses"])
         assert len(row["origins"]) == len(row["response_ids"]) == len(row["scores"]) == len(row["ref_logps"]) == k
