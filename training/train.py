@@ -135,7 +135,10 @@ def train_worker_loop(lc: dict) -> None:
               f"{accum} micro-batches of {tc.micro_groups} groups; steps {start}..{tc.steps}; "
               f"held-out accuracy at start {acc_start:.3f}", flush=True)
     # Which groups each step trained, per attempt: a restored run redoes the steps after its checkpoint.
-    data_log = open(job_dir / f"data_rank{rank}.jsonl", "a")
+    # A run that starts from step 0 (new settings, or a failure before the first checkpoint) starts its logs afresh.
+    if start == 0 and rank == 0:
+        (job_dir / "metrics.csv").unlink(missing_ok=True)
+    data_log = open(job_dir / f"data_rank{rank}.jsonl", "a" if start else "w")
     attempt = _all_sum([time.time() if rank == 0 else 0.0])[0]  # one id shared by the ranks of this attempt
 
     for step in range(start, tc.steps):
