@@ -119,7 +119,7 @@ class PrepareConfig(_Section):
     negatives: NegativesConfig = Field(default_factory=NegativesConfig, description="Synthetic negatives added per prompt.")
     reward: str = Field(
         default="auto",
-        description="Scores of responses: 'none' (no scores; enough for CPO and DPO on ground truth or chosen/rejected), 'source' (the source's scores), 'task' (the embedded task's reward), 'module:function' (a programmatic scorer f(prompt, response) -> float), 'model:<dir>' (a sequence-classification reward model), or 'auto' (source scores when present, else the task reward).",
+        description="Scores of responses: 'source' (the source's scores; only when no negatives are added), 'task' (the embedded task's reward), 'module:function' (a programmatic scorer f(prompt, response) -> float), 'model:<dir>' (a sequence-classification reward model), 'none' (no scores: enough for CPO, and for DPO/RPO on chosen/rejected or ground truth), or 'auto' (source scores when present and no negatives are added; the task reward for the embedded task; otherwise none).",
     )
     embedder_dir: str | None = Field(
         default=None, description="sentence-transformers model directory; null uses the packaged all-MiniLM-L6-v2."

@@ -28,7 +28,7 @@ from actors.reward_model import RewardModelScores
 from configs.schema import Config
 from pipeline import task
 from pipeline.records import BASE_SCHEMA, validate_records
-from pipeline.shards import Manifest, dir_fingerprint, shard_name
+from pipeline.shards import Manifest, content_fingerprint, shard_name
 from pipeline.sources import read_source
 from pipeline.stages import (
     active,
@@ -185,7 +185,9 @@ def run_prepare(cfg: Config) -> dict:
     has_scores = table["scores"].null_count < table.num_rows
     n_neg = sum(getattr(cfg.prepare.negatives, k) for k in ("autoregressive", "meanfield", "truncation", "batch"))
     reward = reward_mode(cfg, has_scores, n_neg > 0)
-    config_hash = cfg.section_hash("data", "prepare", "task", "model") + dir_fingerprint(model_dir)
+    config_hash = cfg.section_hash("data", "prepare", "task", "model") + content_fingerprint(model_dir)
+    if cfg.data.source:
+        config_hash += content_fingerprint(cfg.data.source)
     manifest, notes = Manifest.open(shards_dir, config_hash)
     for note in notes:
         print(f"[prepare] {note}")
@@ -221,6 +223,9 @@ def run_prepare(cfg: Config) -> dict:
     if len(todo):
         graph = build_main_graph(ray.data.from_pandas(todo), cfg, str(model_dir), tokenizer, reward)
         _write_stream(graph, todo["shard"].value_counts().to_dict(), manifest, started)
+    if len(manifest.shards) != manifest.total_shards:
+        missing = sorted(set(range(manifest.total_shards)) - {int(n[6:11]) for n in manifest.shards})
+        raise RuntimeError(f"prepare lost rows: shards {missing} never received all their rows")
 
     return _summarize(cfg, manifest, source_report, table.num_rows, skipped, seconds, time.perf_counter() - started, reward)
 

@@ -53,10 +53,16 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def dir_fingerprint(path: Path) -> str:
-    """Names and sizes of a model directory's files: changes when the model is re-saved differently."""
-    items = sorted((p.relative_to(path).as_posix(), p.stat().st_size) for p in Path(path).rglob("*") if p.is_file())
-    return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
+def content_fingerprint(path: str | Path) -> str:
+    """SHA-256 over the contents of a file, or of every file of a directory (a retrained model with the same
+    file sizes must not pass for the old one)."""
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    h = hashlib.sha256()
+    for file in files:
+        h.update(file.relative_to(path).as_posix().encode() if path.is_dir() else file.name.encode())
+        h.update(file_sha256(file).encode())
+    return h.hexdigest()[:16]
 
 
 def to_shard_table(rows: pd.DataFrame) -> pa.Table:

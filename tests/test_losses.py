@@ -313,3 +313,13 @@ def test_metrics_are_detached() -> None:
     for out in outs:
         assert out.losses.requires_grad
         assert all(not m.requires_grad for m in out.metrics.values())
+
+
+def test_swepo_equal_float32_scores_have_no_positive():
+    from training.losses import swepo_loss
+
+    scores = torch.full((1, 6), 0.3, dtype=torch.float32)
+    logps = torch.randn(1, 6, requires_grad=True)
+    for mode in ("k1_vs_k2", "1_vs_k"):
+        out = swepo_loss(logps, torch.zeros(1, 6), scores, mode=mode)
+        assert not out.valid.any() and out.losses.item() == 0.0

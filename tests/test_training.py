@@ -88,3 +88,20 @@ def test_elastic_batch_must_divide_for_every_world_size(tmp_path):
     path.write_text("train:\n  num_workers: [1, 3]\n  batch_groups: 8\n  micro_groups: 2\n")
     with pytest.raises(ConfigError, match="fails for 3 workers"):
         load_config(path)
+
+
+@pytest.mark.parametrize("loss", ["dpo", "rpo", "cpo", "swepo"])
+def test_prompts_whose_negatives_were_all_dropped_are_skipped_not_contrasted_with_themselves(loss):
+    rows = _rows()
+    single = rows.index[1]  # group 0, second prompt: only its ground truth survived
+    rows.at[single, "response_ids"] = [[6, 7, 2]]
+    rows.at[single, "origins"] = ["ground_truth"]
+    rows.at[single, "scores"] = [1.0]
+    rows.at[single, "ref_logps"] = [-2.0]
+    rows.at[single, "rank"] = [0]
+    batch = collate(pack_groups(rows)[:1], pad_id=0)
+    policy = (batch.ref_logps + 0.5 * torch.arange(3.0)).requires_grad_(True)
+    value, metrics = preference_loss(TrainConfig(loss=loss), batch, policy, batch.ref_logps, batch.gather(torch.full((4,), 2.0)))
+    value.backward()
+    assert metrics["skipped_prompts"] == 1 and torch.isfinite(value)
+    assert policy.grad[1].abs().sum() == 0  # the single-response prompt takes no part

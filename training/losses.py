@@ -133,9 +133,13 @@ def swepo_loss(
     ``margin``, ``num_positive``.
     """
     s, mask = _rewards(policy_logps, ref_logps, beta, mask)
-    scores = torch.where(mask, scores, torch.zeros_like(scores)).to(s.dtype)
+    # Deviations in float64 with a relative tolerance: equal scores must give no positive, and the mean
+    # of equal float32 scores can round slightly above them.
+    scores = torch.where(mask, scores, torch.zeros_like(scores)).to(torch.float64)
     dev = torch.where(mask, scores - _masked_mean(scores, mask).unsqueeze(-1), torch.zeros_like(scores))
-    positive = mask & (dev > 0)
+    tol = 1e-6 * scores.abs().amax(-1, keepdim=True).clamp(min=1.0)
+    positive = mask & (dev > tol)
+    dev = dev.to(s.dtype)
     valid = positive.any(-1)
     if mode == "1_vs_k":
         top = dev.masked_fill(~mask, float("-inf")).argmax(-1, keepdim=True)

@@ -12,12 +12,23 @@ NEEDS_SCORES = {"swepo", "infonca", "nca"}
 
 
 def _rejected_index(batch: Batch) -> Tensor:
-    """Per prompt, the response DPO and RPO contrast with the anchor: the lowest scored, else origin
-    'rejected', else the first negative."""
+    """Per prompt, the response DPO and RPO contrast with the anchor (index 0): origin 'rejected', else the
+    lowest-scored other response, else the first other response. Prompts without one are invalid (see
+    :func:`has_negative`)."""
+    others = batch.mask.clone()
+    others[:, 0] = False
     if batch.scores is not None:
-        return batch.scores.masked_fill(~batch.mask, float("inf")).argmin(-1)
+        fallback = batch.scores.masked_fill(~others, float("inf")).argmin(-1)
+    else:
+        fallback = torch.ones(batch.mask.shape[0], dtype=torch.long)
     has_rejected = batch.is_rejected.any(-1)
-    return torch.where(has_rejected, batch.is_rejected.float().argmax(-1), torch.ones_like(has_rejected, dtype=torch.long))
+    return torch.where(has_rejected, batch.is_rejected.float().argmax(-1), fallback).clamp(max=batch.mask.shape[1] - 1)
+
+
+def has_negative(batch: Batch) -> Tensor:
+    """``[P]`` prompts with at least one response besides the anchor (all synthetic negatives may have
+    been dropped as copies of the ground truth); the others cannot be contrasted and are skipped."""
+    return batch.mask.sum(-1) >= 2
 
 
 def implicit_accuracy(rewards: Tensor, batch: Batch) -> tuple[float, int]:
@@ -41,6 +52,9 @@ def preference_loss(tc: TrainConfig, batch: Batch, policy: Tensor, ref: Tensor, 
     """
     if tc.loss in NEEDS_SCORES and batch.scores is None:
         raise ValueError(f"train.loss={tc.loss} needs response scores; the shards have none (set prepare.reward)")
+    if tc.loss == "cpo" and tc.cpo_ranked and batch.order is None:
+        raise ValueError("train.cpo_ranked needs the similarity ranks the prepare job stores for rows with a ground truth; "
+                         "these shards have none")
     P = policy.shape[0]
     rows = torch.arange(P)
     if tc.loss == "dpo":
@@ -58,7 +72,7 @@ def preference_loss(tc: TrainConfig, batch: Batch, policy: Tensor, ref: Tensor, 
     else:
         fn = L.infonca_loss if tc.loss == "infonca" else L.nca_loss
         out = fn(policy, ref, batch.scores, beta=tc.beta, temperature=tc.temperature, mask=batch.mask)
-    valid = out.valid
+    valid = out.valid & has_negative(batch)
     loss = (out.losses * valid).sum() / valid.sum().clamp(min=1)
     correct, pairs = implicit_accuracy(tc.beta * (policy - ref).detach(), batch)
     metrics = {"loss": float(loss.detach()), "prompts": P, "skipped_prompts": int((~valid).sum()),
@@ -71,18 +85,24 @@ def preference_loss(tc: TrainConfig, batch: Batch, policy: Tensor, ref: Tensor, 
 def _rpo(tc: TrainConfig, batch: Batch, policy: Tensor, ref: Tensor) -> L.LossOutput:
     """RPO per contrast group; paired rows are prompts, unpaired columns are every negative of the group."""
     rej = _rejected_index(batch)
+    usable = has_negative(batch)
     outs = []
     for g, sim in enumerate(batch.similarity):
         rows = (batch.group_of_prompt == g).nonzero().flatten()
         if tc.rpo_paired:
+            # A prompt without a negative has no rejected column to offer, and no contrast of its own.
+            pairs = usable[rows].unsqueeze(0) & usable[rows].unsqueeze(1)
+            pairs |= ~usable[rows].unsqueeze(1) & torch.eye(len(rows), dtype=torch.bool)  # keep every row non-empty
             out = L.rpo_loss(policy[rows, 0], policy[rows, rej[rows]], ref[rows, 0], ref[rows, rej[rows]],
-                             similarity=sim, beta=tc.beta, tau=tc.rpo_tau, weighting=tc.rpo_weighting, lam=tc.rpo_lambda)
+                             similarity=sim, beta=tc.beta, tau=tc.rpo_tau, weighting=tc.rpo_weighting, lam=tc.rpo_lambda,
+                             mask=pairs)
         else:
             neg = batch.mask[rows].clone()
             neg[:, 0] = False
             owner, col = neg.nonzero(as_tuple=True)
             out = L.rpo_loss(policy[rows, 0], policy[rows[owner], col], ref[rows, 0], ref[rows[owner], col],
-                             similarity=sim[:, owner], beta=tc.beta, tau=tc.rpo_tau, weighting=tc.rpo_weighting)
+                             similarity=sim[:, owner], beta=tc.beta, tau=tc.rpo_tau, weighting=tc.rpo_weighting,
+                             lam=tc.rpo_lambda)
         outs.append(out)
     return L.LossOutput(
         torch.cat([o.losses for o in outs]),

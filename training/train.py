@@ -26,7 +26,7 @@ from ray.train.torch import TorchTrainer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from configs.schema import Config
-from pipeline.shards import verified_shard_files
+from pipeline.shards import MANIFEST, verified_shard_files
 from training.batches import Batch, collate, pack_groups
 from training.engine import deepspeed_config, lr_at, set_lr, set_worker_threads
 from training.logprobs import response_token_counts, sequence_logps
@@ -136,8 +136,8 @@ def train_worker_loop(lc: dict) -> None:
               f"held-out accuracy at start {acc_start:.3f}", flush=True)
     # Which groups each step trained, per attempt: a restored run redoes the steps after its checkpoint.
     # A run that starts from step 0 (new settings, or a failure before the first checkpoint) starts its logs afresh.
-    if start == 0 and rank == 0:
-        (job_dir / "metrics.csv").unlink(missing_ok=True)
+    if rank == 0:
+        _truncate_metrics(job_dir / "metrics.csv", start)
     data_log = open(job_dir / f"data_rank{rank}.jsonl", "a" if start else "w")
     attempt = _all_sum([time.time() if rank == 0 else 0.0])[0]  # one id shared by the ranks of this attempt
 
@@ -173,6 +173,16 @@ def train_worker_loop(lc: dict) -> None:
     data_log.close()
     if writer:
         writer.close()
+
+
+def _truncate_metrics(path: Path, start: int) -> None:
+    """Keep only the rows of steps up to ``start``: the steps after it are about to be redone."""
+    if path.is_file():
+        kept = pd.read_csv(path).query("step <= @start") if start else None
+        if kept is None or kept.empty:
+            path.unlink()
+        else:
+            kept.to_csv(path, index=False)
 
 
 def _log(job_dir: Path, writer, row: dict, log_every: int) -> None:
@@ -214,10 +224,15 @@ def run_train(cfg: Config, job: str = "train") -> dict:
     job_dir = cfg.job_dir(job).resolve()
     job_dir.mkdir(parents=True, exist_ok=True)
     # Materialized once in the driver: workers then read blocks without needing CPUs for read tasks.
-    files = [str(f.resolve()) for f in verified_shard_files(cfg.job_dir("prepare") / "shards")]
+    shards = cfg.job_dir("prepare") / "shards"
+    files = [str(f.resolve()) for f in verified_shard_files(shards)]
     dataset = ray.data.read_parquet(files).materialize()
-    # Same settings, same run name: Ray Train restores a re-run from its latest checkpoint.
-    run_name = f"{cfg.name}-{job.replace('/', '-')}-{cfg.section_hash('train', 'prepare', 'data')}"
+    if tc.reference == "shards" and dataset.filter(lambda row: row["ref_logps"] is None).count():
+        raise ValueError(f"{shards}: rows without reference log-probs; set prepare.ref_logps: true and re-run prepare, "
+                         "or train with train.reference: live")
+    # Same settings and shards, same run name: Ray Train restores a re-run from its latest checkpoint.
+    shards_hash = json.loads((shards / MANIFEST).read_text())["config_hash"]
+    run_name = f"{cfg.name}-{job.replace('/', '-')}-{cfg.section_hash('train')}-{shards_hash[:16]}"
     storage = Path(cfg.ray.storage_path or Path(cfg.output_dir) / "ray").resolve()
     trainer = TorchTrainer(
         train_worker_loop,
