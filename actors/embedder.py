@@ -18,7 +18,7 @@ def default_embedder_dir() -> str:
 class Embedder:
     """Adds ``prompt_embedding`` (``what="prompts"``) or ``response_embeddings`` (``what="responses"``)."""
 
-    def __init__(self, model_dir: str | None, what: str, batch_size: int = 64, threads: int = 1):
+    def __init__(self, model_dir: str | None, what: str, batch_size: int = 64, threads: int = 1, max_tokens: int = 256):
         import torch
         from sentence_transformers import SentenceTransformer
 
@@ -26,6 +26,7 @@ class Embedder:
             raise ValueError(f"what must be 'prompts' or 'responses', got {what!r}")
         torch.set_num_threads(max(1, threads))
         self.model = SentenceTransformer(model_dir or default_embedder_dir(), device="cpu")
+        self.model.max_seq_length = min(max_tokens, self.model.max_seq_length)
         self.what, self.batch_size = what, batch_size
 
     def _encode(self, texts: list[str]) -> np.ndarray:

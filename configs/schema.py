@@ -125,6 +125,10 @@ class PrepareConfig(_Section):
         default=None, description="sentence-transformers model directory; null uses the packaged all-MiniLM-L6-v2."
     )
     grouping: GroupingConfig = Field(default_factory=GroupingConfig, description="RPO contrast groups.")
+    embed_responses: bool = Field(
+        default=True, description="Embed every response (needed for CPO's similarity ranks); prompts are always embedded (contrast groups)."
+    )
+    embed_max_tokens: int = Field(default=256, ge=8, description="Word pieces the embedder reads per text (longer texts are truncated).")
     swepo_alpha: float = Field(default=1.0, description="SWEPO alpha used for the stored log-weights.")
     swepo_p: float = Field(default=1.0, ge=0, description="SWEPO power p used for the stored log-weights.")
     swepo_weighting: Literal["abs", "signed"] = Field(default="abs", description="SWEPO weighting used for the stored log-weights.")

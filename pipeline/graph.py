@@ -158,7 +158,9 @@ def build_main_graph(ds: ray.data.Dataset, cfg: Config, model_dir: str, tokenize
         ds = ds.map_batches(RewardModelScores, fn_constructor_kwargs={"model_dir": reward[len("model:"):], "threads": threads}, **small())
     elif reward not in ("source", "none"):
         ds = ds.map_batches(timed("rewards", partial(score_responses, scorer=load_scorer(reward))), batch_format="pandas")
-    ds = ds.map_batches(Embedder, fn_constructor_kwargs={"model_dir": p.embedder_dir, "what": "responses", "threads": threads}, **small())
+    if p.embed_responses:
+        ds = ds.map_batches(Embedder, fn_constructor_kwargs={"model_dir": p.embedder_dir, "what": "responses",
+                                                              "threads": threads, "max_tokens": p.embed_max_tokens}, **small())
     ds = ds.map_batches(timed("group_statistics", partial(group_statistics, alpha=p.swepo_alpha, p=p.swepo_p,
                                                           weighting=p.swepo_weighting)), batch_format="pandas")
     if p.ref_logps:
@@ -202,7 +204,8 @@ def run_prepare(cfg: Config) -> dict:
         .map_batches(timed("tokenize", partial(tokenize_records, tokenizer=tokenizer, max_length=cfg.model.max_length,
                                                on_overlength=cfg.prepare.on_overlength)), batch_format="pandas")
         .map_batches(Embedder, fn_constructor_kwargs={"model_dir": cfg.prepare.embedder_dir, "what": "prompts",
-                                                      "threads": max(1, int(cfg.prepare.model_actor_cpus))}, **small)
+                                                      "threads": max(1, int(cfg.prepare.model_actor_cpus)),
+                                                      "max_tokens": cfg.prepare.embed_max_tokens}, **small)
         .to_pandas()
     )
     front = as_lists(front)
