@@ -34,7 +34,8 @@ def init_ray(cfg: Config) -> None:
     # Ray Train's print patch re-logs every worker print, so each progress line would appear twice.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    kwargs = {"address": address} if address else {"num_cpus": cfg.ray.num_cpus, "include_dashboard": False}
+    # address="local": a new cluster of our own, never a head that happens to run on this machine.
+    kwargs = {"address": address} if address else {"address": "local", "num_cpus": cfg.ray.num_cpus, "include_dashboard": False}
     ray.init(log_to_driver=True, **kwargs)
     # Ray Data's progress bars redraw constantly in non-terminal logs; one line per update is enough.
     ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
