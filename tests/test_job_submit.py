@@ -17,13 +17,20 @@ pytestmark = pytest.mark.slow
 DASHBOARD_PORT = 8299
 
 
-def test_ray_job_submit_runs_sft_on_a_ray_head(tmp_path):
+def test_ray_job_submit_runs_sft_on_a_ray_head(tmp_path, monkeypatch):
     ray_cli = str(Path(sys.executable).parent / "ray")
-    env = {**os.environ, "RAY_ADDRESS": ""}
+    # A throwaway head on loopback: no token authentication, for the CLI and this process's client alike.
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    # The job's `python` is looked up on the head's PATH, as with an activated virtualenv.
+    env = {**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "disabled",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     # --block ties the head's processes to this one, so stopping it stops only this cluster.
     head = subprocess.Popen(
         [ray_cli, "start", "--head", "--block", "--port=6399", f"--dashboard-port={DASHBOARD_PORT}",
-         "--include-dashboard=true", "--num-cpus=4", "--disable-usage-stats"],
+         "--include-dashboard=true", "--num-cpus=4", "--disable-usage-stats",
+         # ports of its own, so a Ray instance already on this machine cannot block its job agent
+         "--dashboard-agent-listen-port=52399", "--dashboard-agent-grpc-port=52398", "--runtime-env-agent-port=52397",
+         "--metrics-export-port=52396"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
     address = f"http://127.0.0.1:{DASHBOARD_PORT}"
@@ -41,11 +48,15 @@ def test_ray_job_submit_runs_sft_on_a_ray_head(tmp_path):
                     raise
                 time.sleep(2)
         out = tmp_path / "run"
-        submit = subprocess.run(
-            [ray_cli, "job", "submit", "--address", address, "--working-dir", ".", "--",
-             "python", "-m", "jobs.sft", "--config", "configs/tiny.yaml", "--set", f"output_dir={out}", "--set", "sft.steps=10"],
-            cwd=ROOT, capture_output=True, text=True, timeout=900, env=env,
-        )
+        for _ in range(10):  # the head's job agent comes up a little after its dashboard
+            submit = subprocess.run(
+                [ray_cli, "job", "submit", "--address", address, "--working-dir", ".", "--",
+                 "python", "-m", "jobs.sft", "--config", "configs/tiny.yaml", "--set", f"output_dir={out}", "--set", "sft.steps=10"],
+                cwd=ROOT, capture_output=True, text=True, timeout=900, env=env,
+            )
+            if "No available agent" not in submit.stdout + submit.stderr:
+                break
+            time.sleep(3)
         assert submit.returncode == 0, submit.stdout[-4000:] + submit.stderr[-4000:]
         job = next(j for j in client.list_jobs() if "jobs.sft" in j.entrypoint)
         assert client.get_job_status(job.submission_id) == JobStatus.SUCCEEDED
