@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXTRA ?= cpu
 
-.PHONY: setup run test test-all bench clean
+.PHONY: setup run test test-all clean
 
 setup: $(STAMP)
 
@@ -29,10 +29,6 @@ test: setup
 
 test-all: setup
 	$(BIN)/python -m pytest -q
-
-bench: setup
-	$(BIN)/pip install -q -e ".[$(EXTRA),dev,bench]"
-	$(BIN)/python -m jobs.bench --config configs/bench.yaml
 
 clean:
 	rm -rf runs
