@@ -105,3 +105,20 @@ def test_prompts_whose_negatives_were_all_dropped_are_skipped_not_contrasted_wit
     value.backward()
     assert metrics["skipped_prompts"] == 1 and torch.isfinite(value)
     assert policy.grad[1].abs().sum() == 0  # the single-response prompt takes no part
+
+
+def test_cpo_keeps_the_nll_term_for_prompts_without_negatives():
+    rows = _rows()
+    single = rows.index[1]
+    rows.at[single, "response_ids"] = [[6, 7, 2]]
+    rows.at[single, "origins"] = ["ground_truth"]
+    rows.at[single, "scores"] = [1.0]
+    rows.at[single, "ref_logps"] = [-2.0]
+    rows.at[single, "rank"] = [0]
+    batch = collate(pack_groups(rows)[:1], pad_id=0)
+    policy = batch.ref_logps.clone().requires_grad_(True)
+    counts = batch.gather(torch.full((4,), 2.0))
+    value, metrics = preference_loss(TrainConfig(loss="cpo", cpo_alpha_mle=0.5), batch, policy, batch.ref_logps, counts)
+    value.backward()
+    assert metrics["skipped_prompts"] == 0
+    assert policy.grad[1, 0] == pytest.approx(-0.5 / 2 / 2)  # alpha * d(-logp/n)/dlogp, averaged over 2 prompts

@@ -72,7 +72,9 @@ def preference_loss(tc: TrainConfig, batch: Batch, policy: Tensor, ref: Tensor, 
     else:
         fn = L.infonca_loss if tc.loss == "infonca" else L.nca_loss
         out = fn(policy, ref, batch.scores, beta=tc.beta, temperature=tc.temperature, mask=batch.mask)
-    valid = out.valid & has_negative(batch)
+    # Every contrastive term needs a negative; CPO's NLL term does not, so those prompts keep it.
+    keeps_nll = tc.loss == "cpo" and tc.cpo_alpha_mle > 0
+    valid = out.valid & (has_negative(batch) | keeps_nll)
     loss = (out.losses * valid).sum() / valid.sum().clamp(min=1)
     correct, pairs = implicit_accuracy(tc.beta * (policy - ref).detach(), batch)
     metrics = {"loss": float(loss.detach()), "prompts": P, "skipped_prompts": int((~valid).sum()),
