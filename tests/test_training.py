@@ -90,16 +90,21 @@ def test_elastic_batch_must_divide_for_every_world_size(tmp_path):
         load_config(path)
 
 
-@pytest.mark.parametrize("loss", ["dpo", "rpo", "cpo", "swepo"])
-def test_prompts_whose_negatives_were_all_dropped_are_skipped_not_contrasted_with_themselves(loss):
+def _batch_with_a_single_response_prompt():
+    """Group 0, whose second prompt kept only its ground truth (every negative was a copy of it)."""
     rows = _rows()
-    single = rows.index[1]  # group 0, second prompt: only its ground truth survived
+    single = rows.index[1]
     rows.at[single, "response_ids"] = [[6, 7, 2]]
     rows.at[single, "origins"] = ["ground_truth"]
     rows.at[single, "scores"] = [1.0]
     rows.at[single, "ref_logps"] = [-2.0]
     rows.at[single, "rank"] = [0]
-    batch = collate(pack_groups(rows)[:1], pad_id=0)
+    return collate(pack_groups(rows)[:1], pad_id=0)
+
+
+@pytest.mark.parametrize("loss", ["dpo", "rpo", "cpo", "swepo"])
+def test_prompts_whose_negatives_were_all_dropped_are_skipped_not_contrasted_with_themselves(loss):
+    batch = _batch_with_a_single_response_prompt()
     policy = (batch.ref_logps + 0.5 * torch.arange(3.0)).requires_grad_(True)
     value, metrics = preference_loss(TrainConfig(loss=loss), batch, policy, batch.ref_logps, batch.gather(torch.full((4,), 2.0)))
     value.backward()
@@ -108,14 +113,7 @@ def test_prompts_whose_negatives_were_all_dropped_are_skipped_not_contrasted_wit
 
 
 def test_cpo_keeps_the_nll_term_for_prompts_without_negatives():
-    rows = _rows()
-    single = rows.index[1]
-    rows.at[single, "response_ids"] = [[6, 7, 2]]
-    rows.at[single, "origins"] = ["ground_truth"]
-    rows.at[single, "scores"] = [1.0]
-    rows.at[single, "ref_logps"] = [-2.0]
-    rows.at[single, "rank"] = [0]
-    batch = collate(pack_groups(rows)[:1], pad_id=0)
+    batch = _batch_with_a_single_response_prompt()
     policy = batch.ref_logps.clone().requires_grad_(True)
     counts = batch.gather(torch.full((4,), 2.0))
     value, metrics = preference_loss(TrainConfig(loss="cpo", cpo_alpha_mle=0.5), batch, policy, batch.ref_logps, counts)
