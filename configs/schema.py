@@ -133,8 +133,10 @@ class PrepareConfig(_Section):
     swepo_p: float = Field(default=1.0, ge=0, description="SWEPO power p used for the stored log-weights.")
     swepo_weighting: Literal["abs", "signed"] = Field(default="abs", description="SWEPO weighting used for the stored log-weights.")
     ref_logps: bool = Field(default=True, description="Compute frozen reference log-probs and store them in the shards.")
-    on_overlength: Literal["error", "skip"] = Field(
-        default="skip", description="A row whose prompt plus a response exceeds model.max_length tokens: error, or skip and count."
+    on_overlength: Literal["error", "skip", "truncate"] = Field(
+        default="skip",
+        description="A row whose prompt plus a response exceeds model.max_length tokens: error, skip and count, or truncate "
+        "(keep the start of prompt + response, like TRL's DPO; rows whose prompt alone fills max_length are skipped and counted).",
     )
     max_rows: int | None = Field(default=None, ge=1, description="Use only the first N source rows (null: all).")
     shard_groups: int = Field(default=64, ge=1, description="Contrast groups per output shard (shards never split a group).")
@@ -164,6 +166,11 @@ class TrainConfig(_Section):
     steps: int = Field(default=60, ge=1, description="Optimizer steps.")
     batch_groups: int = Field(default=8, ge=1, description="Global batch, in contrast groups per optimizer step (all workers).")
     micro_groups: int = Field(default=2, ge=1, description="Contrast groups per worker forward pass; gradient accumulation makes up the global batch.")
+    pack_tokens: int | None = Field(
+        default=None, ge=16,
+        description="Tokens per packed row of a forward pass: each prompt is forwarded once with its responses after it "
+        "(each attends to the prompt and itself), and prompts share rows up to this length (null: 2 x model.max_length).",
+    )
     lr: float = Field(default=5e-5, gt=0, description="Peak learning rate (AdamW, warm-up then cosine).")
     warmup_steps: int = Field(default=5, ge=0, description="Linear warm-up steps.")
     weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")

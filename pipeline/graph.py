@@ -210,6 +210,7 @@ def run_prepare(cfg: Config) -> dict:
     )
     front = as_lists(front)
     skipped = Counter(r for r in front["skip_reason"] if r)
+    truncated = int(front.loc[front["skip_reason"] == "", "truncated"].sum())
     for stage in ("tokenize", "embed_prompts"):
         seconds[stage] += float(front[f"seconds_{stage}"].sum())
     t = time.perf_counter()
@@ -230,7 +231,8 @@ def run_prepare(cfg: Config) -> dict:
         missing = sorted(set(range(manifest.total_shards)) - {int(n[6:11]) for n in manifest.shards})
         raise RuntimeError(f"prepare lost rows: shards {missing} never received all their rows")
 
-    return _summarize(cfg, manifest, source_report, table.num_rows, skipped, seconds, time.perf_counter() - started, reward)
+    return _summarize(cfg, manifest, source_report, table.num_rows, skipped, truncated, seconds, time.perf_counter() - started,
+                      reward)
 
 
 def _write_stream(graph: ray.data.Dataset, shard_rows: dict, manifest: Manifest, started: float) -> None:
@@ -262,7 +264,7 @@ def _shard_stats(rows: pd.DataFrame) -> dict:
 
 
 def _summarize(cfg: Config, manifest: Manifest, source_report: dict, rows_in: int, front_skipped: Counter,
-               seconds: Counter, wall: float, reward: str) -> dict:
+               truncated: int, seconds: Counter, wall: float, reward: str) -> dict:
     skipped = Counter(front_skipped)
     origins: Counter = Counter()
     generated = duplicates = equal = 0
@@ -291,6 +293,7 @@ def _summarize(cfg: Config, manifest: Manifest, source_report: dict, rows_in: in
         "shards": len(manifest.shards),
         "shards_dir": str(manifest.directory),
         "skipped": dict(skipped),
+        "truncated_responses": truncated,
         "responses_by_origin": dict(origins),
         "negatives_by_type": {k: v for k, v in origins.items() if k in ("autoregressive", "meanfield", "truncation", "batch")},
         "seconds_per_stage": {k: round(seconds[k], 3) for k in STAGE_ORDER if k in seconds},
@@ -307,6 +310,8 @@ def summary_table(report: dict) -> str:
     lines = [f"{'rows in':<28}{report['rows_in']:>12}", f"{'rows out':<28}{report['rows_out']:>12}",
              f"{'contrast groups':<28}{report['groups']:>12}", f"{'shards':<28}{report['shards']:>12}"]
     lines += [f"{'skipped: ' + k:<28}{v:>12}" for k, v in sorted(report["skipped"].items())]
+    if report["truncated_responses"]:
+        lines.append(f"{'responses truncated':<28}{report['truncated_responses']:>12}")
     lines += [f"{'responses: ' + k:<28}{v:>12}" for k, v in sorted(report["responses_by_origin"].items())]
     lines += [f"{'negatives equal to anchor':<28}{report['duplicate_negatives_dropped']:>12}",
               f"{'rows with all-equal scores':<28}{report['equal_score_rows']:>12}"]

@@ -80,26 +80,39 @@ def regroup(batch: pd.DataFrame, positions: list[tuple[int, int]], values: list)
 
 
 def tokenize_records(batch: pd.DataFrame, tokenizer, max_length: int, on_overlength: str) -> pd.DataFrame:
-    """Add ``prompt_ids`` and ``response_ids``; mark rows longer than ``max_length`` tokens."""
+    """Add ``prompt_ids``, ``response_ids`` and ``truncated`` (responses cut); mark rows over ``max_length`` tokens.
+
+    ``on_overlength="truncate"`` keeps the start of prompt + response, as TRL's DPO collator does
+    (``truncation_mode="keep_start"``); a prompt that alone fills ``max_length`` leaves no response
+    token to learn from, so its row is skipped as ``prompt_over_length``.
+    """
     batch = batch.copy()
-    prompt_ids, response_ids, reasons = [], [], []
+    prompt_ids, response_ids, truncated, reasons = [], [], [], []
     for row in batch.itertuples():
         p = encode_prompt(tokenizer, row.prompt)
         rs = [encode_response(tokenizer, r) for r in row.responses]
         longest = len(p) + max(len(r) for r in rs)
-        reason = ""
+        reason, cut = "", 0
         if longest > max_length:
             if on_overlength == "error":
                 raise ValueError(
                     f"{row.source} row {row.row}, field 'responses': prompt + response is {longest} tokens, "
-                    f"over model.max_length={max_length} (set prepare.on_overlength: skip to skip such rows)"
+                    f"over model.max_length={max_length} (set prepare.on_overlength: skip or truncate)"
                 )
-            reason = "over_length"
+            if on_overlength == "skip":
+                reason = "over_length"
+            elif len(p) >= max_length:
+                reason = "prompt_over_length"
+            else:
+                cut = sum(len(p) + len(r) > max_length for r in rs)
+                rs = [r[: max_length - len(p)] for r in rs]
         prompt_ids.append(p)
         response_ids.append(rs)
+        truncated.append(cut)
         reasons.append(reason)
     batch["prompt_ids"] = prompt_ids
     batch["response_ids"] = response_ids
+    batch["truncated"] = truncated
     batch["skip_reason"] = reasons
     return batch
 

@@ -6,6 +6,8 @@ so every stage must tokenize through these functions.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -37,3 +39,98 @@ def pad_sequences(
         "attention_mask": torch.from_numpy(attention),
         "response_mask": torch.from_numpy(response),
     }
+
+
+@dataclass
+class Packed:
+    """Responses packed with their prompt, forwarded once: ``R`` rows of ``L`` tokens, ``M`` response tokens.
+
+    Each prompt appears once per block, its responses after it; a response attends to its prompt and
+    to itself only, with positions continuing from the prompt, so its log-probs equal those of
+    ``prompt + response`` alone. Several blocks share a row; padding only fills the end of a row.
+    """
+
+    input_ids: torch.Tensor  # [R, L]
+    position_ids: torch.Tensor  # [R, L]
+    attention_mask: torch.Tensor  # [R, 1, L, L] bool: query attends key
+    rows: torch.Tensor  # [M] row of each response token's prediction
+    positions: torch.Tensor  # [M] position whose logits predict it
+    labels: torch.Tensor  # [M] the token
+    sequences: torch.Tensor  # [M] which response (0..N-1, in the order given)
+    response_lengths: torch.Tensor  # [N]
+    tokens: int  # sum over responses of len(prompt) + len(response): the unpacked work
+
+
+def _blocks(prompts, responses, row_tokens):
+    """(prompt, [(sequence, response)]) blocks of at most ``row_tokens`` tokens (one response at least)."""
+    blocks, seq = [], 0
+    for prompt, group in zip(prompts, responses):
+        current, length = [], len(prompt)
+        for r in group:
+            if current and length + len(r) > row_tokens:
+                blocks.append((prompt, current))
+                current, length = [], len(prompt)
+            current.append((seq, r))
+            length += len(r)
+            seq += 1
+        if current:
+            blocks.append((prompt, current))
+    return blocks, seq
+
+
+def pack_shared_prompts(prompts: list[list[int]], responses: list[list[list[int]]], pad_id: int, row_tokens: int) -> Packed:
+    """Pack ``responses[p]`` (each ending in EOS) after ``prompts[p]``; rows filled first-fit by decreasing length.
+
+    Response ``n`` is the n-th in prompt-major order, as :class:`Packed` numbers them.
+    """
+    blocks, n_seq = _blocks(prompts, responses, row_tokens)
+    sizes = [len(p) + sum(len(r) for _, r in rs) for p, rs in blocks]
+    capacity = max([row_tokens, *sizes])
+    fill: list[int] = []
+    placed = []  # (row, offset, block)
+    for b in sorted(range(len(blocks)), key=lambda b: -sizes[b]):
+        row = next((i for i, used in enumerate(fill) if used + sizes[b] <= capacity), len(fill))
+        if row == len(fill):
+            fill.append(0)
+        placed.append((row, fill[row], blocks[b]))
+        fill[row] += sizes[b]
+    R, L = len(fill), max(fill)
+    input_ids = np.full((R, L), pad_id, dtype=np.int64)
+    position_ids = np.zeros((R, L), dtype=np.int64)
+    block_of = np.full((R, L), -1, dtype=np.int64)  # -1: padding
+    part_of = np.full((R, L), -2, dtype=np.int64)  # -1: prompt, n: response n, -2: padding
+    idx = {k: [] for k in ("rows", "positions", "labels", "sequences")}
+    lengths = np.zeros(n_seq, dtype=np.int64)
+    tokens = 0
+    for b, (row, start, (prompt, rs)) in enumerate(placed):
+        lp = len(prompt)
+        input_ids[row, start : start + lp] = prompt
+        position_ids[row, start : start + lp] = np.arange(lp)
+        block_of[row, start : start + lp] = b
+        part_of[row, start : start + lp] = -1
+        at = start + lp
+        for seq, r in rs:
+            lr = len(r)
+            input_ids[row, at : at + lr] = r
+            position_ids[row, at : at + lr] = np.arange(lp, lp + lr)
+            block_of[row, at : at + lr] = b
+            part_of[row, at : at + lr] = seq
+            # token t is predicted at the previous position: the prompt's last token for t = 0
+            idx["positions"].append(np.concatenate([[start + lp - 1], np.arange(at, at + lr - 1)]))
+            idx["rows"].append(np.full(lr, row))
+            idx["labels"].append(np.asarray(r))
+            idx["sequences"].append(np.full(lr, seq))
+            lengths[seq] = lr
+            tokens += lp + lr
+            at += lr
+    same_block = (block_of[:, :, None] == block_of[:, None, :]) & (block_of[:, :, None] >= 0)
+    visible = (part_of[:, None, :] == -1) | (part_of[:, None, :] == part_of[:, :, None])
+    causal = np.tril(np.ones((L, L), dtype=bool))
+    # Padding attends to itself only, so no attention row is empty (an empty row gives NaN).
+    mask = (same_block & visible & causal) | np.eye(L, dtype=bool)
+    cat = {k: torch.from_numpy(np.concatenate(v).astype(np.int64)) for k, v in idx.items()}
+    return Packed(
+        input_ids=torch.from_numpy(input_ids), position_ids=torch.from_numpy(position_ids),
+        attention_mask=torch.from_numpy(mask).unsqueeze(1), response_lengths=torch.from_numpy(lengths),
+        tokens=tokens, **cat,
+    )

@@ -1,4 +1,4 @@
-"""Sequence log-probs: padding side must not change the result."""
+"""Sequence log-probs: neither padding side nor packing responses after a shared prompt may change the result."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from training.logprobs import response_token_counts, sequence_logps, token_logps_from_logits
+from pipeline.tokenize import pack_shared_prompts, pad_sequences
+from training.logprobs import packed_logps, response_token_counts, sequence_logps, token_logps_from_logits
 
 transformers = pytest.importorskip("transformers")
 
@@ -117,3 +118,35 @@ def test_bf16_logits_are_upcast() -> None:
     assert out.dtype == torch.float32
     expected = logits.float().log_softmax(-1)[..., 0]
     torch.testing.assert_close(out, expected)
+
+
+# prompts with several responses (each ending in its own last token), for the packed layout
+SHARED = [([5, 6, 7], [[8, 9, 10, 11], [20, 21]]), ([12, 13], [[14], [23, 24, 25], [8, 9]]), ([22], [[23, 24, 25, 26, 27, 28]])]
+
+
+def _padded_logps(model: torch.nn.Module) -> Tensor:
+    pairs = [(p, r) for p, rs in SHARED for r in rs]
+    t = pad_sequences([p for p, _ in pairs], [r for _, r in pairs], PAD)
+    return sequence_logps(model, t["input_ids"], t["attention_mask"], t["response_mask"])
+
+
+@pytest.mark.parametrize("row_tokens", [6, 10, 64])  # 6 splits a prompt's responses over blocks; 64 is one row
+def test_packed_shared_prompts_match_each_sequence_alone(model: torch.nn.Module, row_tokens: int) -> None:
+    packed = pack_shared_prompts([p for p, _ in SHARED], [rs for _, rs in SHARED], PAD, row_tokens)
+    assert packed.response_lengths.tolist() == [len(r) for _, rs in SHARED for r in rs]
+    assert packed.tokens == sum(len(p) + len(r) for p, rs in SHARED for r in rs)
+    with torch.no_grad():
+        torch.testing.assert_close(packed_logps(model, packed), _padded_logps(model), atol=1e-5, rtol=0)
+
+
+def test_packed_gradients_equal_the_padded_ones(model: torch.nn.Module) -> None:
+    m = model.to(torch.float64)
+    packed = pack_shared_prompts([p for p, _ in SHARED], [rs for _, rs in SHARED], PAD, 10)
+    weights = torch.linspace(-1, 1, len(packed.response_lengths), dtype=torch.float64)
+    params = [q for q in m.parameters() if q.requires_grad]
+    g_packed = torch.autograd.grad((packed_logps(m, packed) * weights).sum(), params, allow_unused=True)
+    g_padded = torch.autograd.grad((_padded_logps(m) * weights).sum(), params, allow_unused=True)
+    for a, b in zip(g_packed, g_padded):
+        if a is not None or b is not None:
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)  # Llama rotary tables are float32
+    model.to(torch.float32)

@@ -12,7 +12,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from actors.reference import MeanfieldNegatives, ReferenceLogps
 from pipeline import stages
 from pipeline.shards import Manifest, read_shards
-from pipeline.tokenize import pad_sequences
+from pipeline.tokenize import encode_response, pad_sequences
 
 
 def test_meanfield_changes_only_chosen_positions_and_their_count():
@@ -127,6 +127,18 @@ def test_over_length_rows_are_marked_or_fail(tiny_model_dir):
     assert list(out["skip_reason"]) == ["", "over_length"]
     with pytest.raises(ValueError, match="f.jsonl row 2, field 'responses'"):
         stages.tokenize_records(rows, tokenizer, max_length=50, on_overlength="error")
+
+
+def test_truncate_keeps_the_start_like_trl_and_skips_prompts_that_fill_the_context(tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rows = pd.DataFrame({"id": ["a", "b"], "prompt": ["p" * 20, "x" * 60], "responses": [["r" * 40, "ok"], ["ok", "no"]],
+                         "origins": [["chosen", "rejected"]] * 2, "scores": [[], []], "source": "f.jsonl", "row": [1, 2]})
+    out = stages.tokenize_records(rows, tokenizer, max_length=50, on_overlength="truncate")
+    assert list(out["skip_reason"]) == ["", "prompt_over_length"]
+    prompt, (long, short) = out["prompt_ids"].iloc[0], out["response_ids"].iloc[0]
+    full = encode_response(tokenizer, "r" * 40)
+    assert len(prompt) + len(long) == 50 and long == full[: 50 - len(prompt)]  # keep_start: the EOS is cut off
+    assert short == encode_response(tokenizer, "ok") and out["truncated"].iloc[0] == 1
 
 
 def test_neighbor_groups_hold_related_prompts_and_random_is_a_partition():

@@ -39,9 +39,19 @@ def test_groups_are_packed_whole_with_the_anchor_first():
         pack_groups(_rows().drop(index=2))
 
 
+def test_columns_that_are_null_throughout_read_as_absent():
+    # Ray Data hands a list column holding only nulls to pandas as NA, not None (paired data without scores).
+    rows = _rows().assign(scores=pd.NA, rank=pd.NA, ref_logps=None)
+    m = pack_groups(rows)[0]["members"][0]
+    assert m["scores"] is None and m["rank"] is None and m["ref_logps"] is None
+    assert m["origins"][0] == "ground_truth"
+
+
 def test_collate_lays_out_every_response_once():
-    batch = collate(pack_groups(_rows())[:2], pad_id=0)
-    assert batch.mask.shape == (4, 3) and batch.input_ids.shape[0] == 12
+    batch = collate(pack_groups(_rows())[:2], pad_id=0, row_tokens=64)
+    assert batch.mask.shape == (4, 3) and batch.packed.response_lengths.tolist() == [3, 2, 2] * 4
+    # each prompt is packed once with its three responses: 4 x (3 + 7) real tokens, 4 x (3 x 3 + 7) unpacked
+    assert int((batch.packed.input_ids != 0).sum()) == 40 and batch.packed.tokens == 64
     per_seq = torch.arange(12, dtype=torch.float32)
     assert sorted(batch.gather(per_seq).flatten().tolist()) == list(range(12))
     assert batch.group_of_prompt.tolist() == [0, 0, 1, 1] and batch.similarity[0].shape == (2, 2)
@@ -50,7 +60,7 @@ def test_collate_lays_out_every_response_once():
 @pytest.mark.parametrize("loss", ["dpo", "swepo", "rpo", "cpo", "infonca", "nca"])
 def test_every_loss_runs_and_a_policy_equal_to_its_reference_scores_half(loss):
     tc = TrainConfig(loss=loss, cpo_ranked=True, cpo_alpha_mle=0.5)
-    batch = collate(pack_groups(_rows()), pad_id=0)
+    batch = collate(pack_groups(_rows()), pad_id=0, row_tokens=64)
     policy = batch.ref_logps.clone().requires_grad_(True)
     value, metrics = preference_loss(tc, batch, policy, batch.ref_logps, batch.gather(torch.full((18,), 2.0)))
     value.backward()
@@ -61,7 +71,7 @@ def test_every_loss_runs_and_a_policy_equal_to_its_reference_scores_half(loss):
 
 
 def test_implicit_accuracy_orders_pairs_by_score():
-    batch = collate(pack_groups(_rows())[:1], pad_id=0)  # scores per prompt after anchoring: [1.0, 0.2, 0.5]
+    batch = collate(pack_groups(_rows())[:1], pad_id=0, row_tokens=64)  # scores per prompt after anchoring: [1.0, 0.2, 0.5]
     rewards = torch.tensor([[3.0, 1.0, 2.0], [0.0, 1.0, 2.0]])
     correct, pairs = implicit_accuracy(rewards, batch)
     assert pairs == 6 and correct == 3 + 1  # first prompt all 3 right; second only 0.5 > 0.2 right
@@ -99,7 +109,7 @@ def _batch_with_a_single_response_prompt():
     rows.at[single, "scores"] = [1.0]
     rows.at[single, "ref_logps"] = [-2.0]
     rows.at[single, "rank"] = [0]
-    return collate(pack_groups(rows)[:1], pad_id=0)
+    return collate(pack_groups(rows)[:1], pad_id=0, row_tokens=64)
 
 
 @pytest.mark.parametrize("loss", ["dpo", "rpo", "cpo", "swepo"])

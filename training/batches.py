@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.tokenize import pad_sequences
+from pipeline.tokenize import Packed, pack_shared_prompts
 
 
 def _anchor(origins: list[str], scores) -> int:
@@ -25,19 +25,25 @@ def _anchor(origins: list[str], scores) -> int:
     return 0
 
 
+def _list_or_none(value):
+    """A list column's value, or None where it is null (None, or pandas' NA when the whole column is null)."""
+    return None if value is None or value is pd.NA or (np.isscalar(value) and pd.isna(value)) else value
+
+
 def _prompt_record(row) -> dict:
     origins = list(row["origins"])
-    scores = None if row["scores"] is None else [float(s) for s in row["scores"]]
+    scores = _list_or_none(row["scores"])
+    scores = None if scores is None else [float(s) for s in scores]
     a = _anchor(origins, scores)
     perm = [a] + [i for i in range(len(origins)) if i != a]
     where = {old: new for new, old in enumerate(perm)}
-    rank = row.get("rank")
+    rank, ref = _list_or_none(row.get("rank")), _list_or_none(row.get("ref_logps"))
     return {
         "prompt_ids": [int(t) for t in row["prompt_ids"]],
         "response_ids": [[int(t) for t in row["response_ids"][i]] for i in perm],
         "origins": [origins[i] for i in perm],
         "scores": None if scores is None else [scores[i] for i in perm],
-        "ref_logps": None if row.get("ref_logps") is None else [float(row["ref_logps"][i]) for i in perm],
+        "ref_logps": None if ref is None else [float(ref[i]) for i in perm],
         "rank": None if rank is None else [where[int(i)] for i in rank],
         "similarity": [float(x) for x in row["group_similarity"]],
     }
@@ -58,9 +64,7 @@ def pack_groups(rows: pd.DataFrame) -> list[dict]:
 class Batch:
     """Tensors of a list of groups. ``P`` prompts, ``K`` the most responses of any prompt, ``N`` sequences."""
 
-    input_ids: torch.Tensor  # [N, L]
-    attention_mask: torch.Tensor  # [N, L]
-    response_mask: torch.Tensor  # [N, L]
+    packed: Packed  # the N sequences, each prompt forwarded once with its responses
     seq_index: torch.Tensor  # [P, K] row of each response in the N sequences (0 where padded)
     mask: torch.Tensor  # [P, K] real responses
     ref_logps: torch.Tensor | None  # [P, K]
@@ -69,18 +73,18 @@ class Batch:
     is_rejected: torch.Tensor  # [P, K] origin "rejected"
     group_of_prompt: torch.Tensor  # [P]
     similarity: list[torch.Tensor]  # per group [B, B]
-    tokens: int
 
     def gather(self, per_sequence: torch.Tensor) -> torch.Tensor:
         """``[N]`` per-sequence values laid out as ``[P, K]`` (0 where padded)."""
         return torch.where(self.mask, per_sequence[self.seq_index], torch.zeros_like(self.mask, dtype=per_sequence.dtype))
 
 
-def collate(groups: list[dict], pad_id: int) -> Batch:
+def collate(groups: list[dict], pad_id: int, row_tokens: int) -> Batch:
+    """Tensors of ``groups``; sequences are packed into rows of ``row_tokens`` (see :class:`Packed`)."""
     members = [(g, m) for g, group in enumerate(groups) for m in group["members"]]
     K = max(len(m["response_ids"]) for _, m in members)
     P = len(members)
-    prompts, responses = [], []
+    n = 0
     seq_index = torch.zeros(P, K, dtype=torch.long)
     mask = torch.zeros(P, K, dtype=torch.bool)
     is_rejected = torch.zeros(P, K, dtype=torch.bool)
@@ -92,10 +96,8 @@ def collate(groups: list[dict], pad_id: int) -> Batch:
     order = torch.arange(K).repeat(P, 1)
     for p, (_, m) in enumerate(members):
         k = len(m["response_ids"])
-        for j, r in enumerate(m["response_ids"]):
-            seq_index[p, j] = len(responses)
-            prompts.append(m["prompt_ids"])
-            responses.append(r)
+        seq_index[p, :k] = torch.arange(n, n + k)
+        n += k
         mask[p, :k] = True
         is_rejected[p, :k] = torch.tensor([o == "rejected" for o in m["origins"]])
         if have_ref:
@@ -104,11 +106,10 @@ def collate(groups: list[dict], pad_id: int) -> Batch:
             scores[p, :k] = torch.tensor(m["scores"])
         if have_rank:
             order[p, :k] = torch.tensor(m["rank"])
-    t = pad_sequences(prompts, responses, pad_id)
+    packed = pack_shared_prompts([m["prompt_ids"] for _, m in members], [m["response_ids"] for _, m in members], pad_id,
+                                 row_tokens)
     return Batch(
-        input_ids=t["input_ids"],
-        attention_mask=t["attention_mask"],
-        response_mask=t["response_mask"],
+        packed=packed,
         seq_index=seq_index,
         mask=mask,
         ref_logps=ref.float() if have_ref else None,
@@ -117,5 +118,4 @@ def collate(groups: list[dict], pad_id: int) -> Batch:
         is_rejected=is_rejected,
         group_of_prompt=torch.tensor([g for g, _ in members]),
         similarity=[torch.tensor([m["similarity"] for m in group["members"]]) for group in groups],
-        tokens=int(t["attention_mask"].sum()),
     )

@@ -56,9 +56,9 @@ def heldout_margins(model_dir: str | Path, cfg) -> tuple[float, dict[str, list[f
 
     from pipeline.shards import read_shards
     from training.batches import collate, pack_groups
-    from training.logprobs import sequence_logps
+    from training.logprobs import packed_logps
     from training.objective import implicit_accuracy
-    from training.train import split_heldout
+    from training.train import row_tokens, split_heldout
 
     groups = {g["group_id"]: g for g in pack_groups(read_shards(cfg.job_dir("prepare") / "shards").to_pandas())}
     _, held = split_heldout(list(groups), cfg.train.heldout_fraction, cfg.seed)
@@ -67,8 +67,8 @@ def heldout_margins(model_dir: str | Path, cfg) -> tuple[float, dict[str, list[f
     correct = pairs = 0.0
     margins: dict[str, list[float]] = {}
     for gid in held:
-        batch = collate([groups[gid]], tokenizer_pad)
-        policy = batch.gather(sequence_logps(model, batch.input_ids, batch.attention_mask, batch.response_mask))
+        batch = collate([groups[gid]], tokenizer_pad, row_tokens(cfg))
+        policy = batch.gather(packed_logps(model, batch.packed))
         rewards = cfg.train.beta * (policy - batch.ref_logps)
         c, p = implicit_accuracy(rewards, batch)
         correct, pairs = correct + c, pairs + p

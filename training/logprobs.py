@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["response_token_counts", "sequence_logps", "token_logps_from_logits"]
+__all__ = ["packed_logps", "response_token_counts", "sequence_logps", "token_logps_from_logits"]
 
 
 def token_logps_from_logits(logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
@@ -67,3 +67,19 @@ def sequence_logps(
     labels = input_ids[:, 1:]
     mask = response_mask[:, 1:].bool() & attention_mask[:, 1:].bool()
     return token_logps_from_logits(logits[:, :-1], labels, mask).sum(-1)
+
+
+def packed_logps(model: nn.Module, packed) -> Tensor:
+    """Summed log-probs of each response of a :class:`pipeline.tokenize.Packed` batch, one forward pass.
+
+    Returns: ``[N]`` float32 (float64 for a float64 model), equal to :func:`sequence_logps` on each
+    ``prompt + response`` alone; differentiable w.r.t. the model parameters.
+    """
+    dtype = next(model.parameters()).dtype
+    # An additive mask works with every attention implementation (eager adds it, sdpa takes it as is).
+    mask = torch.zeros(packed.attention_mask.shape, dtype=dtype).masked_fill(~packed.attention_mask, torch.finfo(dtype).min)
+    logits = model(input_ids=packed.input_ids, attention_mask=mask, position_ids=packed.position_ids).logits
+    picked = logits[packed.rows, packed.positions]
+    picked = picked.to(torch.float64 if picked.dtype == torch.float64 else torch.float32)
+    token_logps = picked.gather(-1, packed.labels.unsqueeze(-1)).squeeze(-1) - picked.logsumexp(-1)
+    return torch.zeros(len(packed.response_lengths), dtype=token_logps.dtype).index_add(0, packed.sequences, token_logps)

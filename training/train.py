@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +30,7 @@ from configs.schema import Config
 from pipeline.shards import MANIFEST, verified_shard_files
 from training.batches import Batch, collate, pack_groups
 from training.engine import deepspeed_config, lr_at, set_lr, set_worker_threads
-from training.logprobs import response_token_counts, sequence_logps
+from training.logprobs import packed_logps
 from training.objective import preference_loss
 
 STATE = "train_state.json"
@@ -55,14 +56,13 @@ def step_groups(train_ids: list[int], batch_groups: int, seed: int, step: int) -
 
 
 def _sequence_values(engine, ref_model, batch: Batch, live_reference: bool):
-    policy_seq = sequence_logps(engine, batch.input_ids, batch.attention_mask, batch.response_mask)
-    policy = batch.gather(policy_seq)
+    policy = batch.gather(packed_logps(engine, batch.packed))
     if live_reference:
         with torch.no_grad():
-            ref = batch.gather(sequence_logps(ref_model, batch.input_ids, batch.attention_mask, batch.response_mask))
+            ref = batch.gather(packed_logps(ref_model, batch.packed))
     else:
         ref = batch.ref_logps
-    counts = batch.gather(response_token_counts(batch.response_mask).float())
+    counts = batch.gather(batch.packed.response_lengths.float())
     return policy, ref, counts
 
 
@@ -71,7 +71,7 @@ def heldout_accuracy(engine, ref_model, groups: list[dict], cfg: Config, pad_id:
     correct = pairs = 0.0
     engine.eval()
     for i in range(0, len(groups), cfg.train.micro_groups):
-        batch = collate(groups[i : i + cfg.train.micro_groups], pad_id)
+        batch = collate(groups[i : i + cfg.train.micro_groups], pad_id, row_tokens(cfg))
         policy, ref, counts = _sequence_values(engine, ref_model, batch, cfg.train.reference == "live")
         _, m = preference_loss(cfg.train, batch, policy, ref, counts)
         correct, pairs = correct + m["accuracy_correct"], pairs + m["accuracy_pairs"]
@@ -79,11 +79,20 @@ def heldout_accuracy(engine, ref_model, groups: list[dict], cfg: Config, pad_id:
     return correct / max(pairs, 1)
 
 
-def _all_sum(values: list[float]) -> list[float]:
+def row_tokens(cfg: Config) -> int:
+    return cfg.train.pack_tokens or 2 * cfg.model.max_length
+
+
+def _all_sum(values: list[float], op=dist.ReduceOp.SUM) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64)
     if dist.is_initialized():
-        dist.all_reduce(t)
+        dist.all_reduce(t, op=op)
     return t.tolist()
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def train_worker_loop(lc: dict) -> None:
@@ -148,13 +157,13 @@ def train_worker_loop(lc: dict) -> None:
         mine = step_groups(train_ids, tc.batch_groups, cfg.seed, step)[rank * per_worker : (rank + 1) * per_worker]
         sums = np.zeros(6)  # loss*prompts, prompts, skipped, correct, pairs, tokens
         for m in range(accum):
-            batch = collate([groups[g] for g in mine[m * tc.micro_groups : (m + 1) * tc.micro_groups]], pad_id)
+            batch = collate([groups[g] for g in mine[m * tc.micro_groups : (m + 1) * tc.micro_groups]], pad_id, row_tokens(cfg))
             policy, ref, counts = _sequence_values(engine, ref_model, batch, tc.reference == "live")
             loss, metrics = preference_loss(tc, batch, policy, ref, counts)
             engine.backward(loss)
             engine.step()
             sums += [metrics["loss"] * metrics["prompts"], metrics["prompts"], metrics["skipped_prompts"],
-                     metrics["accuracy_correct"], metrics["accuracy_pairs"], batch.tokens]
+                     metrics["accuracy_correct"], metrics["accuracy_pairs"], batch.packed.tokens]
         data_log.write(json.dumps({"step": step, "rank": rank, "world": world, "attempt": attempt, "groups": mine}) + "\n")
         data_log.flush()
         total = _all_sum(sums.tolist())
@@ -162,7 +171,8 @@ def train_worker_loop(lc: dict) -> None:
         row = {
             "step": step + 1, "loss": total[0] / max(total[1], 1), "accuracy": total[3] / max(total[4], 1),
             "skipped_prompts": int(total[2]), "grad_norm": float(engine.get_global_grad_norm() or 0.0),
-            "lr": lr, "tokens_per_second": total[5] / seconds, "world_size": world,
+            "lr": lr, "tokens_per_second": total[5] / seconds, "seconds": seconds, "world_size": world,
+            "worker_peak_rss_mb": _all_sum([peak_rss_mb()], op=dist.ReduceOp.MAX)[0],
         }
         if rank == 0:
             _log(job_dir, writer, row, tc.log_every)
@@ -263,6 +273,7 @@ def run_train(cfg: Config, job: str = "train") -> dict:
         "final_train_loss": m["loss"],
         "final_train_accuracy": m["accuracy"],
         "tokens_per_second": m["tokens_per_second"],
+        "worker_peak_rss_mb": m["worker_peak_rss_mb"],
         "policy_dir": str(policy_out),
         "checkpoint": result.checkpoint.path,
         "metrics_csv": str(job_dir / "metrics.csv"),

@@ -1,0 +1,64 @@
+"""What the comparisons share: the benchmark model, the config, a matmul roofline, memory readings."""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from configs.schema import Config, load_config
+from training.model import build_model, build_tokenizer, is_saved_model
+
+CONFIG = "configs/bench.yaml"
+# --smoke: the same code paths at toy size (a 2-layer model, a handful of steps and rows).
+SMOKE_OVERRIDES = ["model.hidden_size=64", "model.num_layers=2", "model.num_heads=2", "model.intermediate_size=128",
+                   "prepare.max_rows=40", "train.steps=3", "train.warmup_steps=1",
+                   "train.heldout_fraction=0.1", "train.max_failures=0"]
+
+
+def bench_config(out_dir: Path, smoke: bool, overrides: list[str] = ()) -> Config:
+    sets = [f"output_dir={out_dir}", f"prepare.policy_dir={out_dir / 'model'}", f"ray.storage_path={(out_dir / 'ray').resolve()}"]
+    return load_config(CONFIG, [*sets, *(SMOKE_OVERRIDES if smoke else []), *overrides])
+
+
+def ensure_model(cfg: Config) -> Path:
+    """The benchmark model (random weights; throughput does not depend on them), built once per shape."""
+    path = Path(cfg.prepare.policy_dir)
+    stamp = path / "shape.json"
+    shape = cfg.model.model_dump_json()
+    if not (is_saved_model(path) and stamp.is_file() and stamp.read_text() == shape):
+        shutil.rmtree(path, ignore_errors=True)
+        tokenizer = build_tokenizer(cfg.model.max_length)
+        build_model(cfg.model, tokenizer, cfg.seed).save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        stamp.write_text(shape)
+    return path
+
+
+def parameters(model_dir: Path) -> int:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    return sum(p.numel() for p in model.parameters())
+
+
+def matmul_flops(threads: int, n: int = 1024, seconds: float = 2.0) -> float:
+    """Measured fp32 matmul FLOP/s on ``threads`` threads: the roofline the sampling limit uses."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    runs, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        a @ b
+        runs += 1
+    elapsed = time.perf_counter() - started
+    torch.set_num_threads(before)
+    return 2 * n**3 * runs / elapsed
+
+
+def fresh(*paths: Path) -> None:
+    """Remove earlier results, so every comparison measures a run from scratch (no reuse, no restore)."""
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)
