@@ -7,9 +7,9 @@ import json
 import time
 from pathlib import Path
 
-COMPARISONS = {  # name -> module with run(cfg, out) -> dict, and the config overrides it needs
-    "train_vs_trl": ("benchmarks.train_vs_trl", []),
-}
+# name -> module with run(cfg, out, smoke) -> dict and, where it changes configs/bench.yaml, OVERRIDES
+COMPARISONS = {"train_vs_trl": "benchmarks.train_vs_trl", "k_cost": "benchmarks.k_cost",
+               "generate_vs_hf": "benchmarks.generate_vs_hf", "prepare_stages": "benchmarks.prepare_stages"}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -29,12 +29,12 @@ def main(argv: list[str] | None = None) -> dict:
     report = json.loads(path.read_text()) if path.is_file() and args.only else {}
     report.update({"smoke": args.smoke, "matmul_flops_1_thread": matmul_flops(1), "matmul_flops_2_threads": matmul_flops(2)})
     for name in args.only or COMPARISONS:
-        module, overrides = COMPARISONS[name]
-        cfg = bench_config(out, args.smoke, overrides)
+        module = importlib.import_module(COMPARISONS[name])
+        cfg = bench_config(out, args.smoke, getattr(module, "OVERRIDES", []))
         init_ray(cfg)
         print(f"\n===== bench: {name} =====", flush=True)
         started = time.perf_counter()
-        report[name] = {**importlib.import_module(module).run(cfg, out), "wall_seconds": time.perf_counter() - started}
+        report[name] = {**module.run(cfg, out, args.smoke), "wall_seconds": time.perf_counter() - started}
         path.write_text(json.dumps(report, indent=2, sort_keys=True))
     print(table(report))
     print(f"[bench] report: {path}")

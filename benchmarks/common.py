@@ -1,6 +1,7 @@
 """What the comparisons share: the benchmark model, the config, a matmul roofline, memory readings."""
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -11,6 +12,8 @@ from configs.schema import Config, load_config
 from training.model import build_model, build_tokenizer, is_saved_model
 
 CONFIG = "configs/bench.yaml"
+BPE_VOCAB, SMOKE_VOCAB = 16384, 1024  # the benchmark model's vocabulary (see ensure_model)
+CORPUS = ("../shared/data/ultrafeedback_binarized_1200.jsonl.gz", "../shared/data/alpacaeval_bo16_scored.jsonl.gz")
 # --smoke: the same code paths at toy size (a 2-layer model, a handful of steps and rows).
 SMOKE_OVERRIDES = ["model.hidden_size=64", "model.num_layers=2", "model.num_heads=2", "model.intermediate_size=128",
                    "prepare.max_rows=40", "train.steps=3", "train.warmup_steps=1",
@@ -22,14 +25,35 @@ def bench_config(out_dir: Path, smoke: bool, overrides: list[str] = ()) -> Confi
     return load_config(CONFIG, [*sets, *(SMOKE_OVERRIDES if smoke else []), *overrides])
 
 
-def ensure_model(cfg: Config) -> Path:
-    """The benchmark model (random weights; throughput does not depend on them), built once per shape."""
+def bench_vocab(smoke: bool) -> int:
+    return SMOKE_VOCAB if smoke else BPE_VOCAB
+
+
+def corpus() -> list[str]:
+    """Prompts and responses of the benchmarks' real data: what the benchmark tokenizer learns its merges from."""
+    from pipeline.sources import read_source
+
+    texts = []
+    for path in CORPUS:
+        table, _ = read_source(path, on_bad_row="skip")
+        for row in table.select(["prompt", "responses"]).to_pylist():
+            texts += [row["prompt"], *row["responses"]]
+    return texts
+
+
+def ensure_model(cfg: Config, vocab_size: int | None = None) -> Path:
+    """The benchmark model (random weights: throughput does not depend on them), built once per shape.
+
+    ``vocab_size``: a byte-level BPE vocabulary of that size learned from :func:`corpus`, as real small
+    models have (the vocabulary projection is then a large part of the work); None: the project's
+    byte-level tokenizer with no merges.
+    """
     path = Path(cfg.prepare.policy_dir)
     stamp = path / "shape.json"
-    shape = cfg.model.model_dump_json()
+    shape = json.dumps({"model": cfg.model.model_dump(mode="json"), "vocab_size": vocab_size})
     if not (is_saved_model(path) and stamp.is_file() and stamp.read_text() == shape):
         shutil.rmtree(path, ignore_errors=True)
-        tokenizer = build_tokenizer(cfg.model.max_length)
+        tokenizer = build_tokenizer(cfg.model.max_length, corpus() if vocab_size else None, vocab_size or 0)
         build_model(cfg.model, tokenizer, cfg.seed).save_pretrained(path)
         tokenizer.save_pretrained(path)
         stamp.write_text(shape)

@@ -4,6 +4,8 @@ from __future__ import annotations
 # (comparison, ratio key, target, higher is better)
 TARGETS = [
     ("train_vs_trl", "train_vs_trl_ratio", 2.0, True),
+    ("k_cost", "k11_vs_k2_cost_ratio", 1.2, False),
+    ("generate_vs_hf", "generate_vs_hf_ratio", 2.5, True),
 ]
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.common import ensure_model, fresh
+from benchmarks.common import bench_vocab, ensure_model, fresh
 from configs.schema import Config
 from pipeline.graph import run_prepare
 from pipeline.shards import read_shards
@@ -37,9 +37,9 @@ def timed_steps(metrics_csv: Path, warmup: int) -> pd.DataFrame:
     return metrics[metrics["step"] > warmup]
 
 
-def run(cfg: Config, out: Path) -> dict:
+def run(cfg: Config, out: Path, smoke: bool) -> dict:
     tc = cfg.train
-    ensure_model(cfg)
+    ensure_model(cfg, bench_vocab(smoke))
     fresh(cfg.job_dir("prepare"), cfg.job_dir("train_dpo"), Path(cfg.ray.storage_path))
     prep = run_prepare(cfg)
     ours = run_train(cfg, job="train_dpo")

@@ -171,6 +171,9 @@ class TrainConfig(_Section):
         description="Tokens per packed row of a forward pass: each prompt is forwarded once with its responses after it "
         "(each attends to the prompt and itself), and prompts share rows up to this length (null: 2 x model.max_length).",
     )
+    max_responses: int | None = Field(
+        default=None, ge=2, description="Train on at most this many responses per prompt: the anchor and the first others (null: all)."
+    )
     lr: float = Field(default=5e-5, gt=0, description="Peak learning rate (AdamW, warm-up then cosine).")
     warmup_steps: int = Field(default=5, ge=0, description="Linear warm-up steps.")
     weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")

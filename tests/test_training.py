@@ -39,6 +39,12 @@ def test_groups_are_packed_whole_with_the_anchor_first():
         pack_groups(_rows().drop(index=2))
 
 
+def test_max_responses_keeps_the_anchor_and_the_first_others():
+    m = pack_groups(_rows(), max_responses=2)[0]["members"][0]
+    assert m["origins"] == ["ground_truth", "autoregressive"] and m["scores"] == [1.0, 0.2]
+    assert m["ref_logps"] == [-2.0, -3.0] and m["rank"] == [0, 1]  # stored order [1, 2, 0] without the dropped one
+
+
 def test_columns_that_are_null_throughout_read_as_absent():
     # Ray Data hands a list column holding only nulls to pandas as NA, not None (paired data without scores).
     rows = _rows().assign(scores=pd.NA, rank=pd.NA, ref_logps=None)

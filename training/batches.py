@@ -30,12 +30,12 @@ def _list_or_none(value):
     return None if value is None or value is pd.NA or (np.isscalar(value) and pd.isna(value)) else value
 
 
-def _prompt_record(row) -> dict:
+def _prompt_record(row, max_responses: int | None) -> dict:
     origins = list(row["origins"])
     scores = _list_or_none(row["scores"])
     scores = None if scores is None else [float(s) for s in scores]
     a = _anchor(origins, scores)
-    perm = [a] + [i for i in range(len(origins)) if i != a]
+    perm = ([a] + [i for i in range(len(origins)) if i != a])[:max_responses]
     where = {old: new for new, old in enumerate(perm)}
     rank, ref = _list_or_none(row.get("rank")), _list_or_none(row.get("ref_logps"))
     return {
@@ -44,16 +44,17 @@ def _prompt_record(row) -> dict:
         "origins": [origins[i] for i in perm],
         "scores": None if scores is None else [scores[i] for i in perm],
         "ref_logps": None if ref is None else [float(ref[i]) for i in perm],
-        "rank": None if rank is None else [where[int(i)] for i in rank],
+        "rank": None if rank is None else [where[int(i)] for i in rank if int(i) in where],
         "similarity": [float(x) for x in row["group_similarity"]],
     }
 
 
-def pack_groups(rows: pd.DataFrame) -> list[dict]:
-    """One dict per contrast group (members in group order), from per-prompt shard rows."""
+def pack_groups(rows: pd.DataFrame, max_responses: int | None = None) -> list[dict]:
+    """One dict per contrast group (members in group order), from per-prompt shard rows; with
+    ``max_responses``, each prompt keeps its anchor and the first others up to that many."""
     groups = []
     for gid, part in rows.sort_values(["group_id", "group_position"]).groupby("group_id", sort=True):
-        members = [_prompt_record(r) for _, r in part.iterrows()]
+        members = [_prompt_record(r, max_responses) for _, r in part.iterrows()]
         if len(members) != int(part["group_size"].iloc[0]):
             raise ValueError(f"contrast group {gid} is split: {len(members)} of {int(part['group_size'].iloc[0])} prompts present")
         groups.append({"group_id": int(gid), "members": members})

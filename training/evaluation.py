@@ -60,7 +60,8 @@ def heldout_margins(model_dir: str | Path, cfg) -> tuple[float, dict[str, list[f
     from training.objective import implicit_accuracy
     from training.train import row_tokens, split_heldout
 
-    groups = {g["group_id"]: g for g in pack_groups(read_shards(cfg.job_dir("prepare") / "shards").to_pandas())}
+    groups = {g["group_id"]: g for g in pack_groups(read_shards(cfg.job_dir("prepare") / "shards").to_pandas(),
+                                                       cfg.train.max_responses)}
     _, held = split_heldout(list(groups), cfg.train.heldout_fraction, cfg.seed)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     tokenizer_pad = model.config.pad_token_id

@@ -69,17 +69,31 @@ def sequence_logps(
     return token_logps_from_logits(logits[:, :-1], labels, mask).sum(-1)
 
 
+def _plain_head(model: nn.Module) -> bool:
+    """Whether the model's logits are just ``lm_head(last hidden state)`` (no soft-capping or scaling)."""
+    config = model.config
+    return getattr(config, "final_logit_softcapping", None) is None and getattr(config, "logit_scale", None) is None
+
+
 def packed_logps(model: nn.Module, packed) -> Tensor:
     """Summed log-probs of each response of a :class:`pipeline.tokenize.Packed` batch, one forward pass.
+
+    Logits are computed only where a response token is predicted (not over prompts or padding), which
+    matters when the vocabulary projection is a large part of the model.
 
     Returns: ``[N]`` float32 (float64 for a float64 model), equal to :func:`sequence_logps` on each
     ``prompt + response`` alone; differentiable w.r.t. the model parameters.
     """
-    dtype = next(model.parameters()).dtype
+    lm = getattr(model, "module", model)  # a DeepSpeed engine wraps the model; ZeRO hooks sit on the submodules
+    dtype = next(lm.parameters()).dtype
     # An additive mask works with every attention implementation (eager adds it, sdpa takes it as is).
     mask = torch.zeros(packed.attention_mask.shape, dtype=dtype).masked_fill(~packed.attention_mask, torch.finfo(dtype).min)
-    logits = model(input_ids=packed.input_ids, attention_mask=mask, position_ids=packed.position_ids).logits
-    picked = logits[packed.rows, packed.positions]
+    inputs = {"input_ids": packed.input_ids, "attention_mask": mask, "position_ids": packed.position_ids}
+    if _plain_head(lm):
+        hidden = lm.get_decoder()(**inputs).last_hidden_state
+        picked = lm.get_output_embeddings()(hidden[packed.rows, packed.positions])
+    else:
+        picked = model(**inputs).logits[packed.rows, packed.positions]
     picked = picked.to(torch.float64 if picked.dtype == torch.float64 else torch.float32)
     token_logps = picked.gather(-1, packed.labels.unsqueeze(-1)).squeeze(-1) - picked.logsumexp(-1)
     return torch.zeros(len(packed.response_lengths), dtype=token_logps.dtype).index_add(0, packed.sequences, token_logps)

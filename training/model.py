@@ -7,10 +7,11 @@ The saved directory loads in ``transformers`` and in vLLM.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from configs.schema import ModelConfig
@@ -18,15 +19,24 @@ from configs.schema import ModelConfig
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 
 
-def build_tokenizer(max_length: int) -> PreTrainedTokenizerFast:
-    byte_chars = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {tok: i for i, tok in enumerate([PAD, BOS, EOS, *byte_chars])}
-    core = Tokenizer(models.BPE(vocab=vocab, merges=[], byte_fallback=False))
-    # use_regex=False: with no merges there is nothing to gain from GPT-2's word split.
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+def build_tokenizer(max_length: int, corpus: Iterable[str] | None = None, vocab_size: int = 16384) -> PreTrainedTokenizerFast:
+    """The byte-level tokenizer with no merges; with ``corpus``, byte-level BPE merges learned from it
+    up to ``vocab_size`` (a realistic vocabulary for the benchmarks). Special tokens keep ids 0, 1, 2."""
+    specials = [PAD, BOS, EOS]
+    if corpus is None:
+        vocab = {tok: i for i, tok in enumerate([*specials, *sorted(pre_tokenizers.ByteLevel.alphabet())])}
+        core = Tokenizer(models.BPE(vocab=vocab, merges=[], byte_fallback=False))
+        # use_regex=False: with no merges there is nothing to gain from GPT-2's word split.
+        core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    else:
+        core = Tokenizer(models.BPE())
+        core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        core.train_from_iterator(corpus, trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False))
     core.decoder = decoders.ByteLevel()
     core.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, vocab[BOS])]
+        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, core.token_to_id(BOS))]
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=core,

@@ -9,6 +9,7 @@ from training import losses as L
 from training.batches import Batch
 
 NEEDS_SCORES = {"swepo", "infonca", "nca"}
+TIE = 1e-4  # implicit rewards (beta-scaled) closer than this are equal
 
 
 def _rejected_index(batch: Batch) -> Tensor:
@@ -34,12 +35,14 @@ def has_negative(batch: Batch) -> Tensor:
 def implicit_accuracy(rewards: Tensor, batch: Batch) -> tuple[float, int]:
     """(correct, pairs) over response pairs ordered by label: scores when present, else anchor above the rest.
 
-    A tie counts half, so a policy equal to its reference scores exactly 0.5.
+    A tie counts half, so a policy equal to its reference scores exactly 0.5. Rewards closer than
+    ``TIE`` are a tie: the stored reference log-probs come from another batch layout than the policy's,
+    which moves float32 sums by ~1e-5 and would otherwise turn exact ties into coin flips.
     """
     labels = batch.scores if batch.scores is not None else (torch.arange(batch.mask.shape[1]) == 0).float().expand_as(rewards)
     better = (labels.unsqueeze(-1) > labels.unsqueeze(-2)) & batch.mask.unsqueeze(-1) & batch.mask.unsqueeze(-2)
     diff = rewards.unsqueeze(-1) - rewards.unsqueeze(-2)
-    correct = ((diff > 0).float() + 0.5 * (diff == 0).float())[better].sum()
+    correct = ((diff > TIE).float() + 0.5 * (diff.abs() <= TIE).float())[better].sum()
     return float(correct), int(better.sum())
 
 

@@ -106,7 +106,7 @@ def train_worker_loop(lc: dict) -> None:
     pad_id = tokenizer.pad_token_id
 
     rows = pd.concat(list(ray.train.get_dataset_shard("train").iter_batches(batch_format="pandas", batch_size=4096)))
-    groups = {g["group_id"]: g for g in pack_groups(rows)}
+    groups = {g["group_id"]: g for g in pack_groups(rows, tc.max_responses)}
     train_ids, held_ids = split_heldout(list(groups), tc.heldout_fraction, cfg.seed)
     heldout = [groups[i] for i in held_ids]
 
@@ -155,7 +155,7 @@ def train_worker_loop(lc: dict) -> None:
         lr = lr_at(step, tc.steps, tc.warmup_steps, tc.lr)
         set_lr(engine, lr)
         mine = step_groups(train_ids, tc.batch_groups, cfg.seed, step)[rank * per_worker : (rank + 1) * per_worker]
-        sums = np.zeros(6)  # loss*prompts, prompts, skipped, correct, pairs, tokens
+        sums = np.zeros(7)  # loss*prompts, prompts, skipped, correct, pairs, tokens, response tokens
         for m in range(accum):
             batch = collate([groups[g] for g in mine[m * tc.micro_groups : (m + 1) * tc.micro_groups]], pad_id, row_tokens(cfg))
             policy, ref, counts = _sequence_values(engine, ref_model, batch, tc.reference == "live")
@@ -163,7 +163,8 @@ def train_worker_loop(lc: dict) -> None:
             engine.backward(loss)
             engine.step()
             sums += [metrics["loss"] * metrics["prompts"], metrics["prompts"], metrics["skipped_prompts"],
-                     metrics["accuracy_correct"], metrics["accuracy_pairs"], batch.packed.tokens]
+                     metrics["accuracy_correct"], metrics["accuracy_pairs"], batch.packed.tokens,
+                     int(batch.packed.response_lengths.sum())]
         data_log.write(json.dumps({"step": step, "rank": rank, "world": world, "attempt": attempt, "groups": mine}) + "\n")
         data_log.flush()
         total = _all_sum(sums.tolist())
@@ -171,7 +172,8 @@ def train_worker_loop(lc: dict) -> None:
         row = {
             "step": step + 1, "loss": total[0] / max(total[1], 1), "accuracy": total[3] / max(total[4], 1),
             "skipped_prompts": int(total[2]), "grad_norm": float(engine.get_global_grad_norm() or 0.0),
-            "lr": lr, "tokens_per_second": total[5] / seconds, "seconds": seconds, "world_size": world,
+            "lr": lr, "tokens_per_second": total[5] / seconds,
+            "response_tokens_per_second": total[6] / seconds, "seconds": seconds, "world_size": world,
             "worker_peak_rss_mb": _all_sum([peak_rss_mb()], op=dist.ReduceOp.MAX)[0],
         }
         if rank == 0:
