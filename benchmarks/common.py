@@ -22,7 +22,7 @@ SMOKE_OVERRIDES = ["model.hidden_size=64", "model.num_layers=2", "model.num_head
 
 def bench_config(out_dir: Path, smoke: bool, overrides: list[str] = ()) -> Config:
     sets = [f"output_dir={out_dir}", f"prepare.policy_dir={out_dir / 'model'}", f"ray.storage_path={(out_dir / 'ray').resolve()}"]
-    return load_config(CONFIG, [*sets, *(SMOKE_OVERRIDES if smoke else []), *overrides])
+    return load_config(CONFIG, [*sets, *overrides, *(SMOKE_OVERRIDES if smoke else [])])
 
 
 def bench_vocab(smoke: bool) -> int:

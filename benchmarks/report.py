@@ -9,6 +9,31 @@ TARGETS = [
 ]
 
 
+def _sides(report: dict) -> list[str]:
+    lines = []
+    if "train_vs_trl" in report:
+        r = report["train_vs_trl"]
+        for side in ("project", "trl"):
+            s = r[side]
+            lines.append(f"  train {side:<14} samples/s {s['samples_per_second']:7.2f}  tokens/s {s['tokens_per_second']:7.0f}"
+                         f"  peak RSS {s['peak_rss_mb']:6.0f} MB")
+    if "k_cost" in report:
+        for k, s in report["k_cost"]["per_k"].items():
+            lines.append(f"  SWEPO K={k:<8} ms/response token {s['seconds_per_response_token'] * 1e3:7.3f}"
+                         f"  x K=2 {s['cost_vs_k2']:5.2f}  peak RSS {s['peak_rss_mb']:6.0f} MB")
+    if "generate_vs_hf" in report:
+        r = report["generate_vs_hf"]
+        for side in ("project_vllm", "hf_generate"):
+            s = r[side]
+            lines.append(f"  generate {side:<12} tokens/s {s['tokens_per_second']:7.0f}  (engine start {s['engine_start_seconds']:.1f} s)"
+                         f"  of sampling limit {s['tokens_per_second'] / r['sampling_limit_tokens_per_second']:.1%}")
+    for name, r in report.get("prepare_stages", {}).items():
+        if isinstance(r, dict) and "stages" in r:
+            rates = ", ".join(f"{k} {v['rows_per_second']:.0f}" for k, v in r["stages"].items() if v["rows_per_second"])
+            lines.append(f"  prepare {name}: rows/s {rates}; bottleneck {r['bottleneck']}")
+    return lines
+
+
 def table(report: dict) -> str:
     lines = [f"{'comparison':<16}{'ratio':<26}{'value':>8}{'target':>10}  met"]
     for name, key, target, higher in TARGETS:
@@ -17,9 +42,6 @@ def table(report: dict) -> str:
             met = value >= target if higher else value <= target
             lines.append(f"{name:<16}{key:<26}{value:>8.2f}{('>=' if higher else '<=') + format(target, '.2f'):>10}  "
                          f"{'yes' if met else 'NO'}")
-    if "train_vs_trl" in report:
-        r = report["train_vs_trl"]
-        for side in ("project", "trl"):
-            lines.append(f"  {side:<8} samples/s {r[side]['samples_per_second']:.2f}  tokens/s {r[side]['tokens_per_second']:.0f}"
-                         f"  peak RSS {r[side]['peak_rss_mb']:.0f} MB")
-    return "\n".join(lines)
+    if "generate_vs_hf" in report:
+        lines.append(f"{'generate_vs_hf':<16}{'sampling_limit_fraction':<26}{report['generate_vs_hf']['sampling_limit_fraction']:>8.3f}")
+    return "\n".join(lines + _sides(report))

@@ -21,9 +21,15 @@ from pipeline.shards import read_shards
 from training.train import run_train
 
 
-def export_pairs(shards_dir: Path, path: Path) -> int:
-    """The prepared pairs as TRL's ``{prompt, chosen, rejected}`` text rows."""
-    rows = read_shards(shards_dir).to_pylist()
+def trained_group_ids(job_dir: Path) -> set[int]:
+    """The contrast groups the train job trained (its per-rank data logs)."""
+    return {g for log in job_dir.glob("data_rank*.jsonl") for line in log.read_text().splitlines()
+            for g in json.loads(line)["groups"]}
+
+
+def export_pairs(shards_dir: Path, group_ids: set[int], path: Path) -> int:
+    """The pairs of ``group_ids`` as TRL's ``{prompt, chosen, rejected}`` text rows."""
+    rows = [r for r in read_shards(shards_dir).to_pylist() if r["group_id"] in group_ids]
     with open(path, "w") as f:
         for row in rows:
             texts = dict(zip(row["origins"], row["responses"]))
@@ -54,7 +60,8 @@ def run(cfg: Config, out: Path, smoke: bool) -> dict:
     }
 
     pairs = out / "trl_pairs.jsonl"
-    export_pairs(Path(prep["shards_dir"]), pairs)
+    # TRL trains one epoch over exactly the pairs our job trained: the same work, in another order.
+    export_pairs(Path(prep["shards_dir"]), trained_group_ids(cfg.job_dir("train_dpo")), pairs)
     threads = int(tc.cpus_per_worker) * (tc.num_workers if isinstance(tc.num_workers, int) else tc.num_workers[1])
     result = out / "trl_result.json"
     cmd = [sys.executable, "-m", "benchmarks.trl_dpo", "--model", cfg.prepare.policy_dir, "--pairs", str(pairs),

@@ -230,6 +230,10 @@ class Config(_Section):
         payload = {"seed": self.seed, **{s: getattr(self, s).model_dump(mode="json") for s in sections}}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
+    def pack_row_tokens(self) -> int:
+        """Tokens per packed row of the trainer's and the reference scorer's forward passes."""
+        return self.train.pack_tokens or 2 * self.model.max_length
+
     def job_dir(self, job: str) -> Path:
         return Path(self.output_dir) / job
 

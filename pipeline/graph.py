@@ -164,7 +164,8 @@ def build_main_graph(ds: ray.data.Dataset, cfg: Config, model_dir: str, tokenize
     ds = ds.map_batches(timed("group_statistics", partial(group_statistics, alpha=p.swepo_alpha, p=p.swepo_p,
                                                           weighting=p.swepo_weighting)), batch_format="pandas")
     if p.ref_logps:
-        ds = ds.map_batches(ReferenceLogps, fn_constructor_kwargs={"model_dir": model_dir, "threads": threads}, **small())
+        ds = ds.map_batches(ReferenceLogps, fn_constructor_kwargs={"model_dir": model_dir, "row_tokens": cfg.pack_row_tokens(),
+                                                                 "threads": threads}, **small())
     return ds
 
 

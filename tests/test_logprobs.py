@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from pipeline.tokenize import pack_shared_prompts, pad_sequences
-from training.logprobs import packed_logps, response_token_counts, sequence_logps, token_logps_from_logits
+from training.logprobs import label_logps, packed_logps, response_token_counts, sequence_logps, token_logps_from_logits
 
 transformers = pytest.importorskip("transformers")
 
@@ -150,3 +150,13 @@ def test_packed_gradients_equal_the_padded_ones(model: torch.nn.Module) -> None:
         if a is not None or b is not None:
             torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)  # Llama rotary tables are float32
     model.to(torch.float32)
+
+
+def test_label_logps_match_log_softmax_and_pass_gradcheck() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 13, generator=g, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 13, (6,), generator=g)
+    expected = logits.log_softmax(-1).gather(-1, labels[:, None]).squeeze(-1)
+    torch.testing.assert_close(label_logps(logits, labels), expected)
+    assert torch.autograd.gradcheck(lambda x: label_logps(x, labels), (logits,))
+    assert label_logps(logits.detach().to(torch.bfloat16), labels).dtype == torch.float32

@@ -100,7 +100,7 @@ def test_meanfield_actor_resamples_from_the_reference_model(tiny_model_dir, tmp_
 def test_reference_logps_equal_a_direct_transformers_computation(tiny_model_dir):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     batch = _batch(tokenizer, ["Add 1 and 2.\nAnswer: ", "Sort the digits: 3 1\nAnswer: "], ["3", "1 3"])
-    out = ReferenceLogps(str(tiny_model_dir))(batch)
+    out = ReferenceLogps(str(tiny_model_dir), row_tokens=64)(batch)
     model = LlamaForCausalLM.from_pretrained(tiny_model_dir).eval()
     for i in range(2):
         p, r = list(batch["prompt_ids"].iloc[i]), list(batch["response_ids"].iloc[i][0])

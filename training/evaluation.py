@@ -58,7 +58,7 @@ def heldout_margins(model_dir: str | Path, cfg) -> tuple[float, dict[str, list[f
     from training.batches import collate, pack_groups
     from training.logprobs import packed_logps
     from training.objective import implicit_accuracy
-    from training.train import row_tokens, split_heldout
+    from training.train import split_heldout
 
     groups = {g["group_id"]: g for g in pack_groups(read_shards(cfg.job_dir("prepare") / "shards").to_pandas(),
                                                        cfg.train.max_responses)}
@@ -68,7 +68,7 @@ def heldout_margins(model_dir: str | Path, cfg) -> tuple[float, dict[str, list[f
     correct = pairs = 0.0
     margins: dict[str, list[float]] = {}
     for gid in held:
-        batch = collate([groups[gid]], tokenizer_pad, row_tokens(cfg))
+        batch = collate([groups[gid]], tokenizer_pad, cfg.pack_row_tokens())
         policy = batch.gather(packed_logps(model, batch.packed))
         rewards = cfg.train.beta * (policy - batch.ref_logps)
         c, p = implicit_accuracy(rewards, batch)

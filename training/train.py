@@ -71,16 +71,12 @@ def heldout_accuracy(engine, ref_model, groups: list[dict], cfg: Config, pad_id:
     correct = pairs = 0.0
     engine.eval()
     for i in range(0, len(groups), cfg.train.micro_groups):
-        batch = collate(groups[i : i + cfg.train.micro_groups], pad_id, row_tokens(cfg))
+        batch = collate(groups[i : i + cfg.train.micro_groups], pad_id, cfg.pack_row_tokens())
         policy, ref, counts = _sequence_values(engine, ref_model, batch, cfg.train.reference == "live")
         _, m = preference_loss(cfg.train, batch, policy, ref, counts)
         correct, pairs = correct + m["accuracy_correct"], pairs + m["accuracy_pairs"]
     engine.train()
     return correct / max(pairs, 1)
-
-
-def row_tokens(cfg: Config) -> int:
-    return cfg.train.pack_tokens or 2 * cfg.model.max_length
 
 
 def _all_sum(values: list[float], op=dist.ReduceOp.SUM) -> list[float]:
@@ -157,7 +153,7 @@ def train_worker_loop(lc: dict) -> None:
         mine = step_groups(train_ids, tc.batch_groups, cfg.seed, step)[rank * per_worker : (rank + 1) * per_worker]
         sums = np.zeros(7)  # loss*prompts, prompts, skipped, correct, pairs, tokens, response tokens
         for m in range(accum):
-            batch = collate([groups[g] for g in mine[m * tc.micro_groups : (m + 1) * tc.micro_groups]], pad_id, row_tokens(cfg))
+            batch = collate([groups[g] for g in mine[m * tc.micro_groups : (m + 1) * tc.micro_groups]], pad_id, cfg.pack_row_tokens())
             policy, ref, counts = _sequence_values(engine, ref_model, batch, tc.reference == "live")
             loss, metrics = preference_loss(tc, batch, policy, ref, counts)
             engine.backward(loss)
