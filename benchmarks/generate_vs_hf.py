@@ -1,7 +1,7 @@
 """Comparison 3: the prepare job's autoregressive stage (vLLM actor) beside ``transformers`` ``generate``.
 
 Same model, prompts (the embedded task's), samples per prompt, sampling settings and token limit; both
-on all the machine's cores (vLLM-CPU binds its threads to every core). Engine start is reported apart.
+compute on all the machine's cores (``prepare.generator_cpu_bind``). Engine start is reported apart.
 The sampling limit is the matmul roofline: the measured FLOP/s over 2 x parameters FLOPs per token.
 """
 from __future__ import annotations
@@ -17,8 +17,11 @@ from configs.schema import Config
 from pipeline.graph import run_prepare
 from pipeline.shards import read_shards
 
+THREADS = os.cpu_count()
+# vLLM-CPU's 'auto' binding would compute on one core and leave the other to its front-end: bind all.
 OVERRIDES = ["data.source=null", "prepare.max_rows=256", "prepare.reward=none", "prepare.ref_logps=false",
-             "prepare.negatives.autoregressive=4", "prepare.negatives.max_tokens=48", "prepare.batch_size=64"]
+             "prepare.negatives.autoregressive=4", "prepare.negatives.max_tokens=48", "prepare.batch_size=64",
+             f"prepare.generator_cpu_bind=0-{THREADS - 1}", f"prepare.generator_cpus={THREADS}"]
 HF_BATCH_PROMPTS = 32  # prompts per generate call (x samples per prompt sequences)
 
 
@@ -56,7 +59,7 @@ def hf_generate(model_dir: str, prompts: list[list[int]], cfg: Config, threads: 
 
 def run(cfg: Config, out: Path, smoke: bool) -> dict:
     model_dir = ensure_model(cfg, bench_vocab(smoke))
-    threads = os.cpu_count()
+    threads = THREADS
     fresh(cfg.job_dir("prepare"))
     prep = run_prepare(cfg)
     seconds = prep["seconds_per_stage"]["autoregressive"]

@@ -144,6 +144,11 @@ class PrepareConfig(_Section):
     generator_actors: int = Field(default=1, ge=1, description="vLLM generator actors.")
     generator_cpus: float = Field(default=1, gt=0, description="CPUs per vLLM generator actor.")
     generator_gpus: float = Field(default=0, ge=0, description="GPUs per vLLM generator actor (0 on CPU machines).")
+    generator_cpu_bind: str | None = Field(
+        default=None,
+        description="vLLM-CPU only: cores its generator threads bind to (VLLM_CPU_OMP_THREADS_BIND, e.g. '0-1'); "
+        "null keeps vLLM's 'auto', which leaves one core to vLLM's front-end process.",
+    )
     model_actors: int = Field(default=1, ge=1, description="Actors of each stage that owns a small model (embedder, reference scorer, reward model).")
     model_actor_cpus: float = Field(default=0.5, gt=0, description="CPUs per small-model actor.")
     model_actor_gpus: float = Field(default=0, ge=0, description="GPUs per small-model actor.")

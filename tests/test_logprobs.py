@@ -160,3 +160,15 @@ def test_label_logps_match_log_softmax_and_pass_gradcheck() -> None:
     torch.testing.assert_close(label_logps(logits, labels), expected)
     assert torch.autograd.gradcheck(lambda x: label_logps(x, labels), (logits,))
     assert label_logps(logits.detach().to(torch.bfloat16), labels).dtype == torch.float32
+
+
+def test_chunked_head_logps_equal_the_full_projection_and_pass_gradcheck() -> None:
+    from training.logprobs import _HeadLabelLogps
+
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(7, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(11, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 11, (7,), generator=g)
+    expected = (hidden @ weight.T).log_softmax(-1).gather(-1, labels[:, None]).squeeze(-1)
+    torch.testing.assert_close(_HeadLabelLogps.apply(hidden, weight, labels, 3), expected)  # chunks of 3, 3, 1
+    assert torch.autograd.gradcheck(lambda h, w: _HeadLabelLogps.apply(h, w, labels, 3), (hidden, weight))

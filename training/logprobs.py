@@ -69,6 +69,11 @@ def sequence_logps(
     return token_logps_from_logits(logits[:, :-1], labels, mask).sum(-1)
 
 
+def _upcast(x: Tensor) -> Tensor:
+    """float32 for low-precision values (a bf16 logsumexp loses too much), float64 kept."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 class _LabelLogps(torch.autograd.Function):
     """``log_softmax(logits)[label]`` per row of ``[M, V]`` logits.
 
@@ -91,15 +96,51 @@ class _LabelLogps(torch.autograd.Function):
         return grad, None
 
 
+class _HeadLabelLogps(torch.autograd.Function):
+    """``log_softmax(hidden @ weight.T)[label]`` computed ``chunk`` rows at a time, never holding the
+    ``[M, V]`` logits: backward recomputes each chunk's logits (one extra matmul) instead of keeping
+    them, so memory and memory traffic stay flat as the number of response tokens grows."""
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, labels: Tensor, chunk: int) -> Tensor:
+        out, lses = [], []
+        for c in range(0, hidden.shape[0], chunk):
+            logits = _upcast(hidden[c : c + chunk] @ weight.T)
+            lse = logits.logsumexp(-1)
+            out.append(logits.gather(-1, labels[c : c + chunk, None]).squeeze(-1) - lse)
+            lses.append(lse)
+        ctx.save_for_backward(hidden, weight, labels, torch.cat(lses))
+        ctx.chunk = chunk
+        return torch.cat(out)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        hidden, weight, labels, lse = ctx.saved_tensors
+        grad_hidden, grad_weight = torch.empty_like(hidden), torch.zeros_like(weight)
+        for c in range(0, hidden.shape[0], ctx.chunk):
+            h, g = hidden[c : c + ctx.chunk], grad_out[c : c + ctx.chunk]
+            grad = _upcast(h @ weight.T).sub_(lse[c : c + ctx.chunk, None]).exp_().mul_(-g[:, None])
+            grad.scatter_add_(-1, labels[c : c + ctx.chunk, None], g[:, None])
+            grad = grad.to(hidden.dtype)
+            grad_hidden[c : c + ctx.chunk] = grad @ weight
+            grad_weight += grad.T @ h
+        return grad_hidden, grad_weight, None, None
+
+
+HEAD_CHUNK = 1024  # response tokens per chunk of the vocabulary projection
+
+
 def label_logps(logits: Tensor, labels: Tensor) -> Tensor:
     """``[M, V]`` logits, ``[M]`` labels -> ``[M]`` log-probs of the labels (float32, or float64 if the logits are)."""
-    return _LabelLogps.apply(logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32), labels)
+    return _LabelLogps.apply(_upcast(logits), labels)
 
 
 def _plain_head(model: nn.Module) -> bool:
-    """Whether the model's logits are just ``lm_head(last hidden state)`` (no soft-capping or scaling)."""
-    config = model.config
-    return getattr(config, "final_logit_softcapping", None) is None and getattr(config, "logit_scale", None) is None
+    """Whether the logits are just ``hidden @ lm_head.weight.T``: no bias, soft-capping or scaling, and the
+    weight not partitioned away by ZeRO-3 (whose hooks only gather it for a module call)."""
+    config, head = model.config, model.get_output_embeddings()
+    return (isinstance(head, nn.Linear) and head.bias is None and not hasattr(head.weight, "ds_id")
+            and getattr(config, "final_logit_softcapping", None) is None and getattr(config, "logit_scale", None) is None)
 
 
 def packed_logps(model: nn.Module, packed) -> Tensor:
@@ -117,9 +158,8 @@ def packed_logps(model: nn.Module, packed) -> Tensor:
     mask = torch.zeros(packed.attention_mask.shape, dtype=dtype).masked_fill(~packed.attention_mask, torch.finfo(dtype).min)
     inputs = {"input_ids": packed.input_ids, "attention_mask": mask, "position_ids": packed.position_ids}
     if _plain_head(lm):
-        hidden = lm.get_decoder()(**inputs).last_hidden_state
-        picked = lm.get_output_embeddings()(hidden[packed.rows, packed.positions])
+        hidden = lm.get_decoder()(**inputs).last_hidden_state[packed.rows, packed.positions]
+        token_logps = _HeadLabelLogps.apply(hidden, lm.get_output_embeddings().weight, packed.labels, HEAD_CHUNK)
     else:
-        picked = model(**inputs).logits[packed.rows, packed.positions]
-    token_logps = label_logps(picked, packed.labels)
+        token_logps = label_logps(model(**inputs).logits[packed.rows, packed.positions], packed.labels)
     return torch.zeros(len(packed.response_lengths), dtype=token_logps.dtype).index_add(0, packed.sequences, token_logps)
