@@ -58,8 +58,12 @@ class VLLMNegatives(_Sampler):
         import vllm
 
         started = time.perf_counter()
+        # No chunked prefill: a seeded request whose prefill is split rewinds its torch generator, which
+        # CPU generators cannot do ("CPU Generator does not use offset"); batches of n > 1 samples on
+        # prompts of a few dozen tokens overflow the 4096-token step budget and get split.
         self.llm = vllm.LLM(
-            model=model_dir, dtype=dtype, max_model_len=max_model_len, enforce_eager=True, seed=seed
+            model=model_dir, dtype=dtype, max_model_len=max_model_len, enforce_eager=True, seed=seed,
+            enable_chunked_prefill=False, max_num_batched_tokens=max(4096, max_model_len),
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.start_seconds = time.perf_counter() - started

