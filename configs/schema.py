@@ -155,7 +155,11 @@ class PrepareConfig(_Section):
 
 
 class TrainConfig(_Section):
-    loss: Literal["dpo", "swepo", "rpo", "cpo", "infonca", "nca"] = Field(default="cpo", description="Preference objective (formulas in DESIGN.md).")
+    loss: Literal["dpo", "swepo", "rpo", "cpo", "infonca", "nca", "sft"] = Field(
+        default="cpo",
+        description="Preference objective (formulas in DESIGN.md), or 'sft': mean token NLL of the anchor alone, "
+        "the control that shows what the same steps give without negatives.",
+    )
     beta: float = Field(default=0.1, gt=0, description="Implicit-reward scale beta of every loss.")
     swepo_alpha: float = Field(default=1.0, description="SWEPO: weight scale alpha.")
     swepo_p: float = Field(default=1.0, ge=0, description="SWEPO: power p of |deviation| (0 = unweighted group loss).")

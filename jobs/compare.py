@@ -1,6 +1,7 @@
-"""Method comparison: every objective trained from the same reference on the same shards and budget.
+"""Method comparison: every objective trained from the same reference on the same shards and budget,
+beside the reference and a control that spends the same steps on the ground truth alone.
 
-``python -m jobs.compare --config configs/demo.yaml [--set compare_methods=...]`` writes
+``python -m jobs.compare --config configs/demo.yaml`` writes
 ``<output_dir>/compare/report.json``, a table and a plot of held-out exact match and mean reward.
 """
 from __future__ import annotations
@@ -14,7 +15,10 @@ from training.evaluation import heldout_margins, task_eval
 from training.sft import run_sft
 from training.train import run_train
 
-METHODS = ("dpo", "swepo", "rpo", "cpo", "infonca", "nca")
+METHODS = ("dpo", "swepo", "rpo", "cpo", "infonca", "nca", "sft")
+# The control row: the same steps on the ground truth alone, so a method's gain over the reference can be
+# told apart from what more supervised steps would give.
+LABELS = {"sft": "sft (control: ground truth only)"}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -31,7 +35,7 @@ def main(argv: list[str] | None = None) -> dict:
         c.train.loss = method
         trained = run_train(c, job=f"compare/{method}")
         _, scores = task_eval(trained["policy_dir"], c)
-        rows[method] = {**scores, "implicit_accuracy_start": trained["heldout_accuracy_start"],
+        rows[LABELS.get(method, method)] = {**scores, "implicit_accuracy_start": trained["heldout_accuracy_start"],
                         "implicit_accuracy": trained["heldout_accuracy_end"], "train_seconds": trained["wall_seconds"]}
         print(f"[compare] {method}: exact match {scores['exact_match']:.3f}, mean reward {scores['mean_reward']:.3f}", flush=True)
     table = pd.DataFrame(rows).T[["exact_match", "mean_reward", "implicit_accuracy_start", "implicit_accuracy", "train_seconds"]]

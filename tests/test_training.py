@@ -136,3 +136,16 @@ def test_cpo_keeps_the_nll_term_for_prompts_without_negatives():
     value.backward()
     assert metrics["skipped_prompts"] == 0
     assert policy.grad[1, 0] == pytest.approx(-0.5 / 2 / 2)  # alpha * d(-logp/n)/dlogp, averaged over 2 prompts
+
+
+def test_sft_control_is_the_anchor_nll_alone():
+    batch = _batch_with_a_single_response_prompt()
+    policy = (batch.ref_logps + 0.5 * torch.arange(3.0)).requires_grad_(True)
+    counts = batch.gather(torch.full((4,), 2.0))
+    value, metrics = preference_loss(TrainConfig(loss="sft"), batch, policy, batch.ref_logps, counts)
+    value.backward()
+    assert value.item() == pytest.approx(float(-(policy[:, 0] / 2).mean()))
+    assert metrics["skipped_prompts"] == 0
+    grad = torch.zeros_like(policy)
+    grad[:, 0] = -0.5 / 2  # d(-logp/n)/dlogp averaged over 2 prompts; the negatives take no part
+    assert torch.equal(policy.grad, grad)

@@ -68,6 +68,9 @@ def preference_loss(tc: TrainConfig, batch: Batch, policy: Tensor, ref: Tensor, 
                            weighting=tc.swepo_weighting, mode=tc.swepo_mode)
     elif tc.loss == "rpo":
         out = _rpo(tc, batch, policy, ref)
+    elif tc.loss == "sft":
+        # The comparisons' control: the same steps on the anchors alone, no negatives.
+        out = L.LossOutput(-policy[:, 0] / token_counts[:, 0].clamp(min=1), torch.ones(P, dtype=torch.bool), {})
     elif tc.loss == "cpo":
         nll = -policy[:, 0] / token_counts[:, 0].clamp(min=1) if tc.cpo_alpha_mle else None
         out = L.cpo_loss(policy, ref, beta=tc.beta, order=batch.order if tc.cpo_ranked else None, mask=batch.mask,
@@ -76,7 +79,7 @@ def preference_loss(tc: TrainConfig, batch: Batch, policy: Tensor, ref: Tensor, 
         fn = L.infonca_loss if tc.loss == "infonca" else L.nca_loss
         out = fn(policy, ref, batch.scores, beta=tc.beta, temperature=tc.temperature, mask=batch.mask)
     # Every contrastive term needs a negative; CPO's NLL term does not, so those prompts keep it.
-    keeps_nll = tc.loss == "cpo" and tc.cpo_alpha_mle > 0
+    keeps_nll = tc.loss == "sft" or (tc.loss == "cpo" and tc.cpo_alpha_mle > 0)
     valid = out.valid & (has_negative(batch) | keeps_nll)
     loss = (out.losses * valid).sum() / valid.sum().clamp(min=1)
     correct, pairs = implicit_accuracy(tc.beta * (policy - ref).detach(), batch)
