@@ -35,8 +35,9 @@ def main(argv: list[str] | None = None) -> dict:
         c.train.loss = method
         trained = run_train(c, job=f"compare/{method}")
         _, scores = task_eval(trained["policy_dir"], c)
-        rows[LABELS.get(method, method)] = {**scores, "implicit_accuracy_start": trained["heldout_accuracy_start"],
-                        "implicit_accuracy": trained["heldout_accuracy_end"], "train_seconds": trained["wall_seconds"]}
+        rows[LABELS.get(method, method)] = {
+            **scores, "implicit_accuracy_start": trained["heldout_accuracy_start"],
+            "implicit_accuracy": trained["heldout_accuracy_end"], "train_seconds": trained["wall_seconds"]}
         print(f"[compare] {method}: exact match {scores['exact_match']:.3f}, mean reward {scores['mean_reward']:.3f}", flush=True)
     table = pd.DataFrame(rows).T[["exact_match", "mean_reward", "implicit_accuracy_start", "implicit_accuracy", "train_seconds"]]
     plot = plots.method_bars(table, out / "methods.png", f"held-out results per method ({cfg.name}, {cfg.train.steps} steps each)")
