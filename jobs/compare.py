@@ -18,7 +18,7 @@ from training.train import run_train
 METHODS = ("dpo", "swepo", "rpo", "cpo", "infonca", "nca", "sft")
 # The control row: the same steps on the ground truth alone, so a method's gain over the reference can be
 # told apart from what more supervised steps would give.
-LABELS = {"sft": "sft (control: ground truth only)"}
+LABELS = {"sft": "sft control (ground truth only)"}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -47,7 +47,8 @@ def _paired_bars(names: list[str], first: list[float], second: list[float], labe
     w = 0.38
     for offset, values, label in ((-w / 2, first, labels[0]), (w / 2, second, labels[1])):
         ax.bar_label(ax.bar([i + offset for i in x], values, w, label=label), fmt="%.3f", fontsize=8)
-    ax.set_xticks(list(x), names)
+    # Long method names would run into each other level.
+    ax.set_xticks(list(x), names, rotation=20, ha="right")
     ax.set_ylim(0, 1.05)
     ax.set_title(title)
     ax.legend(loc="upper left")
