@@ -144,7 +144,7 @@ def test_sft_control_is_the_anchor_nll_alone():
     counts = batch.gather(torch.full((4,), 2.0))
     value, metrics = preference_loss(TrainConfig(loss="sft"), batch, policy, batch.ref_logps, counts)
     value.backward()
-    assert value.item() == pytest.approx(float(-(policy[:, 0] / 2).mean()))
+    assert value.item() == pytest.approx(float(-(policy[:, 0].detach() / 2).mean()))
     assert metrics["skipped_prompts"] == 0
     grad = torch.zeros_like(policy)
     grad[:, 0] = -0.5 / 2  # d(-logp/n)/dlogp averaged over 2 prompts; the negatives take no part
