@@ -41,14 +41,13 @@ def margin_histogram(margins: dict[str, list[float]], out: Path, title: str) -> 
 
 
 def _paired_bars(names: list[str], first: list[float], second: list[float], labels: tuple[str, str], out: Path,
-                 title: str, size: tuple[float, float]) -> Path:
+                 title: str, size: tuple[float, float], tick_rotation: float = 0) -> Path:
     fig, ax = plt.subplots(figsize=size)
     x = range(len(names))
     w = 0.38
     for offset, values, label in ((-w / 2, first, labels[0]), (w / 2, second, labels[1])):
         ax.bar_label(ax.bar([i + offset for i in x], values, w, label=label), fmt="%.3f", fontsize=8)
-    # Long method names would run into each other level.
-    ax.set_xticks(list(x), names, rotation=20, ha="right")
+    ax.set_xticks(list(x), names, rotation=tick_rotation, ha="right" if tick_rotation else "center")
     ax.set_ylim(0, 1.05)
     ax.set_title(title)
     ax.legend(loc="upper left")
@@ -68,4 +67,5 @@ def before_after_bars(values: dict[str, tuple[float, float]], out: Path, title: 
 def method_bars(table: pd.DataFrame, out: Path, title: str) -> Path:
     """``table`` indexed by method with columns exact_match and mean_reward."""
     return _paired_bars(list(table.index), list(table["exact_match"]), list(table["mean_reward"]),
-                        ("held-out exact match", "held-out mean reward"), out, title, (8, 4))
+                        ("held-out exact match", "held-out mean reward"), out, title, (8, 4),
+                        tick_rotation=20)  # eight method names run into each other level
