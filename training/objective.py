@@ -51,7 +51,7 @@ def preference_loss(tc: TrainConfig, batch: Batch, policy: Tensor, ref: Tensor, 
 
     Args:
         policy, ref: ``[P, K]`` summed response log-probs (ref from shards or a live model).
-        token_counts: ``[P, K]`` response tokens (for CPO's NLL term).
+        token_counts: ``[P, K]`` response tokens (the anchor NLL of CPO and of the SFT control).
     """
     if tc.loss in NEEDS_SCORES and batch.scores is None:
         raise ValueError(f"train.loss={tc.loss} needs response scores; the shards have none (set prepare.reward)")
@@ -60,6 +60,7 @@ def preference_loss(tc: TrainConfig, batch: Batch, policy: Tensor, ref: Tensor, 
                          "these shards have none")
     P = policy.shape[0]
     rows = torch.arange(P)
+    anchor_nll = -policy[:, 0] / token_counts[:, 0].clamp(min=1)  # mean token NLL of the ground truth
     if tc.loss == "dpo":
         rej = _rejected_index(batch)
         out = L.dpo_loss(policy[rows, 0], policy[rows, rej], ref[rows, 0], ref[rows, rej], beta=tc.beta)
@@ -70,9 +71,9 @@ def preference_loss(tc: TrainConfig, batch: Batch, policy: Tensor, ref: Tensor, 
         out = _rpo(tc, batch, policy, ref)
     elif tc.loss == "sft":
         # The comparisons' control: the same steps on the anchors alone, no negatives.
-        out = L.LossOutput(-policy[:, 0] / token_counts[:, 0].clamp(min=1), torch.ones(P, dtype=torch.bool), {})
+        out = L.LossOutput(anchor_nll, torch.ones(P, dtype=torch.bool), {})
     elif tc.loss == "cpo":
-        nll = -policy[:, 0] / token_counts[:, 0].clamp(min=1) if tc.cpo_alpha_mle else None
+        nll = anchor_nll if tc.cpo_alpha_mle else None
         out = L.cpo_loss(policy, ref, beta=tc.beta, order=batch.order if tc.cpo_ranked else None, mask=batch.mask,
                          nll=nll, alpha_mle=tc.cpo_alpha_mle)
     else:
