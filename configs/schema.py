@@ -32,6 +32,11 @@ class TaskConfig(_Section):
     )
     n_train: int = Field(default=6000, ge=10, description="Number of training prompts generated.")
     n_heldout: int = Field(default=300, ge=10, description="Number of held-out prompts (never in the training set).")
+    demonstrator_error: float = Field(
+        default=0.0, ge=0, le=1,
+        description="Probability that a training prompt's response is the demonstrator's typical slip instead of the answer "
+        "(SFT and the preference data's ground truth both see it; held-out answers are always exact).",
+    )
 
 
 class ModelConfig(_Section):

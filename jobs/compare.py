@@ -1,5 +1,5 @@
 """Method comparison: every objective trained from the same reference on the same shards and budget,
-beside the reference and a control that spends the same steps on the ground truth alone.
+beside the reference and a control that spends the same steps on the dataset answers alone.
 
 ``python -m jobs.compare --config configs/demo.yaml`` writes
 ``<output_dir>/compare/report.json``, a table and a plot of held-out exact match and mean reward.
@@ -16,9 +16,9 @@ from training.sft import run_sft
 from training.train import run_train
 
 METHODS = ("dpo", "swepo", "rpo", "cpo", "infonca", "nca", "sft")
-# The control row: the same steps on the ground truth alone, so a method's gain over the reference can be
-# told apart from what more supervised steps would give.
-LABELS = {"sft": "sft control (ground truth only)"}
+# The control row: the same steps on the dataset answers (the anchors) alone, so a method's gain over the
+# reference can be told apart from what more supervised steps would give.
+LABELS = {"sft": "sft control (dataset answers only)"}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> dict:
             **scores, "implicit_accuracy_start": trained["heldout_accuracy_start"],
             "implicit_accuracy": trained["heldout_accuracy_end"], "train_seconds": trained["wall_seconds"]}
         print(f"[compare] {method}: exact match {scores['exact_match']:.3f}, mean reward {scores['mean_reward']:.3f}", flush=True)
-    table = pd.DataFrame(rows).T[["exact_match", "mean_reward", "implicit_accuracy_start", "implicit_accuracy", "train_seconds"]]
+    table = pd.DataFrame(rows).T[["exact_match", "mean_reward", "slip_rate", "implicit_accuracy_start", "implicit_accuracy",
+                                  "train_seconds"]]
     plot = plots.method_bars(table, out / "methods.png", f"held-out results per method ({cfg.name}, {cfg.train.steps} steps each)")
     header = "| method | " + " | ".join(table.columns) + " |\n|" + " --- |" * (len(table.columns) + 1) + "\n"
     (out / "table.md").write_text(header + "".join(

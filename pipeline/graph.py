@@ -71,7 +71,7 @@ def load_records(cfg: Config) -> tuple[pa.Table, dict]:
             hf_split=cfg.data.hf_split,
         )
         return table, report.to_dict()
-    train, _ = task.generate(cfg.seed, cfg.task.n_train, cfg.task.n_heldout, cfg.task.families)
+    train, _ = task.splits(cfg.seed, cfg.task)
     table = pa.Table.from_pylist(
         [
             {"id": r["id"], "prompt": r["prompt"], "responses": [r["response"]], "origins": ["ground_truth"],

@@ -5,6 +5,12 @@ wording, so embedding similarity has related prompts to find (RPO), and the rewa
 partial credit, so groups of sampled answers have a spread of scores (SWEPO). Everything
 is a pure function of the seed. The reward re-derives the answer from the prompt text, so
 ``reward(prompt, response)`` works as a programmatic scorer on any record.
+
+Training responses can come from an imperfect demonstrator (``demonstrator_error``): with that
+probability a row's response is the family's typical slip (minimum for maximum, title case for
+upper case, off by one, ...) instead of the answer. That is the setting preference optimisation
+exists for: supervised learning imitates the demonstrator, slips included, while the reward
+(an exact verifier here) knows better. Held-out rows always carry the exact answer.
 """
 from __future__ import annotations
 
@@ -27,49 +33,58 @@ def _numbers(text: str) -> list[int]:
     return [int(t) for t in re.findall(r"\d+", text)]
 
 
-# Each family: (templates, make operands, solve from the operands). Templates differ in
-# wording only; the solver gets the operand text the template's placeholder captured.
-FAMILIES: dict[str, tuple[list[str], Callable[[random.Random], dict], Callable[[str], str]]] = {
+# Each family: (templates, make operands, solve from the operands, the demonstrator's slip).
+# Templates differ in wording only; solver and slip get the operand text the template's
+# placeholder captured. A slip is a plausible systematic mistake that uses the same skill as
+# the answer, so a model that imitates both can produce either.
+FAMILIES: dict[str, tuple[list[str], Callable[[random.Random], dict], Callable[[str], str], Callable[[str], str]]] = {
     "add": (
         ["Add {a} and {b}.", "What is {a} plus {b}?", "Compute the sum {a} + {b}."],
         lambda rng: {"a": rng.randint(0, 30), "b": rng.randint(0, 30)},
         lambda ops: str(sum(_numbers(ops))),
+        lambda ops: str(sum(_numbers(ops)) + 1),
     ),
     "sort": (
         ["Sort the digits: {xs}", "Put these digits in ascending order: {xs}", "Order from small to large: {xs}"],
         lambda rng: {"xs": " ".join(str(rng.randint(0, 9)) for _ in range(rng.randint(3, 5)))},
         lambda ops: " ".join(str(x) for x in sorted(_numbers(ops))),
+        lambda ops: " ".join(str(x) for x in sorted(_numbers(ops), reverse=True)),
     ),
     "reverse": (
         ["Reverse the word: {w}", "Write {w} backwards.", "Spell the word {w} in reverse."],
         lambda rng: {"w": _word(rng, 3, 7)},
         lambda ops: ops[::-1],
+        lambda ops: ops,
     ),
     "copy": (
         ["Repeat the word: {w}", "Say {w} again.", "Copy the word {w} exactly."],
         lambda rng: {"w": _word(rng, 3, 7)},
         lambda ops: ops,
+        lambda ops: ops[:-1],
     ),
     "upper": (
         ["Uppercase the word: {w}", "Write {w} in capital letters.", "Convert {w} to upper case."],
         lambda rng: {"w": _word(rng, 3, 7)},
         lambda ops: ops.upper(),
+        lambda ops: ops.capitalize(),
     ),
     "max": (
         ["Largest number in: {xs}", "Which is the biggest of {xs}?", "Find the maximum of {xs}"],
         lambda rng: {"xs": " ".join(str(rng.randint(0, 9)) for _ in range(rng.randint(3, 5)))},
         lambda ops: str(max(_numbers(ops))),
+        lambda ops: str(min(_numbers(ops))),
     ),
     "count": (
         ["How many letters are in {w}?", "Count the letters of the word {w}.", "Length of the word {w}:"],
         lambda rng: {"w": _word(rng, 3, 7)},
         lambda ops: str(len(ops)),
+        lambda ops: str(len(ops) + 1),
     ),
 }
 
 _PATTERNS = [
     (name, re.compile("^" + re.sub(r"\\\{\w+\\\}", "(.+?)", re.escape(t)) + "$", re.S))
-    for name, (templates, _, _) in FAMILIES.items()
+    for name, (templates, *_) in FAMILIES.items()
     for t in templates
 ]
 
@@ -119,11 +134,24 @@ def exact_match(prompt: str, response: str) -> bool:
     return response.strip() == solve(prompt)
 
 
-def generate(seed: int, n_train: int, n_heldout: int, families: Sequence[str]) -> tuple[list[dict], list[dict]]:
-    """Deterministic train and held-out splits of ``{"id", "prompt", "response", "family"}`` rows.
+def demonstrator_slip(prompt: str) -> str:
+    """The demonstrator's slip on a task prompt: its family's typical wrong answer."""
+    family, operands = _parse(prompt)
+    return FAMILIES[family][3](operands)
 
-    Prompts are unique across both splits, so held-out accuracy measures generalisation.
+
+def generate(
+    seed: int, n_train: int, n_heldout: int, families: Sequence[str], demonstrator_error: float = 0.0
+) -> tuple[list[dict], list[dict]]:
+    """Deterministic train and held-out splits of ``{"id", "prompt", "response", "family", "slip"}`` rows.
+
+    Prompts are unique across both splits, so held-out accuracy measures generalisation. A
+    train row's response is the demonstrator's slip (``slip`` true) with probability
+    ``demonstrator_error``; the slips are drawn from their own stream, so the prompts do not
+    depend on the error rate.
     """
+    if not 0.0 <= demonstrator_error <= 1.0:
+        raise ValueError(f"demonstrator_error must be within [0, 1], got {demonstrator_error}")
     unknown = set(families) - set(FAMILIES)
     if unknown:
         raise ValueError(f"unknown task families {sorted(unknown)}; known: {sorted(FAMILIES)}")
@@ -137,11 +165,23 @@ def generate(seed: int, n_train: int, n_heldout: int, families: Sequence[str]) -
         if attempts > 50 * want:
             raise ValueError(f"cannot draw {want} distinct prompts from families {list(families)}")
         family = families[len(rows) % len(families)]
-        templates, make, _ = FAMILIES[family]
+        templates, make, *_ = FAMILIES[family]
         prompt = rng.choice(templates).format(**make(rng)) + ANSWER_CUE
         if prompt in seen:
             continue
         seen.add(prompt)
-        rows.append({"id": f"task-{seed}-{len(rows)}", "prompt": prompt, "response": solve(prompt), "family": family})
+        rows.append({"id": f"task-{seed}-{len(rows)}", "prompt": prompt, "response": solve(prompt), "family": family,
+                     "slip": False})
     rng.shuffle(rows)
-    return rows[:n_train], rows[n_train:]
+    train = rows[:n_train]
+    slips = random.Random(f"{seed}-demonstrator")
+    for row in train:
+        if slips.random() < demonstrator_error:
+            wrong = demonstrator_slip(row["prompt"])
+            row.update(response=wrong, slip=wrong != row["response"])
+    return train, rows[n_train:]
+
+
+def splits(seed: int, spec) -> tuple[list[dict], list[dict]]:
+    """:func:`generate` with the fields of a ``configs.schema.TaskConfig``."""
+    return generate(seed, spec.n_train, spec.n_heldout, spec.families, spec.demonstrator_error)

@@ -100,3 +100,18 @@ def test_train_runs_the_configured_steps_and_reports_accuracy(run_dir, prepare_r
     lines = (run_dir / "train" / "metrics.csv").read_text().splitlines()
     assert lines[0].startswith("step,loss,accuracy") and len(lines) == 5
     assert list((run_dir / "train" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_evaluate_scores_reference_and_policy_and_draws_the_plots(run_dir, prepare_report):
+    if not (run_dir / "train" / "policy" / "config.json").is_file():
+        run_job("train", run_dir)
+    report = run_job("evaluate", run_dir)
+    for who in ("reference", "policy"):
+        for metric in ("exact_match", "mean_reward", "slip_rate", "implicit_accuracy"):
+            assert 0.0 <= report[f"{who}_{metric}"] <= 1.0
+    assert report["heldout_prompts"] == 32 and set(report["exact_match_by_family"]) == {"add", "sort", "copy", "upper", "max", "count"}
+    # A policy equal to its reference would score exactly 0.5; the reference itself does.
+    assert report["reference_implicit_accuracy"] == pytest.approx(0.5)
+    for path in report["figures"].values():
+        assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((run_dir / "evaluate" / "report.json").read_text())["policy_exact_match"] == report["policy_exact_match"]

@@ -56,3 +56,46 @@ def test_unknown_prompt_and_family_are_errors():
         task.solve("Tell me a joke.")
     with pytest.raises(ValueError, match="unknown task families"):
         task.generate(0, 10, 10, ["add", "poetry"])
+
+
+def test_demonstrator_slips_replace_answers_in_train_rows_only():
+    clean_train, clean_held = task.generate(5, 600, 60, FAMILIES)
+    train, held = task.generate(5, 600, 60, FAMILIES, demonstrator_error=0.5)
+    assert [r["prompt"] for r in train] == [r["prompt"] for r in clean_train]  # the prompts do not move
+    assert held == clean_held and not any(r["slip"] for r in held)
+    slipped = [r for r in train if r["slip"]]
+    assert 0.4 < len(slipped) / len(train) < 0.6
+    assert {r["family"] for r in slipped} == set(FAMILIES)
+    for r in train:
+        # A slip is the family's typical wrong answer: graded below 1 by the reward, which still knows the answer.
+        assert (r["response"] == task.demonstrator_slip(r["prompt"])) if r["slip"] else (r["response"] == task.solve(r["prompt"]))
+        assert task.reward(r["prompt"], r["response"]) < 1.0 if r["slip"] else task.exact_match(r["prompt"], r["response"])
+
+
+@pytest.mark.parametrize(
+    "prompt, slip",
+    [
+        ("Add 12 and 30.\nAnswer: ", "43"),
+        ("Sort the digits: 3 1 2\nAnswer: ", "3 2 1"),
+        ("Say bako again.\nAnswer: ", "bak"),
+        ("Uppercase the word: sum\nAnswer: ", "Sum"),
+        ("Which is the biggest of 5 9 2?\nAnswer: ", "2"),
+        ("How many letters are in bada?\nAnswer: ", "5"),
+        ("Reverse the word: abcd\nAnswer: ", "abcd"),
+    ],
+)
+def test_each_family_has_a_systematic_slip(prompt, slip):
+    assert task.demonstrator_slip(prompt) == slip
+
+
+def test_demonstrator_error_outside_unit_interval_is_an_error():
+    with pytest.raises(ValueError, match="demonstrator_error"):
+        task.generate(0, 10, 10, FAMILIES, demonstrator_error=1.5)
+
+
+def test_task_scores_count_slips_apart_from_other_errors():
+    from training.evaluation import task_scores
+
+    prompts = ["Which is the biggest of 5 9 2?\nAnswer: "] * 3 + ["Largest number in: 4 4 4\nAnswer: "]
+    scores = task_scores(prompts, ["9", "2", "7", "4"])  # right, the slip (the minimum), another error, right
+    assert scores["exact_match"] == 0.5 and scores["slip_rate"] == 0.25  # where slip == answer it is right, not a slip

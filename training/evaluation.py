@@ -28,10 +28,13 @@ def greedy_generate_hf(model, tokenizer, prompts: list[str], max_new_tokens: int
 
 
 def task_scores(prompts: list[str], answers: list[str]) -> dict[str, float]:
-    """Exact match and mean graded reward of answers to embedded-task prompts."""
+    """Exact match, mean graded reward and slip rate (answers that are the demonstrator's typical mistake)
+    of answers to embedded-task prompts."""
     exact = [task.exact_match(p, a) for p, a in zip(prompts, answers)]
     rewards = [task.reward(p, a) for p, a in zip(prompts, answers)]
-    return {"exact_match": sum(exact) / len(exact), "mean_reward": sum(rewards) / len(rewards)}
+    slips = [a.strip() == task.demonstrator_slip(p) and not e for p, a, e in zip(prompts, answers, exact)]
+    n = len(prompts)
+    return {"exact_match": sum(exact) / n, "mean_reward": sum(rewards) / n, "slip_rate": sum(slips) / n}
 
 
 def vllm_greedy_answers(model_dir: str | Path, prompts: list[str], max_model_len: int, max_tokens: int,
@@ -81,7 +84,7 @@ def heldout_margins(model_dir: str | Path, cfg) -> tuple[float, dict[str, list[f
 
 def task_eval(model_dir: str | Path, cfg) -> tuple[list[str], dict[str, float]]:
     """Greedy vLLM answers of a model to the held-out task prompts, and their exact match and mean reward."""
-    _, heldout = task.generate(cfg.seed, cfg.task.n_train, cfg.task.n_heldout, cfg.task.families)
+    _, heldout = task.splits(cfg.seed, cfg.task)
     prompts = [r["prompt"] for r in heldout]
     answers = vllm_greedy_answers(model_dir, prompts, max_model_len=cfg.model.max_length,
                                   max_tokens=cfg.sft.eval_max_new_tokens, seed=cfg.seed,
@@ -102,7 +105,7 @@ def run_evaluate(cfg, policy: Path | None = None, job: str = "evaluate") -> dict
     policy = Path(policy or cfg.job_dir("train") / "policy")
     if not (policy / "config.json").is_file():
         raise FileNotFoundError(f"trained policy {policy} not found: run `python -m jobs.train` first")
-    _, heldout = task.generate(cfg.seed, cfg.task.n_train, cfg.task.n_heldout, cfg.task.families)
+    _, heldout = task.splits(cfg.seed, cfg.task)
     prompts = [r["prompt"] for r in heldout]
     ref_answers, ref_scores = task_eval(reference, cfg)
     pol_answers, pol_scores = task_eval(policy, cfg)
@@ -133,6 +136,7 @@ def run_evaluate(cfg, policy: Path | None = None, job: str = "evaluate") -> dict
         "reference_dir": str(reference), "policy_dir": str(policy), "heldout_prompts": len(prompts),
         "reference_exact_match": ref_scores["exact_match"], "policy_exact_match": pol_scores["exact_match"],
         "reference_mean_reward": ref_scores["mean_reward"], "policy_mean_reward": pol_scores["mean_reward"],
+        "reference_slip_rate": ref_scores["slip_rate"], "policy_slip_rate": pol_scores["slip_rate"],
         "reference_implicit_accuracy": ref_acc, "policy_implicit_accuracy": pol_acc,
         "exact_match_by_family": by_family, "figures": figures, "samples": str(out / "samples.json"),
     }

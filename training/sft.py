@@ -82,7 +82,7 @@ def sft_worker_loop(loop_config: dict) -> None:
 
 def sft_examples(cfg: Config, tokenizer) -> list[dict]:
     """Enough shuffled epochs of tokenized training rows for ``sft.steps`` optimizer steps."""
-    train, _ = task.generate(cfg.seed, cfg.task.n_train, cfg.task.n_heldout, cfg.task.families)
+    train, _ = task.splits(cfg.seed, cfg.task)
     encoded = [
         {"prompt_ids": encode_prompt(tokenizer, r["prompt"]), "response_ids": encode_response(tokenizer, r["response"])}
         for r in train
@@ -99,7 +99,7 @@ def sft_examples(cfg: Config, tokenizer) -> list[dict]:
 
 
 def evaluate_reference(cfg: Config, model_dir: Path) -> dict[str, float]:
-    _, heldout = task.generate(cfg.seed, cfg.task.n_train, cfg.task.n_heldout, cfg.task.families)
+    _, heldout = task.splits(cfg.seed, cfg.task)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = LlamaForCausalLM.from_pretrained(model_dir)
     prompts = [r["prompt"] for r in heldout]
