@@ -127,7 +127,8 @@ def run_evaluate(cfg, policy: Path | None = None, job: str = "evaluate") -> dict
     figures["before_after"] = str(plots.before_after_bars(
         {"exact match": (ref_scores["exact_match"], pol_scores["exact_match"]),
          "mean reward": (ref_scores["mean_reward"], pol_scores["mean_reward"]),
-         "implicit acc.": (ref_acc, pol_acc)},
+         "implicit acc.": (ref_acc, pol_acc),
+         "slip rate": (ref_scores["slip_rate"], pol_scores["slip_rate"])},
         out / "before_after.png", "held-out: SFT reference vs trained policy"))
     samples = [{"prompt": p, "answer": r["response"], "reference": a, "policy": b}
                for p, r, a, b in list(zip(prompts, heldout, ref_answers, pol_answers))[:40]]
