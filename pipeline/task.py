@@ -143,10 +143,10 @@ def demonstrator_slip(prompt: str) -> str:
 def generate(
     seed: int, n_train: int, n_heldout: int, families: Sequence[str], demonstrator_error: float = 0.0
 ) -> tuple[list[dict], list[dict]]:
-    """Deterministic train and held-out splits of ``{"id", "prompt", "response", "family", "slip"}`` rows.
+    """Deterministic train and held-out splits of ``{"id", "prompt", "response", "family"}`` rows.
 
     Prompts are unique across both splits, so held-out accuracy measures generalisation. A
-    train row's response is the demonstrator's slip (``slip`` true) with probability
+    train row's response is the demonstrator's slip (:func:`demonstrator_slip`) with probability
     ``demonstrator_error``; the slips are drawn from their own stream, so the prompts do not
     depend on the error rate.
     """
@@ -170,15 +170,13 @@ def generate(
         if prompt in seen:
             continue
         seen.add(prompt)
-        rows.append({"id": f"task-{seed}-{len(rows)}", "prompt": prompt, "response": solve(prompt), "family": family,
-                     "slip": False})
+        rows.append({"id": f"task-{seed}-{len(rows)}", "prompt": prompt, "response": solve(prompt), "family": family})
     rng.shuffle(rows)
     train = rows[:n_train]
     slips = random.Random(f"{seed}-demonstrator")
     for row in train:
         if slips.random() < demonstrator_error:
-            wrong = demonstrator_slip(row["prompt"])
-            row.update(response=wrong, slip=wrong != row["response"])
+            row["response"] = demonstrator_slip(row["prompt"])
     return train, rows[n_train:]
 
 

@@ -62,14 +62,14 @@ def test_demonstrator_slips_replace_answers_in_train_rows_only():
     clean_train, clean_held = task.generate(5, 600, 60, FAMILIES)
     train, held = task.generate(5, 600, 60, FAMILIES, demonstrator_error=0.5)
     assert [r["prompt"] for r in train] == [r["prompt"] for r in clean_train]  # the prompts do not move
-    assert held == clean_held and not any(r["slip"] for r in held)
-    slipped = [r for r in train if r["slip"]]
+    assert held == clean_held and all(r["response"] == task.solve(r["prompt"]) for r in held)
+    slipped = [r for r in train if r["response"] != task.solve(r["prompt"])]
     assert 0.4 < len(slipped) / len(train) < 0.6
     assert {r["family"] for r in slipped} == set(FAMILIES)
-    for r in train:
+    for r in slipped:
         # A slip is the family's typical wrong answer: graded below 1 by the reward, which still knows the answer.
-        assert (r["response"] == task.demonstrator_slip(r["prompt"])) if r["slip"] else (r["response"] == task.solve(r["prompt"]))
-        assert task.reward(r["prompt"], r["response"]) < 1.0 if r["slip"] else task.exact_match(r["prompt"], r["response"])
+        assert r["response"] == task.demonstrator_slip(r["prompt"])
+        assert task.reward(r["prompt"], r["response"]) < 1.0
 
 
 @pytest.mark.parametrize(
