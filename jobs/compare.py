@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 from jobs.common import init_ray, parse_config, write_report
-from pipeline.graph import policy_dir, run_prepare
+from pipeline.graph import run_prepare
 from training import plots
 from training.evaluation import heldout_margins, task_eval
 from training.sft import run_sft
@@ -27,8 +27,8 @@ def main(argv: list[str] | None = None) -> dict:
     run_sft(cfg)
     run_prepare(cfg)
     out = cfg.job_dir("compare")
-    _, ref = task_eval(policy_dir(cfg), cfg)
-    ref_accuracy = heldout_margins(policy_dir(cfg), cfg)[0]
+    _, ref = task_eval(cfg.policy_dir(), cfg)
+    ref_accuracy = heldout_margins(cfg.policy_dir(), cfg)[0]
     rows = {"SFT reference": {**ref, "implicit_accuracy_start": ref_accuracy, "implicit_accuracy": ref_accuracy, "train_seconds": 0.0}}
     for method in METHODS:
         c = cfg.model_copy(deep=True)

@@ -30,6 +30,8 @@ from pipeline import task
 from pipeline.records import BASE_SCHEMA, validate_records
 from pipeline.shards import Manifest, content_fingerprint, shard_name
 from pipeline.sources import read_source
+from pipeline.tokenize import chat_renderer, user_prompt
+from training.logprobs import check_architecture
 from pipeline.stages import (
     active,
     anchor_index,
@@ -52,15 +54,10 @@ STAGE_ORDER = (
 )
 
 
-def policy_dir(cfg: Config) -> Path:
-    path = Path(cfg.prepare.policy_dir or cfg.job_dir("sft") / "model")
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"reference policy {path} not found: run `python -m jobs.sft --config ...` first or set prepare.policy_dir")
-    return path
-
-
-def load_records(cfg: Config) -> tuple[pa.Table, dict]:
-    """The source as canonical records: a file through the validating readers, or the embedded task's train split."""
+def load_records(cfg: Config, tokenizer) -> tuple[pa.Table, dict, bool]:
+    """The source as canonical records (a file through the validating readers, or the embedded task's train split),
+    its read report, and whether its prompts were rendered by a chat template (``data.chat_template``)."""
+    render = chat_renderer(tokenizer, cfg.data.chat_template)
     if cfg.data.source:
         table, report = read_source(
             cfg.data.source,
@@ -69,18 +66,20 @@ def load_records(cfg: Config) -> tuple[pa.Table, dict]:
             on_bad_row=cfg.data.on_bad_row,
             max_chars=cfg.data.max_chars,
             hf_split=cfg.data.hf_split,
+            chat_template_renderer=render,
         )
-        return table, report.to_dict()
+        return table, report.to_dict(), render is not None and report.format == "conversational"
     train, _ = task.splits(cfg.seed, cfg.task)
     table = pa.Table.from_pylist(
         [
-            {"id": r["id"], "prompt": r["prompt"], "responses": [r["response"]], "origins": ["ground_truth"],
-             "scores": None, "source": "embedded-task", "row": i + 1}
+            {"id": r["id"], "prompt": user_prompt(r["prompt"], render)[0], "responses": [r["response"]],
+             "origins": ["ground_truth"], "scores": None, "source": "embedded-task", "row": i + 1}
             for i, r in enumerate(train)
         ],
         schema=BASE_SCHEMA,
     )
-    return validate_records(table), {"path": "embedded-task", "rows_read": len(train), "rows_out": len(train), "skipped": {}}
+    report = {"path": "embedded-task", "rows_read": len(train), "rows_out": len(train), "skipped": {}}
+    return validate_records(table), report, render is not None
 
 
 def reward_mode(cfg: Config, has_scores: bool, adds_negatives: bool) -> str:
@@ -170,18 +169,19 @@ def build_main_graph(ds: ray.data.Dataset, cfg: Config, model_dir: str, tokenize
 
 
 def run_prepare(cfg: Config) -> dict:
-    from transformers import AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     started = time.perf_counter()
     out_dir = cfg.job_dir("prepare")
     shards_dir = out_dir / "shards"
-    model_dir = policy_dir(cfg)
+    model_dir = cfg.policy_dir()
+    check_architecture(AutoConfig.from_pretrained(model_dir))  # before any work: a model that cannot be scored exactly
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     seconds: Counter = Counter()
 
     t = time.perf_counter()
-    table, source_report = load_records(cfg)
+    table, source_report, templated = load_records(cfg, tokenizer)
     if cfg.prepare.max_rows:
         table = table.slice(0, cfg.prepare.max_rows)
     seconds["read"] = time.perf_counter() - t
@@ -203,7 +203,8 @@ def run_prepare(cfg: Config) -> dict:
     front = (
         ray.data.from_pandas(rows)
         .map_batches(timed("tokenize", partial(tokenize_records, tokenizer=tokenizer, max_length=cfg.model.max_length,
-                                               on_overlength=cfg.prepare.on_overlength)), batch_format="pandas")
+                                               on_overlength=cfg.prepare.on_overlength, templated=templated)),
+                     batch_format="pandas")
         .map_batches(Embedder, fn_constructor_kwargs={"model_dir": cfg.prepare.embedder_dir, "what": "prompts",
                                                       "threads": max(1, int(cfg.prepare.model_actor_cpus)),
                                                       "max_tokens": cfg.prepare.embed_max_tokens}, **small)

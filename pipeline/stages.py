@@ -79,8 +79,9 @@ def regroup(batch: pd.DataFrame, positions: list[tuple[int, int]], values: list)
     return rows
 
 
-def tokenize_records(batch: pd.DataFrame, tokenizer, max_length: int, on_overlength: str) -> pd.DataFrame:
+def tokenize_records(batch: pd.DataFrame, tokenizer, max_length: int, on_overlength: str, templated: bool = False) -> pd.DataFrame:
     """Add ``prompt_ids``, ``response_ids`` and ``truncated`` (responses cut); mark rows over ``max_length`` tokens.
+    ``templated``: the prompts were rendered by a chat template (see :func:`pipeline.tokenize.encode_prompt`).
 
     ``on_overlength="truncate"`` keeps the start of prompt + response, as TRL's DPO collator does
     (``truncation_mode="keep_start"``); a prompt that alone fills ``max_length`` leaves no response
@@ -89,7 +90,7 @@ def tokenize_records(batch: pd.DataFrame, tokenizer, max_length: int, on_overlen
     batch = batch.copy()
     prompt_ids, response_ids, truncated, reasons = [], [], [], []
     for row in batch.itertuples():
-        p = encode_prompt(tokenizer, row.prompt)
+        p = encode_prompt(tokenizer, row.prompt, templated)
         rs = [encode_response(tokenizer, r) for r in row.responses]
         longest = len(p) + max(len(r) for r in rs)
         reason, cut = "", 0

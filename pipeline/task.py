@@ -90,12 +90,15 @@ _PATTERNS = [
 
 
 def _parse(prompt: str) -> tuple[str, str]:
-    """(family, operand text) of a task prompt."""
-    body = prompt.removesuffix(ANSWER_CUE)
-    for name, pattern in _PATTERNS:
-        m = pattern.match(body)
-        if m:
-            return name, " ".join(m.groups())
+    """(family, operand text) of a task prompt, plain or rendered by a chat template (whose markup surrounds
+    the task's one-line question and its answer cue)."""
+    cue = prompt.rfind(ANSWER_CUE.rstrip())
+    body = prompt[:cue] if cue >= 0 else prompt
+    for candidate in dict.fromkeys((body, body.rsplit("\n", 1)[-1])):
+        for name, pattern in _PATTERNS:
+            m = pattern.match(candidate)
+            if m:
+                return name, " ".join(m.groups())
     raise ValueError(f"prompt is not from the embedded task: {prompt!r}")
 
 

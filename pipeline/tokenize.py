@@ -1,23 +1,73 @@
 """Tokenization shared by the prepare job, the trainers and evaluation.
 
-A sequence is ``prompt tokens (with the tokenizer's special prefix) + response tokens + EOS``;
-the trainer's loss and the stored reference log-probs both cover exactly the response part,
-so every stage must tokenize through these functions.
+A sequence is ``prompt tokens + response tokens + EOS``; the trainer's loss and the stored reference
+log-probs both cover exactly the response part, so every stage must tokenize through these functions.
+
+Special tokens appear once, where the tokenizer's own conventions put them: a plain-text prompt gets
+the prefix the tokenizer adds (``add_special_tokens=True``: Llama's BOS, nothing for GPT-2 or Qwen); a
+prompt rendered by a chat template already carries the template's special tokens, so it is tokenized
+as ``apply_chat_template(..., tokenize=True)`` does, with ``add_special_tokens=False``.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
+Messages = Sequence[dict[str, str]]
 
-def encode_prompt(tokenizer, prompt: str) -> list[int]:
-    return tokenizer(prompt, add_special_tokens=True)["input_ids"]
+
+def encode_prompt(tokenizer, prompt: str, templated: bool = False) -> list[int]:
+    """Token ids of a prompt; ``templated``: the text was rendered by :func:`chat_renderer` (carries its specials)."""
+    return tokenizer(prompt, add_special_tokens=not templated)["input_ids"]
 
 
 def encode_response(tokenizer, response: str) -> list[int]:
     return tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
+def pad_token_id(tokenizer) -> int:
+    """The id that fills padding: the tokenizer's pad token, else its EOS (Llama-3, Mistral and Qwen base ship no
+    pad token). Padding is never attended to nor scored, so any id is exact; the vocabulary is never resized."""
+    for name in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, name, None)
+        if value is not None:
+            return int(value)
+    raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', tokenizer)!r} has neither a pad nor an EOS token")
+
+
+def chat_renderer(tokenizer, setting: str) -> Callable[[Messages], str] | None:
+    """How chat messages become prompt text (``data.chat_template``): the tokenizer's own template (``auto``, when it
+    has one), none (``none``: the plain ``Human:/Assistant:`` layout), or the Jinja template in a file.
+
+    The renderer adds the generation prompt, as vLLM and TRL do for a prompt the model is to answer.
+    """
+    if setting == "none":
+        return None
+    if setting == "auto":
+        template = getattr(tokenizer, "chat_template", None)
+        if not template:
+            return None
+    else:
+        path = Path(setting)
+        if not path.is_file():
+            raise FileNotFoundError(f"data.chat_template: {setting} is not 'auto', 'none' or a Jinja template file")
+        template = path.read_text()
+
+    def render(messages: Messages) -> str:
+        return tokenizer.apply_chat_template(list(messages), chat_template=template, tokenize=False,
+                                             add_generation_prompt=True)
+
+    return render
+
+
+def user_prompt(text: str, render: Callable[[Messages], str] | None) -> tuple[str, bool]:
+    """A one-turn prompt (the embedded task's questions) as the model sees it: ``(text, templated)``, rendered as one
+    user message when a chat template applies; pass both to :func:`encode_prompt`."""
+    return (render([{"role": "user", "content": text}]), True) if render else (text, False)
 
 
 def pad_sequences(
@@ -43,22 +93,28 @@ def pad_sequences(
 
 @dataclass
 class Packed:
-    """Responses packed with their prompt, forwarded once: ``R`` rows of ``L`` tokens, ``M`` response tokens.
+    """Responses laid out for one forward pass: ``R`` rows of ``L`` tokens, ``M`` response tokens.
 
-    Each prompt appears once per block, its responses after it; a response attends to its prompt and
-    to itself only, with positions continuing from the prompt, so its log-probs equal those of
-    ``prompt + response`` alone. Several blocks share a row; padding only fills the end of a row.
+    Shared (``shared=True``): each prompt appears once per block, its responses after it; a response attends
+    to its prompt and to itself only, with positions continuing from the prompt, so its log-probs equal
+    those of ``prompt + response`` alone. Several blocks share a row; padding only fills the end of a row.
+    ``attention_mask`` is then ``[R, 1, L, L]`` (query attends key).
+
+    Not shared: one ``prompt + response`` per row, right-padded, and ``attention_mask`` is the ``[R, L]``
+    padding mask, from which the model builds its own causal (and sliding-window) masks: the layout for
+    attention backends and architectures where a custom block mask is not exact.
     """
 
     input_ids: torch.Tensor  # [R, L]
     position_ids: torch.Tensor  # [R, L]
-    attention_mask: torch.Tensor  # [R, 1, L, L] bool: query attends key
+    attention_mask: torch.Tensor  # [R, 1, L, L] bool (shared) or [R, L] bool (not shared)
     rows: torch.Tensor  # [M] row of each response token's prediction
     positions: torch.Tensor  # [M] position whose logits predict it
     labels: torch.Tensor  # [M] the token
     sequences: torch.Tensor  # [M] which response (0..N-1, in the order given)
     response_lengths: torch.Tensor  # [N]
     tokens: int  # sum over responses of len(prompt) + len(response): the unpacked work
+    shared: bool = True
 
 
 def _blocks(prompts, responses, row_tokens):
@@ -78,14 +134,16 @@ def _blocks(prompts, responses, row_tokens):
     return blocks, seq
 
 
-def pack_shared_prompts(prompts: list[list[int]], responses: list[list[list[int]]], pad_id: int, row_tokens: int) -> Packed:
+def pack_shared_prompts(prompts: list[list[int]], responses: list[list[list[int]]], pad_id: int, row_tokens: int,
+                        share_prompts: bool = True) -> Packed:
     """Pack ``responses[p]`` (each ending in EOS) after ``prompts[p]``; rows filled first-fit by decreasing length.
+    With ``share_prompts=False`` every ``prompt + response`` gets a row of its own (see :class:`Packed`).
 
     Response ``n`` is the n-th in prompt-major order, as :class:`Packed` numbers them.
     """
-    blocks, n_seq = _blocks(prompts, responses, row_tokens)
+    blocks, n_seq = _blocks(prompts, responses, row_tokens if share_prompts else 0)
     sizes = [len(p) + sum(len(r) for _, r in rs) for p, rs in blocks]
-    capacity = max([row_tokens, *sizes])
+    capacity = max([row_tokens, *sizes]) if share_prompts else 0
     fill: list[int] = []
     placed = []  # (row, offset, block)
     for b in sorted(range(len(blocks)), key=lambda b: -sizes[b]):
@@ -123,14 +181,16 @@ def pack_shared_prompts(prompts: list[list[int]], responses: list[list[list[int]
             lengths[seq] = lr
             tokens += lp + lr
             at += lr
-    same_block = (block_of[:, :, None] == block_of[:, None, :]) & (block_of[:, :, None] >= 0)
-    visible = (part_of[:, None, :] == -1) | (part_of[:, None, :] == part_of[:, :, None])
-    causal = np.tril(np.ones((L, L), dtype=bool))
-    # Padding attends to itself only, so no attention row is empty (an empty row gives NaN).
-    mask = (same_block & visible & causal) | np.eye(L, dtype=bool)
+    if share_prompts:
+        same_block = (block_of[:, :, None] == block_of[:, None, :]) & (block_of[:, :, None] >= 0)
+        visible = (part_of[:, None, :] == -1) | (part_of[:, None, :] == part_of[:, :, None])
+        causal = np.tril(np.ones((L, L), dtype=bool))
+        # Padding attends to itself only, so no attention row is empty (an empty row gives NaN).
+        mask = torch.from_numpy((same_block & visible & causal) | np.eye(L, dtype=bool)).unsqueeze(1)
+    else:
+        mask = torch.from_numpy(block_of >= 0)
     cat = {k: torch.from_numpy(np.concatenate(v).astype(np.int64)) for k, v in idx.items()}
     return Packed(
         input_ids=torch.from_numpy(input_ids), position_ids=torch.from_numpy(position_ids),
-        attention_mask=torch.from_numpy(mask).unsqueeze(1), response_lengths=torch.from_numpy(lengths),
-        tokens=tokens, **cat,
+        attention_mask=mask, response_lengths=torch.from_numpy(lengths), tokens=tokens, shared=share_prompts, **cat,
     )

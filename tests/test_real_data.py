@@ -11,7 +11,7 @@ TINY_MODEL = ["model.hidden_size=64", "model.num_layers=2", "model.num_heads=2",
 
 
 def test_alpacaeval_scored_groups_get_deviations_and_weights(tiny_run, tmp_path):
-    report = run_job("prepare", tmp_path, f"prepare.policy_dir={tiny_run['dir'] / 'sft' / 'model'}", "prepare.max_rows=40",
+    report = run_job("prepare", tmp_path, f"model.policy_dir={tiny_run['dir'] / 'sft' / 'model'}", "prepare.max_rows=40",
                      config="configs/alpacaeval_bo16.yaml")
     assert report["rows_out"] == 40 and report["reward"] == "source"
     for row in read_shards(tmp_path / "prepare" / "shards").to_pylist():
@@ -21,7 +21,7 @@ def test_alpacaeval_scored_groups_get_deviations_and_weights(tiny_run, tmp_path)
 
 
 def test_hh_pairs_get_contrast_groups_with_similarity_rows(tiny_run, tmp_path):
-    report = run_job("prepare", tmp_path, f"prepare.policy_dir={tiny_run['dir'] / 'sft' / 'model'}", "prepare.max_rows=40",
+    report = run_job("prepare", tmp_path, f"model.policy_dir={tiny_run['dir'] / 'sft' / 'model'}", "prepare.max_rows=40",
                      config="configs/hh_harmless.yaml")
     rows = read_shards(tmp_path / "prepare" / "shards").to_pylist()
     assert report["rows_out"] == len(rows) == 40 and report["groups"] == 10

@@ -80,8 +80,9 @@ class Batch:
         return torch.where(self.mask, per_sequence[self.seq_index], torch.zeros_like(self.mask, dtype=per_sequence.dtype))
 
 
-def collate(groups: list[dict], pad_id: int, row_tokens: int) -> Batch:
-    """Tensors of ``groups``; sequences are packed into rows of ``row_tokens`` (see :class:`Packed`)."""
+def collate(groups: list[dict], pad_id: int, row_tokens: int, share_prompts: bool = True) -> Batch:
+    """Tensors of ``groups``; sequences are packed into rows of ``row_tokens``, prompts shared or not as the
+    model's :func:`training.logprobs.forward_plan` says (see :class:`Packed`)."""
     members = [(g, m) for g, group in enumerate(groups) for m in group["members"]]
     K = max(len(m["response_ids"]) for _, m in members)
     P = len(members)
@@ -108,7 +109,7 @@ def collate(groups: list[dict], pad_id: int, row_tokens: int) -> Batch:
         if have_rank:
             order[p, :k] = torch.tensor(m["rank"])
     packed = pack_shared_prompts([m["prompt_ids"] for _, m in members], [m["response_ids"] for _, m in members], pad_id,
-                                 row_tokens)
+                                 row_tokens, share_prompts)
     return Batch(
         packed=packed,
         seq_index=seq_index,

@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 
 from pipeline import task
+from pipeline.tokenize import pad_token_id
 
 
 @torch.no_grad()
@@ -13,6 +14,8 @@ def greedy_generate_hf(model, tokenizer, prompts: list[str], max_new_tokens: int
     """Greedy answers with ``transformers`` generate (left padding); used where starting a vLLM engine costs more than it saves."""
     model.eval()
     tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # padding only; the model's vocabulary is untouched
     answers: list[str] = []
     for start in range(0, len(prompts), batch_size):
         enc = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True)
@@ -21,7 +24,7 @@ def greedy_generate_hf(model, tokenizer, prompts: list[str], max_new_tokens: int
             max_new_tokens=max_new_tokens,
             do_sample=False,
             eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
+            pad_token_id=pad_token_id(tokenizer),
         )
         answers += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     return answers
@@ -55,11 +58,11 @@ def vllm_greedy_answers(model_dir: str | Path, prompts: list[str], max_model_len
 def heldout_margins(model_dir: str | Path, cfg) -> tuple[float, dict[str, list[float]]]:
     """Implicit-reward accuracy of a model on the held-out contrast groups, and its anchor-minus-negative
     margins by the negative's origin."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from pipeline.shards import read_shards
     from training.batches import collate, pack_groups
-    from training.logprobs import packed_logps
+    from training.logprobs import forward_plan, packed_logps
     from training.objective import implicit_accuracy
     from training.train import split_heldout
 
@@ -67,12 +70,13 @@ def heldout_margins(model_dir: str | Path, cfg) -> tuple[float, dict[str, list[f
                                                        cfg.train.max_responses)}
     _, held = split_heldout(list(groups), cfg.train.heldout_fraction, cfg.seed)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    tokenizer_pad = model.config.pad_token_id
+    plan = forward_plan(model)
+    pad_id = pad_token_id(AutoTokenizer.from_pretrained(model_dir))
     correct = pairs = 0.0
     margins: dict[str, list[float]] = {}
     for gid in held:
-        batch = collate([groups[gid]], tokenizer_pad, cfg.pack_row_tokens())
-        policy = batch.gather(packed_logps(model, batch.packed))
+        batch = collate([groups[gid]], pad_id, cfg.pack_row_tokens(), plan.share_prompts)
+        policy = batch.gather(packed_logps(model, batch.packed, plan))
         rewards = cfg.train.beta * (policy - batch.ref_logps)
         c, p = implicit_accuracy(rewards, batch)
         correct, pairs = correct + c, pairs + p
@@ -96,12 +100,11 @@ def run_evaluate(cfg, policy: Path | None = None, job: str = "evaluate") -> dict
     """Reference vs trained policy on held-out task prompts (vLLM greedy) and held-out preference groups."""
     import json
 
-    from pipeline.graph import policy_dir
     from training import plots
 
     out = cfg.job_dir(job)
     out.mkdir(parents=True, exist_ok=True)
-    reference = policy_dir(cfg)
+    reference = cfg.policy_dir()
     policy = Path(policy or cfg.job_dir("train") / "policy")
     if not (policy / "config.json").is_file():
         raise FileNotFoundError(f"trained policy {policy} not found: run `python -m jobs.train` first")

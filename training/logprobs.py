@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
-__all__ = ["label_logps", "packed_logps", "response_token_counts", "sequence_logps", "token_logps_from_logits"]
+from pipeline.tokenize import pack_shared_prompts, pad_sequences
+
+__all__ = ["ForwardPlan", "UnsupportedModel", "check_architecture", "forward_plan", "label_logps", "packed_logps",
+           "reference_logps", "response_logits", "response_token_counts", "sequence_logps", "token_logps_from_logits"]
 
 
 def token_logps_from_logits(logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
@@ -135,15 +140,110 @@ def label_logps(logits: Tensor, labels: Tensor) -> Tensor:
     return _LabelLogps.apply(_upcast(logits), labels)
 
 
-def _plain_head(model: nn.Module) -> bool:
-    """Whether the logits are just ``hidden @ lm_head.weight.T``: no bias, soft-capping or scaling, and the
-    weight not partitioned away by ZeRO-3 (whose hooks only gather it for a module call)."""
-    config, head = model.config, model.get_output_embeddings()
-    return (isinstance(head, nn.Linear) and head.bias is None and not hasattr(head.weight, "ds_id")
-            and getattr(config, "final_logit_softcapping", None) is None and getattr(config, "logit_scale", None) is None)
+class UnsupportedModel(ValueError):
+    """A model this project cannot score exactly; raised before any work starts."""
 
 
-def packed_logps(model: nn.Module, packed) -> Tensor:
+# Architectures whose forward pass tests/test_conformance.py proves exact with the shared-prompt block masks built
+# here (eager and sdpa), and those whose logits are ``hidden @ lm_head.weight.T`` with nothing after the head.
+SHARED_PROMPT_ARCHITECTURES = frozenset({
+    "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma2", "gemma3_text", "granite",
+    "phi3", "gpt2", "olmo2",
+})
+PLAIN_HEAD_ARCHITECTURES = frozenset({
+    "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi3", "gpt2", "olmo2",
+})
+# Recurrent and hybrid models: state flows from token to token outside attention, so no attention mask can
+# keep one response from seeing another; the project does not score them.
+RECURRENT_ARCHITECTURES = frozenset({
+    "mamba", "mamba2", "falcon_mamba", "jamba", "bamba", "zamba", "zamba2", "falcon_h1", "rwkv", "recurrent_gemma",
+    "lfm2", "lfm2_moe", "qwen3_next", "granitemoehybrid", "nemotron_h", "xlstm", "minimax",
+})
+MASKED_LAYER_TYPES = ("full_attention", "sliding_attention")
+MASK_BACKENDS = ("eager", "sdpa")  # attention implementations that take an arbitrary 4-D mask as given
+
+
+@dataclass(frozen=True)
+class ForwardPlan:
+    """How responses of one model are laid out and scored (see :func:`forward_plan`)."""
+
+    architecture: str
+    share_prompts: bool  # prompts forwarded once with block masks; else one prompt + response per row
+    layer_windows: dict[str, int | None]  # sliding window (None: full) per layer type, for the block masks
+    plain_head: bool  # logits = hidden @ lm_head.weight.T: the chunked head is exact
+    note: str = ""  # why prompts are not shared, for the job's log
+
+    def describe(self) -> str:
+        layout = "shared-prompt block masks" if self.share_prompts else f"one sequence per row ({self.note})"
+        head = "chunked lm_head" if self.plain_head else "the model's own head"
+        return f"{self.architecture}: {layout}, {head}"
+
+
+def _layer_types(config) -> list[str]:
+    types = getattr(config, "layer_types", None)
+    if types:
+        return list(types)
+    window = getattr(config, "sliding_window", None)
+    sliding = window is not None and getattr(config, "use_sliding_window", True) is not False
+    return ["sliding_attention" if sliding else "full_attention"]
+
+
+def check_architecture(config) -> None:
+    """Refuse, naming the architecture and the reason, a model whose response log-probs cannot be computed exactly."""
+    arch = getattr(config, "model_type", type(config).__name__)
+    if getattr(config, "is_encoder_decoder", False):
+        raise UnsupportedModel(f"model type {arch!r} is an encoder-decoder; the project trains causal language models")
+    if arch in RECURRENT_ARCHITECTURES:
+        raise UnsupportedModel(f"model type {arch!r} has recurrent layers: their state would carry one response into "
+                               "the next, so its log-probs cannot be computed exactly here")
+    other = sorted(set(_layer_types(config)) - set(MASKED_LAYER_TYPES))
+    if other:
+        raise UnsupportedModel(f"model type {arch!r} has layer types {other}; only {list(MASKED_LAYER_TYPES)} are supported")
+
+
+def forward_plan(model_or_config) -> ForwardPlan:
+    """The exact way to score ``model``: shared-prompt block masks for architectures proven exact with them under
+    eager or sdpa attention, else one sequence per row with the model's own masks; the chunked head only where
+    the logits are the plain ``lm_head``. Raises :class:`UnsupportedModel` for what neither handles."""
+    config = getattr(model_or_config, "config", model_or_config)
+    check_architecture(config)
+    arch = config.model_type
+    backend = getattr(config, "_attn_implementation", None) or "sdpa"
+    note = ""
+    if arch not in SHARED_PROMPT_ARCHITECTURES:
+        note = f"block masks are not verified for {arch!r}"
+    elif backend not in MASK_BACKENDS:
+        note = f"attention implementation {backend!r} takes no custom block mask"
+    window = getattr(config, "sliding_window", None)
+    windows = {t: (window if t == "sliding_attention" else None) for t in _layer_types(config)}
+    model = model_or_config if isinstance(model_or_config, nn.Module) else None
+    return ForwardPlan(architecture=arch, share_prompts=not note, layer_windows=windows,
+                       plain_head=arch in PLAIN_HEAD_ARCHITECTURES and (model is None or _plain_linear_head(model)),
+                       note=note)
+
+
+def _plain_linear_head(model: nn.Module) -> bool:
+    """The head is a bias-free Linear whose weight is local (ZeRO-3's hooks gather it only for a module call)."""
+    head = model.get_output_embeddings()
+    return isinstance(head, nn.Linear) and head.bias is None and not hasattr(head.weight, "ds_id")
+
+
+def block_attention_masks(packed, windows: dict[str, int | None], dtype: torch.dtype):
+    """The additive 4-D masks of a shared-prompt :class:`Packed` batch: one tensor when every layer has the same
+    window, else a mapping from layer type to its mask (what models with mixed layers take)."""
+    masks = {}
+    for layer_type, window in windows.items():
+        allowed = packed.attention_mask
+        if window is not None:
+            # Sliding window as the model defines it on one sequence: key position > query position - window.
+            distance = packed.position_ids[:, None, :, None] - packed.position_ids[:, None, None, :]
+            eye = torch.eye(allowed.shape[-1], dtype=torch.bool)
+            allowed = (allowed & (distance < window)) | eye
+        masks[layer_type] = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+    return next(iter(masks.values())) if len(masks) == 1 else masks
+
+
+def packed_logps(model: nn.Module, packed, plan: ForwardPlan | None = None) -> Tensor:
     """Summed log-probs of each response of a :class:`pipeline.tokenize.Packed` batch, one forward pass.
 
     Logits are computed only where a response token is predicted (not over prompts or padding), which
@@ -153,13 +253,42 @@ def packed_logps(model: nn.Module, packed) -> Tensor:
     ``prompt + response`` alone; differentiable w.r.t. the model parameters.
     """
     lm = getattr(model, "module", model)  # a DeepSpeed engine wraps the model; ZeRO hooks sit on the submodules
+    plan = plan or forward_plan(lm)
+    if packed.shared != plan.share_prompts:
+        raise ValueError(f"{plan.describe()}: the batch was packed with share_prompts={packed.shared}")
     dtype = next(lm.parameters()).dtype
-    # An additive mask works with every attention implementation (eager adds it, sdpa takes it as is).
-    mask = torch.zeros(packed.attention_mask.shape, dtype=dtype).masked_fill(~packed.attention_mask, torch.finfo(dtype).min)
+    if packed.shared:
+        mask = block_attention_masks(packed, plan.layer_windows, dtype)
+    else:
+        mask = packed.attention_mask.long()
     inputs = {"input_ids": packed.input_ids, "attention_mask": mask, "position_ids": packed.position_ids}
-    if _plain_head(lm):
+    if plan.plain_head:
         hidden = lm.get_decoder()(**inputs).last_hidden_state[packed.rows, packed.positions]
         token_logps = _HeadLabelLogps.apply(hidden, lm.get_output_embeddings().weight, packed.labels, HEAD_CHUNK)
     else:
         token_logps = label_logps(model(**inputs).logits[packed.rows, packed.positions], packed.labels)
     return torch.zeros(len(packed.response_lengths), dtype=token_logps.dtype).index_add(0, packed.sequences, token_logps)
+
+
+@torch.no_grad()
+def reference_logps(model: nn.Module, prompts: list[list[int]], responses: list[list[list[int]]], pad_id: int,
+                    row_tokens: int, prompts_per_pass: int = 16) -> list[float]:
+    """Summed log-probs of ``responses[p][k]`` after ``prompts[p]`` (prompt-major order), as the trainer computes
+    the policy's: the same plan, packing and head, ``prompts_per_pass`` prompts per forward pass."""
+    plan = forward_plan(model)
+    values: list[float] = []
+    for c in range(0, len(prompts), prompts_per_pass):
+        packed = pack_shared_prompts(prompts[c : c + prompts_per_pass], responses[c : c + prompts_per_pass], pad_id,
+                                     row_tokens, plan.share_prompts)
+        values += packed_logps(model, packed, plan).tolist()
+    return values
+
+
+@torch.no_grad()
+def response_logits(model: nn.Module, prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> list[Tensor]:
+    """Teacher-forced next-token logits over each response, from the model's own forward on right-padded
+    ``prompt + response`` rows (its own causal and sliding masks): ``[T_n, V]`` per response, row ``t``
+    predicting ``responses[n][t]``."""
+    t = pad_sequences(prompts, responses, pad_id)
+    logits = model(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).logits
+    return [row[len(p) - 1 : len(p) - 1 + len(r)] for p, r, row in zip(prompts, responses, logits)]

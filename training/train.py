@@ -24,13 +24,14 @@ import torch
 import torch.distributed as dist
 from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from configs.schema import Config
 from pipeline.shards import MANIFEST, verified_shard_files
 from training.batches import Batch, collate, pack_groups
 from training.engine import deepspeed_config, lr_at, set_lr, set_worker_threads
-from training.logprobs import packed_logps
+from pipeline.tokenize import pad_token_id
+from training.logprobs import ForwardPlan, check_architecture, forward_plan, packed_logps
 from training.objective import preference_loss
 
 STATE = "train_state.json"
@@ -55,11 +56,11 @@ def step_groups(train_ids: list[int], batch_groups: int, seed: int, step: int) -
     return [train_ids[i] for i in perm[k * batch_groups : (k + 1) * batch_groups]]
 
 
-def _sequence_values(engine, ref_model, batch: Batch, live_reference: bool):
-    policy = batch.gather(packed_logps(engine, batch.packed))
+def _sequence_values(engine, ref_model, batch: Batch, live_reference: bool, plan: ForwardPlan):
+    policy = batch.gather(packed_logps(engine, batch.packed, plan))
     if live_reference:
         with torch.no_grad():
-            ref = batch.gather(packed_logps(ref_model, batch.packed))
+            ref = batch.gather(packed_logps(ref_model, batch.packed, plan))
     else:
         ref = batch.ref_logps
     counts = batch.gather(batch.packed.response_lengths.float())
@@ -67,12 +68,12 @@ def _sequence_values(engine, ref_model, batch: Batch, live_reference: bool):
 
 
 @torch.no_grad()
-def heldout_accuracy(engine, ref_model, groups: list[dict], cfg: Config, pad_id: int) -> float:
+def heldout_accuracy(engine, ref_model, groups: list[dict], cfg: Config, pad_id: int, plan: ForwardPlan) -> float:
     correct = pairs = 0.0
     engine.eval()
     for i in range(0, len(groups), cfg.train.micro_groups):
-        batch = collate(groups[i : i + cfg.train.micro_groups], pad_id, cfg.pack_row_tokens())
-        policy, ref, counts = _sequence_values(engine, ref_model, batch, cfg.train.reference == "live")
+        batch = collate(groups[i : i + cfg.train.micro_groups], pad_id, cfg.pack_row_tokens(), plan.share_prompts)
+        policy, ref, counts = _sequence_values(engine, ref_model, batch, cfg.train.reference == "live", plan)
         _, m = preference_loss(cfg.train, batch, policy, ref, counts)
         correct, pairs = correct + m["accuracy_correct"], pairs + m["accuracy_pairs"]
     engine.train()
@@ -99,7 +100,7 @@ def train_worker_loop(lc: dict) -> None:
     set_worker_threads(tc.cpus_per_worker)
     job_dir = Path(lc["job_dir"])
     tokenizer = AutoTokenizer.from_pretrained(lc["policy_dir"])
-    pad_id = tokenizer.pad_token_id
+    pad_id = pad_token_id(tokenizer)
 
     rows = pd.concat(list(ray.train.get_dataset_shard("train").iter_batches(batch_format="pandas", batch_size=4096)))
     groups = {g["group_id"]: g for g in pack_groups(rows, tc.max_responses)}
@@ -112,6 +113,7 @@ def train_worker_loop(lc: dict) -> None:
     ds_config = deepspeed_config(tc.deepspeed, micro_batch=tc.micro_groups, grad_accum=accum, world_size=world,
                                  lr=tc.lr, weight_decay=tc.weight_decay)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
+    plan = forward_plan(engine.module)  # after initialize: ZeRO-3 partitions the head's weight away
     ref_model = None
     if tc.reference == "live":
         ref_model = AutoModelForCausalLM.from_pretrained(lc["policy_dir"], dtype=torch.float32).eval().requires_grad_(False)
@@ -129,13 +131,14 @@ def train_worker_loop(lc: dict) -> None:
         if rank == 0:
             print(f"[train] restored step {start} (saved by {state['world_size']} workers, now {world})", flush=True)
     if acc_start is None:
-        acc_start = heldout_accuracy(engine, ref_model, heldout, cfg, pad_id)
+        acc_start = heldout_accuracy(engine, ref_model, heldout, cfg, pad_id, plan)
 
     writer = None
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(job_dir / "tensorboard"), purge_step=start)
+        print(f"[train] {plan.describe()}", flush=True)
         print(f"[train] {tc.loss}: {len(train_ids)} training groups, {len(heldout)} held out; {world} workers x "
               f"{accum} micro-batches of {tc.micro_groups} groups; steps {start}..{tc.steps}; "
               f"held-out accuracy at start {acc_start:.3f}", flush=True)
@@ -153,8 +156,9 @@ def train_worker_loop(lc: dict) -> None:
         mine = step_groups(train_ids, tc.batch_groups, cfg.seed, step)[rank * per_worker : (rank + 1) * per_worker]
         sums = np.zeros(7)  # loss*prompts, prompts, skipped, correct, pairs, tokens, response tokens
         for m in range(accum):
-            batch = collate([groups[g] for g in mine[m * tc.micro_groups : (m + 1) * tc.micro_groups]], pad_id, cfg.pack_row_tokens())
-            policy, ref, counts = _sequence_values(engine, ref_model, batch, tc.reference == "live")
+            batch = collate([groups[g] for g in mine[m * tc.micro_groups : (m + 1) * tc.micro_groups]], pad_id, cfg.pack_row_tokens(),
+                            plan.share_prompts)
+            policy, ref, counts = _sequence_values(engine, ref_model, batch, tc.reference == "live", plan)
             loss, metrics = preference_loss(tc, batch, policy, ref, counts)
             engine.backward(loss)
             engine.step()
@@ -176,7 +180,7 @@ def train_worker_loop(lc: dict) -> None:
             _log(job_dir, writer, row, tc.log_every)
         done = step + 1 == tc.steps
         if (step + 1) % tc.checkpoint_every == 0 or done:
-            extra = {"heldout_accuracy_end": heldout_accuracy(engine, ref_model, heldout, cfg, pad_id)} if done else {}
+            extra = {"heldout_accuracy_end": heldout_accuracy(engine, ref_model, heldout, cfg, pad_id, plan)} if done else {}
             _checkpoint(engine, tokenizer, rank, world, step + 1, acc_start, {**row, **extra, "heldout_accuracy_start": acc_start})
     data_log.close()
     if writer:
@@ -225,10 +229,10 @@ def _checkpoint(engine, tokenizer, rank: int, world: int, step: int, acc_start: 
 
 def run_train(cfg: Config, job: str = "train") -> dict:
     """Train ``cfg.train.loss``; results go to ``<output_dir>/<job>`` (the comparison uses one job dir per method)."""
-    from pipeline.graph import policy_dir
-
     started = time.perf_counter()
     tc = cfg.train
+    policy = cfg.policy_dir()
+    check_architecture(AutoConfig.from_pretrained(policy))  # before any work: a model that cannot be scored exactly
     job_dir = cfg.job_dir(job).resolve()
     job_dir.mkdir(parents=True, exist_ok=True)
     # Materialized once in the driver: workers then read blocks without needing CPUs for read tasks.
@@ -244,7 +248,7 @@ def run_train(cfg: Config, job: str = "train") -> dict:
     storage = Path(cfg.ray.storage_path or Path(cfg.output_dir) / "ray").resolve()
     trainer = TorchTrainer(
         train_worker_loop,
-        train_loop_config={"config": cfg.model_dump(mode="json"), "policy_dir": str(policy_dir(cfg).resolve()),
+        train_loop_config={"config": cfg.model_dump(mode="json"), "policy_dir": str(policy.resolve()),
                            "job_dir": str(job_dir)},
         scaling_config=ScalingConfig(num_workers=tuple(tc.num_workers) if isinstance(tc.num_workers, (list, tuple)) else tc.num_workers,
                                      use_gpu=False, resources_per_worker={"CPU": tc.cpus_per_worker}),
