@@ -80,6 +80,7 @@ ARCHITECTURES: dict[str, tuple[str, dict]] = {
     "mixtral": ("MixtralConfig", _small(num_local_experts=4, num_experts_per_tok=2)),
     "qwen2_moe": ("Qwen2MoeConfig", _small(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64,
                                            shared_expert_intermediate_size=64)),
+    "cohere": ("CohereConfig", _small(logit_scale=0.5)),  # not in the verified list: one sequence per row
     "mamba": ("MambaConfig", {"hidden_size": 64, "num_hidden_layers": 2, "state_size": 8}),
 }
 
