@@ -137,6 +137,9 @@ class VLLMAnswers:
         self.llm = vllm.LLM(model=model_dir, dtype=dtype, max_model_len=max_model_len, enforce_eager=True, seed=seed)
         self._params = vllm.SamplingParams
 
-    def generate(self, prompts: list[str], max_tokens: int) -> list[str]:
-        outputs = self.llm.generate(prompts, self._params(temperature=0.0, max_tokens=max_tokens), use_tqdm=False)
+    def generate(self, prompt_ids: list[list[int]], max_tokens: int) -> list[str]:
+        """Greedy answers to prompts given as token ids (tokenized once, as every stage sees them)."""
+        limit = self.llm.llm_engine.model_config.max_model_len
+        params = [self._params(temperature=0.0, max_tokens=max(1, min(max_tokens, limit - len(p)))) for p in prompt_ids]
+        outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompt_ids], params, use_tqdm=False)
         return [out.outputs[0].text for out in outputs]

@@ -25,14 +25,20 @@ class RewardModelScores:
         self.batch_size = batch_size
 
     @torch.no_grad()
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        started = time.perf_counter()
-        positions = flat_responses(batch)
-        texts = [batch["prompt"].iloc[i] + batch["responses"].iloc[i][j] for i, j in positions]
+    def score_texts(self, prompts: list[str], responses: list[str]) -> list[float]:
+        """The score of each ``prompt + response``."""
+        texts = [p + r for p, r in zip(prompts, responses)]
         values: list[float] = []
         for c in range(0, len(texts), self.batch_size):
             enc = self.tokenizer(texts[c : c + self.batch_size], return_tensors="pt", padding=True, truncation=True)
             values += self.model(**enc).logits[:, 0].float().tolist()
+        return values
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        started = time.perf_counter()
+        positions = flat_responses(batch)
+        values = self.score_texts([batch["prompt"].iloc[i] for i, _ in positions],
+                                  [batch["responses"].iloc[i][j] for i, j in positions])
         out = batch.copy()
         out["scores"] = regroup(batch, positions, values)
         out = as_lists(out)

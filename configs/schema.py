@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -170,6 +170,15 @@ class PrepareConfig(_Section):
     model_actor_gpus: float = Field(default=0, ge=0, description="GPUs per small-model actor.")
 
 
+class LoraConfig(_Section):
+    rank: int = Field(default=8, ge=1, description="LoRA rank r.")
+    alpha: float = Field(default=16, gt=0, description="LoRA scale alpha (the update is scaled by alpha / r).")
+    dropout: float = Field(default=0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: str | list[str] = Field(
+        default="all-linear", description="Modules that get adapters: peft's 'all-linear' or a list of module names (e.g. [q_proj, v_proj])."
+    )
+
+
 class TrainConfig(_Section):
     loss: Literal["dpo", "swepo", "rpo", "cpo", "infonca", "nca", "sft"] = Field(
         default="cpo",
@@ -208,6 +217,11 @@ class TrainConfig(_Section):
     checkpoint_every: int = Field(default=20, ge=1, description="Save a checkpoint (save_pretrained + DeepSpeed state) every N steps.")
     keep_checkpoints: int = Field(default=2, ge=1, description="Checkpoints kept (the oldest are deleted).")
     max_failures: int = Field(default=3, ge=0, description="Worker failures survived by restoring the latest checkpoint.")
+    lora: LoraConfig | None = Field(
+        default=None,
+        description="Train LoRA adapters (peft) instead of every weight: checkpoints hold the adapters, and the exported "
+        "policy is the merged model (save_pretrained) with the adapters beside it in <job>/adapter. null: full fine-tuning.",
+    )
     reference: Literal["shards", "live"] = Field(default="shards", description="Reference log-probs from the prepared shards, or from a live frozen model.")
     heldout_fraction: float = Field(default=0.1, gt=0, lt=1, description="Fraction of contrast groups held out for implicit-reward accuracy.")
     log_every: int = Field(default=5, ge=1, description="Print metrics every N steps (TensorBoard and CSV get every step).")
@@ -224,6 +238,13 @@ class TrainConfig(_Section):
                     f"(fails for {world} workers x {self.micro_groups})"
                 )
         return self
+
+
+class EvaluateConfig(_Section):
+    max_new_tokens: int = Field(default=24, ge=1, description="Greedy tokens generated per held-out prompt by jobs.evaluate (vLLM).")
+    max_prompts: int = Field(
+        default=200, ge=1, description="User data: held-out prompts answered by both models for the mean reward and win rate."
+    )
 
 
 class RayConfig(_Section):
@@ -248,6 +269,7 @@ class Config(_Section):
     data: DataConfig = Field(default_factory=DataConfig, description="Where preference data comes from and how bad rows are handled.")
     prepare: PrepareConfig = Field(default_factory=PrepareConfig, description="The prepare job (Ray Data stages to shards).")
     train: TrainConfig = Field(default_factory=TrainConfig, description="The preference training job.")
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="The evaluate job.")
     ray: RayConfig = Field(default_factory=RayConfig, description="Ray cluster settings.")
 
     def section_hash(self, *sections: str) -> str:
@@ -282,9 +304,12 @@ def field_reference(model: type[BaseModel] = None, prefix: str = "") -> list[tup
     rows = []
     for name, info in model.model_fields.items():
         key = f"{prefix}{name}"
-        sub = info.annotation if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel) else None
-        if sub is not None:
-            rows += field_reference(sub, f"{key}.")
+        sections = [t for t in (info.annotation, *get_args(info.annotation)) if isinstance(t, type) and issubclass(t, BaseModel)]
+        if sections and info.annotation is not sections[0]:
+            # an optional section (null turns it off): its own row, then its fields
+            rows.append((key, json.dumps(info.get_default(call_default_factory=True)), info.description or ""))
+        if sections:
+            rows += field_reference(sections[0], f"{key}.")
         else:
             default = info.get_default(call_default_factory=True)
             rows.append((key, json.dumps(default), info.description or ""))

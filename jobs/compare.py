@@ -11,7 +11,7 @@ import pandas as pd
 from jobs.common import init_ray, parse_config, write_report
 from pipeline.graph import run_prepare
 from training import plots
-from training.evaluation import heldout_margins, task_eval
+from training.evaluation import answer_scorer, heldout_margins, heldout_prompts, task_eval, vllm_greedy_answers
 from training.sft import run_sft
 from training.train import run_train
 
@@ -21,27 +21,45 @@ METHODS = ("dpo", "swepo", "rpo", "cpo", "infonca", "nca", "sft")
 LABELS = {"sft": "sft control (dataset answers only)"}
 
 
+def _answer_scores(cfg, model_dir) -> dict[str, float]:
+    """Scores of a model's greedy held-out answers: task metrics on the embedded task, the configured reward on
+    the user's data (none when no reward can score new answers)."""
+    if not cfg.data.source:
+        return task_eval(model_dir, cfg)[1]
+    scorer = answer_scorer(cfg)
+    if scorer is None:
+        return {}
+    prompts, ids = heldout_prompts(cfg)
+    rewards = scorer(prompts, vllm_greedy_answers(model_dir, ids, cfg.model.max_length, cfg.evaluate.max_new_tokens, cfg.seed,
+                                                  cfg.prepare.generator_cpus, cfg.prepare.generator_gpus))
+    return {"mean_reward": sum(rewards) / len(rewards)}
+
+
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config("compare", argv)
     init_ray(cfg)
-    run_sft(cfg)
+    if not cfg.own_model:
+        run_sft(cfg)
     run_prepare(cfg)
     out = cfg.job_dir("compare")
-    _, ref = task_eval(cfg.policy_dir(), cfg)
+    ref = _answer_scores(cfg, cfg.policy_dir())
     ref_accuracy = heldout_margins(cfg.policy_dir(), cfg)[0]
-    rows = {"SFT reference": {**ref, "implicit_accuracy_start": ref_accuracy, "implicit_accuracy": ref_accuracy, "train_seconds": 0.0}}
+    rows = {"reference": {**ref, "implicit_accuracy_start": ref_accuracy, "implicit_accuracy": ref_accuracy, "train_seconds": 0.0}}
     for method in METHODS:
         c = cfg.model_copy(deep=True)
         c.train.loss = method
         trained = run_train(c, job=f"compare/{method}")
-        _, scores = task_eval(trained["policy_dir"], c)
+        scores = _answer_scores(c, trained["policy_dir"])
         rows[LABELS.get(method, method)] = {
             **scores, "implicit_accuracy_start": trained["heldout_accuracy_start"],
             "implicit_accuracy": trained["heldout_accuracy_end"], "train_seconds": trained["wall_seconds"]}
-        print(f"[compare] {method}: exact match {scores['exact_match']:.3f}, mean reward {scores['mean_reward']:.3f}", flush=True)
-    table = pd.DataFrame(rows).T[["exact_match", "mean_reward", "slip_rate", "implicit_accuracy_start", "implicit_accuracy",
-                                  "train_seconds"]]
-    plot = plots.method_bars(table, out / "methods.png", f"held-out results per method ({cfg.name}, {cfg.train.steps} steps each)")
+        print(f"[compare] {method}: " + ", ".join(f"{k} {v:.3f}" for k, v in rows[LABELS.get(method, method)].items()), flush=True)
+    columns = ["exact_match", "mean_reward", "slip_rate", "implicit_accuracy_start", "implicit_accuracy", "train_seconds"]
+    table = pd.DataFrame(rows).T
+    table = table[[c for c in columns if c in table.columns]]
+    shown = ("exact_match", "mean_reward") if "exact_match" in table else (
+        "implicit_accuracy", "mean_reward" if "mean_reward" in table else "implicit_accuracy_start")
+    plot = plots.method_bars(table, shown, out / "methods.png", f"held-out results per method ({cfg.name}, {cfg.train.steps} steps each)")
     header = "| method | " + " | ".join(table.columns) + " |\n|" + " --- |" * (len(table.columns) + 1) + "\n"
     (out / "table.md").write_text(header + "".join(
         f"| {name} | " + " | ".join(f"{v:.3f}" for v in row) + " |\n" for name, row in table.iterrows()))

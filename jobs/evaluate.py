@@ -9,8 +9,13 @@ def comparison_table(report: dict) -> str:
     rows = [("held-out exact match", "exact_match"), ("held-out mean reward", "mean_reward"),
             ("held-out implicit-reward accuracy", "implicit_accuracy"),
             ("held-out answers that are the demonstrator's slip", "slip_rate")]
-    lines = [f"{'':<50}{'SFT reference':>15}{'policy':>10}"]
-    lines += [f"{name:<50}{report['reference_' + key]:>15.3f}{report['policy_' + key]:>10.3f}" for name, key in rows]
+    lines = [f"{'':<50}{'reference':>15}{'policy':>10}"]
+    lines += [f"{name:<50}{report['reference_' + key]:>15.3f}{report['policy_' + key]:>10.3f}" for name, key in rows
+              if f"reference_{key}" in report]
+    if "win_rate" in report:
+        lines.append(f"{'policy win rate over the reference (reward)':<50}{'':>15}{report['win_rate']:>10.3f}")
+    elif "reward_eval" in report:
+        lines.append(f"generated answers not scored ({report['reward_eval']})")
     return "\n".join(lines)
 
 

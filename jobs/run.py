@@ -1,4 +1,5 @@
-"""The run a new user starts first: reference model (reused if present) -> prepare -> train -> evaluate.
+"""The run a new user starts first: reference model (the toy, trained or reused; skipped with model.policy_dir)
+-> prepare -> train -> evaluate.
 
 ``python -m jobs.run --config configs/demo.yaml`` (what ``make run`` runs).
 """
@@ -18,13 +19,16 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     reports = {}
     for name, job in (("sft", sft), ("prepare", prepare), ("train", train), ("evaluate", evaluate)):
+        if name == "sft" and cfg.own_model:
+            continue
         print(f"\n===== {name} =====", flush=True)
         reports[name] = job.main(argv)
     wall = time.perf_counter() - started
-    print(f"\n===== {cfg.name}: SFT reference vs {cfg.train.loss} policy ({wall / 60:.1f} min) =====")
+    print(f"\n===== {cfg.name}: reference vs {cfg.train.loss} policy ({wall / 60:.1f} min) =====")
     print(evaluate.comparison_table(reports["evaluate"]))
+    headline = ("reference_exact_match", "policy_exact_match", "win_rate", "reference_implicit_accuracy", "policy_implicit_accuracy")
     write_report(cfg, "run", {"wall_seconds": wall, "stages": {k: str(cfg.job_dir(k) / "report.json") for k in reports},
-                              **{k: reports["evaluate"][k] for k in ("reference_exact_match", "policy_exact_match")}})
+                              **{k: reports["evaluate"][k] for k in headline if k in reports["evaluate"]}})
     return reports
 
 

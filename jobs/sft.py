@@ -1,4 +1,6 @@
-"""Train the reference model (or reuse it): ``python -m jobs.sft --config configs/demo.yaml``."""
+"""Train the toy reference model (or reuse it): ``python -m jobs.sft --config configs/demo.yaml``.
+
+With ``model.policy_dir`` (your own model) there is nothing to train: the job says so and exits."""
 from __future__ import annotations
 
 from jobs.common import init_ray, parse_config, write_report
@@ -7,6 +9,9 @@ from training.sft import run_sft
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config("sft", argv)
+    if cfg.own_model:
+        print(f"[sft] model.policy_dir={cfg.model.policy_dir}: your own model is the reference; no toy model to train")
+        return {"skipped": True, "policy_dir": cfg.model.policy_dir}
     init_ray(cfg)
     report = run_sft(cfg)
     write_report(cfg, "sft", report)

@@ -1,12 +1,20 @@
-"""Scoring generated answers on the embedded task."""
+"""Evaluation: the reference and the trained policy on held-out data.
+
+On the embedded task: exact match, graded reward and slip rate of greedy answers to held-out task prompts.
+On the user's data: implicit-reward accuracy on held-out contrast groups and, when a reward can score new
+answers (``prepare.reward``: ``task``, ``module:function`` or ``model:<dir>``), the mean reward of both models'
+greedy answers to the held-out prompts and the policy's win rate over the reference.
+"""
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from pipeline import task
-from pipeline.tokenize import pad_token_id
+from pipeline.tokenize import chat_renderer, encode_prompt, pad_token_id, user_prompt
 
 
 @torch.no_grad()
@@ -40,24 +48,31 @@ def task_scores(prompts: list[str], answers: list[str]) -> dict[str, float]:
     return {"exact_match": sum(exact) / n, "mean_reward": sum(rewards) / n, "slip_rate": sum(slips) / n}
 
 
-def vllm_greedy_answers(model_dir: str | Path, prompts: list[str], max_model_len: int, max_tokens: int,
+def vllm_greedy_answers(model_dir: str | Path, prompt_ids: list[list[int]], max_model_len: int, max_tokens: int,
                         seed: int, cpus: float = 1, gpus: float = 0) -> list[str]:
-    """Greedy answers through a vLLM engine in its own Ray actor (freed afterwards)."""
+    """Greedy answers to tokenized prompts through a vLLM engine in its own Ray actor (freed afterwards)."""
     import ray
 
     from actors.generator import VLLMAnswers
 
     actor = ray.remote(num_cpus=cpus, num_gpus=gpus or None)(VLLMAnswers).remote(str(model_dir), max_model_len, seed)
     try:
-        return ray.get(actor.generate.remote(prompts, max_tokens))
+        return ray.get(actor.generate.remote(prompt_ids, max_tokens))
     finally:
         ray.kill(actor)
+
+
+def _answers(model_dir: str | Path, prompt_ids: list[list[int]], cfg) -> list[str]:
+    return vllm_greedy_answers(model_dir, prompt_ids, max_model_len=cfg.model.max_length,
+                               max_tokens=cfg.evaluate.max_new_tokens, seed=cfg.seed,
+                               cpus=cfg.prepare.generator_cpus, gpus=cfg.prepare.generator_gpus)
 
 
 @torch.no_grad()
 def heldout_margins(model_dir: str | Path, cfg) -> tuple[float, dict[str, list[float]]]:
     """Implicit-reward accuracy of a model on the held-out contrast groups, and its anchor-minus-negative
-    margins by the negative's origin."""
+    margins by the negative's origin. Reference log-probs come from the shards, or from the reference model
+    where the shards hold none (``prepare.ref_logps: false`` with ``train.reference: live``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from pipeline.shards import read_shards
@@ -72,12 +87,18 @@ def heldout_margins(model_dir: str | Path, cfg) -> tuple[float, dict[str, list[f
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     plan = forward_plan(model)
     pad_id = pad_token_id(AutoTokenizer.from_pretrained(model_dir))
+    reference = None
     correct = pairs = 0.0
     margins: dict[str, list[float]] = {}
     for gid in held:
         batch = collate([groups[gid]], pad_id, cfg.pack_row_tokens(), plan.share_prompts)
         policy = batch.gather(packed_logps(model, batch.packed, plan))
-        rewards = cfg.train.beta * (policy - batch.ref_logps)
+        ref = batch.ref_logps
+        if ref is None:
+            if reference is None:
+                reference = AutoModelForCausalLM.from_pretrained(cfg.policy_dir(), dtype=torch.float32).eval()
+            ref = batch.gather(packed_logps(reference, batch.packed, plan))
+        rewards = cfg.train.beta * (policy - ref)
         c, p = implicit_accuracy(rewards, batch)
         correct, pairs = correct + c, pairs + p
         for member, r in zip(groups[gid]["members"], rewards):
@@ -86,20 +107,93 @@ def heldout_margins(model_dir: str | Path, cfg) -> tuple[float, dict[str, list[f
     return correct / max(pairs, 1), margins
 
 
-def task_eval(model_dir: str | Path, cfg) -> tuple[list[str], dict[str, float]]:
-    """Greedy vLLM answers of a model to the held-out task prompts, and their exact match and mean reward."""
+def task_prompt_ids(cfg, model_dir: str | Path) -> tuple[list[str], list[list[int]]]:
+    """The held-out task prompts and their token ids as the model sees them (its chat template when one applies)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    render = chat_renderer(tokenizer, cfg.data.chat_template)
     _, heldout = task.splits(cfg.seed, cfg.task)
     prompts = [r["prompt"] for r in heldout]
-    answers = vllm_greedy_answers(model_dir, prompts, max_model_len=cfg.model.max_length,
-                                  max_tokens=cfg.sft.eval_max_new_tokens, seed=cfg.seed,
-                                  cpus=cfg.prepare.generator_cpus, gpus=cfg.prepare.generator_gpus)
+    return prompts, [encode_prompt(tokenizer, *user_prompt(p, render)) for p in prompts]
+
+
+def task_eval(model_dir: str | Path, cfg) -> tuple[list[str], dict[str, float]]:
+    """Greedy vLLM answers of a model to the held-out task prompts, and their exact match and mean reward."""
+    prompts, ids = task_prompt_ids(cfg, model_dir)
+    answers = _answers(model_dir, ids, cfg)
     return answers, task_scores(prompts, answers)
 
 
-def run_evaluate(cfg, policy: Path | None = None, job: str = "evaluate") -> dict:
-    """Reference vs trained policy on held-out task prompts (vLLM greedy) and held-out preference groups."""
-    import json
+def answer_scorer(cfg) -> Callable[[list[str], list[str]], list[float]] | None:
+    """How new answers to the user's prompts are scored: the configured programmatic or model reward, or None when
+    the reward only exists in the source (``source``) or not at all (``none``)."""
+    from pipeline.stages import load_scorer
 
+    spec = cfg.prepare.reward
+    if spec == "auto":
+        spec = "task" if not cfg.data.source else "none"
+    if spec in ("source", "none"):
+        return None
+    if spec.startswith("model:"):
+        from actors.reward_model import RewardModelScores
+
+        return RewardModelScores(spec[len("model:"):]).score_texts
+    scorer = load_scorer(spec)
+    return lambda prompts, answers: [float(scorer(p, a)) for p, a in zip(prompts, answers)]
+
+
+def heldout_prompts(cfg) -> tuple[list[str], list[list[int]]]:
+    """Prompts of the held-out contrast groups (text and the token ids the shards hold), at most ``evaluate.max_prompts``."""
+    from pipeline.shards import read_shards
+    from training.train import split_heldout
+
+    rows = read_shards(cfg.job_dir("prepare") / "shards").select(["group_id", "prompt", "prompt_ids"]).to_pandas()
+    _, held = split_heldout(sorted(set(rows["group_id"])), cfg.train.heldout_fraction, cfg.seed)
+    rows = rows[rows["group_id"].isin(held)].head(cfg.evaluate.max_prompts)
+    return list(rows["prompt"]), [[int(t) for t in ids] for ids in rows["prompt_ids"]]
+
+
+def reward_eval(cfg, reference: Path, policy: Path, scorer, out: Path) -> dict:
+    """Mean reward of both models' greedy answers to the held-out prompts, and the policy's win rate (ties count half)."""
+    prompts, ids = heldout_prompts(cfg)
+    ref_answers, pol_answers = _answers(reference, ids, cfg), _answers(policy, ids, cfg)
+    ref_rewards, pol_rewards = scorer(prompts, ref_answers), scorer(prompts, pol_answers)
+    wins = [1.0 if b > a else 0.5 if b == a else 0.0 for a, b in zip(ref_rewards, pol_rewards)]
+    samples = [{"prompt": p, "reference": a, "policy": b, "reference_reward": ra, "policy_reward": rb}
+               for p, a, b, ra, rb in zip(prompts, ref_answers, pol_answers, ref_rewards, pol_rewards)]
+    (out / "samples.json").write_text(json.dumps(samples, indent=2))
+    n = len(prompts)
+    return {"heldout_prompts": n, "reference_mean_reward": sum(ref_rewards) / n, "policy_mean_reward": sum(pol_rewards) / n,
+            "win_rate": sum(wins) / n, "samples": str(out / "samples.json")}
+
+
+def _task_report(cfg, reference: Path, policy: Path, out: Path) -> tuple[dict, dict[str, tuple[float, float]]]:
+    _, heldout = task.splits(cfg.seed, cfg.task)
+    prompts = [r["prompt"] for r in heldout]
+    ref_answers, ref_scores = task_eval(reference, cfg)
+    pol_answers, pol_scores = task_eval(policy, cfg)
+    by_family: dict[str, dict[str, float]] = {}
+    for family in sorted({r["family"] for r in heldout}):
+        idx = [i for i, r in enumerate(heldout) if r["family"] == family]
+        by_family[family] = {
+            "reference": task_scores([prompts[i] for i in idx], [ref_answers[i] for i in idx])["exact_match"],
+            "policy": task_scores([prompts[i] for i in idx], [pol_answers[i] for i in idx])["exact_match"],
+        }
+    samples = [{"prompt": p, "answer": r["response"], "reference": a, "policy": b}
+               for p, r, a, b in list(zip(prompts, heldout, ref_answers, pol_answers))[:40]]
+    (out / "samples.json").write_text(json.dumps(samples, indent=2))
+    report = {"heldout_prompts": len(prompts), "exact_match_by_family": by_family, "samples": str(out / "samples.json"),
+              **{f"{who}_{k}": v for who, scores in (("reference", ref_scores), ("policy", pol_scores)) for k, v in scores.items()}}
+    bars = {"exact match": (ref_scores["exact_match"], pol_scores["exact_match"]),
+            "mean reward": (ref_scores["mean_reward"], pol_scores["mean_reward"]),
+            "slip rate": (ref_scores["slip_rate"], pol_scores["slip_rate"])}
+    return report, bars
+
+
+def run_evaluate(cfg, policy: Path | None = None, job: str = "evaluate") -> dict:
+    """Reference vs trained policy: held-out implicit-reward accuracy always; generated answers scored by the task
+    (embedded task) or by the configured reward (user data; see the module docstring)."""
     from training import plots
 
     out = cfg.job_dir(job)
@@ -108,39 +202,27 @@ def run_evaluate(cfg, policy: Path | None = None, job: str = "evaluate") -> dict
     policy = Path(policy or cfg.job_dir("train") / "policy")
     if not (policy / "config.json").is_file():
         raise FileNotFoundError(f"trained policy {policy} not found: run `python -m jobs.train` first")
-    _, heldout = task.splits(cfg.seed, cfg.task)
-    prompts = [r["prompt"] for r in heldout]
-    ref_answers, ref_scores = task_eval(reference, cfg)
-    pol_answers, pol_scores = task_eval(policy, cfg)
     ref_acc, _ = heldout_margins(reference, cfg)
     pol_acc, margins = heldout_margins(policy, cfg)
-
-    by_family: dict[str, dict[str, float]] = {}
-    for family in sorted({r["family"] for r in heldout}):
-        idx = [i for i, r in enumerate(heldout) if r["family"] == family]
-        by_family[family] = {
-            "reference": task_scores([prompts[i] for i in idx], [ref_answers[i] for i in idx])["exact_match"],
-            "policy": task_scores([prompts[i] for i in idx], [pol_answers[i] for i in idx])["exact_match"],
-        }
+    report = {"reference_dir": str(reference), "policy_dir": str(policy),
+              "reference_implicit_accuracy": ref_acc, "policy_implicit_accuracy": pol_acc}
+    bars = {"implicit acc.": (ref_acc, pol_acc)}
+    if not cfg.data.source:
+        task_report, task_bars = _task_report(cfg, reference, policy, out)
+        report.update(task_report)
+        bars.update(task_bars)
+    else:
+        report.update(heldout_implicit_accuracy=pol_acc, reference_heldout_implicit_accuracy=ref_acc)
+        scorer = answer_scorer(cfg)
+        if scorer is None:
+            report["reward_eval"] = f"skipped: prepare.reward={cfg.prepare.reward!r} cannot score new answers"
+        else:
+            report.update(reward_eval(cfg, reference, policy, scorer, out))
+            bars.update({"mean reward": (report["reference_mean_reward"], report["policy_mean_reward"])})
     figures = {}
     metrics_csv = policy.parent / "metrics.csv"  # the train job writes <job_dir>/policy beside <job_dir>/metrics.csv
     if metrics_csv.is_file():
         figures["training_curves"] = str(plots.training_curves(metrics_csv, out / "training_curves.png", f"{cfg.train.loss} training ({cfg.name})"))
     figures["margins"] = str(plots.margin_histogram(margins, out / "reward_margins.png", "held-out implicit-reward margins of the policy, by negative type"))
-    figures["before_after"] = str(plots.before_after_bars(
-        {"exact match": (ref_scores["exact_match"], pol_scores["exact_match"]),
-         "mean reward": (ref_scores["mean_reward"], pol_scores["mean_reward"]),
-         "implicit acc.": (ref_acc, pol_acc),
-         "slip rate": (ref_scores["slip_rate"], pol_scores["slip_rate"])},
-        out / "before_after.png", "held-out: SFT reference vs trained policy"))
-    samples = [{"prompt": p, "answer": r["response"], "reference": a, "policy": b}
-               for p, r, a, b in list(zip(prompts, heldout, ref_answers, pol_answers))[:40]]
-    (out / "samples.json").write_text(json.dumps(samples, indent=2))
-    return {
-        "reference_dir": str(reference), "policy_dir": str(policy), "heldout_prompts": len(prompts),
-        "reference_exact_match": ref_scores["exact_match"], "policy_exact_match": pol_scores["exact_match"],
-        "reference_mean_reward": ref_scores["mean_reward"], "policy_mean_reward": pol_scores["mean_reward"],
-        "reference_slip_rate": ref_scores["slip_rate"], "policy_slip_rate": pol_scores["slip_rate"],
-        "reference_implicit_accuracy": ref_acc, "policy_implicit_accuracy": pol_acc,
-        "exact_match_by_family": by_family, "figures": figures, "samples": str(out / "samples.json"),
-    }
+    figures["before_after"] = str(plots.before_after_bars(bars, out / "before_after.png", "held-out: reference vs trained policy"))
+    return {**report, "figures": figures}

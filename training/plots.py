@@ -64,8 +64,8 @@ def before_after_bars(values: dict[str, tuple[float, float]], out: Path, title: 
                         ("SFT reference", "trained policy"), out, title, (6.5, 4))
 
 
-def method_bars(table: pd.DataFrame, out: Path, title: str) -> Path:
-    """``table`` indexed by method with columns exact_match and mean_reward."""
-    return _paired_bars(list(table.index), list(table["exact_match"]), list(table["mean_reward"]),
-                        ("held-out exact match", "held-out mean reward"), out, title, (8, 4),
+def method_bars(table: pd.DataFrame, columns: tuple[str, str], out: Path, title: str) -> Path:
+    """``table`` indexed by method; bars of two of its columns (held-out metrics) per method."""
+    return _paired_bars(list(table.index), list(table[columns[0]]), list(table[columns[1]]),
+                        tuple(f"held-out {c.replace('_', ' ')}" for c in columns), out, title, (8, 4),
                         tick_rotation=20)  # eight method names run into each other level

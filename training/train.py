@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import resource
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ from training.batches import Batch, collate, pack_groups
 from training.engine import deepspeed_config, lr_at, set_lr, set_worker_threads
 from pipeline.tokenize import pad_token_id
 from training.logprobs import ForwardPlan, check_architecture, forward_plan, packed_logps
+from training.lora import export_merged, with_lora
 from training.objective import preference_loss
 
 STATE = "train_state.json"
@@ -110,9 +112,13 @@ def train_worker_loop(lc: dict) -> None:
     per_worker = tc.batch_groups // world
     accum = per_worker // tc.micro_groups
     model = AutoModelForCausalLM.from_pretrained(lc["policy_dir"], dtype=torch.float32)
+    if tc.lora:
+        model = with_lora(model, tc.lora)
     ds_config = deepspeed_config(tc.deepspeed, micro_batch=tc.micro_groups, grad_accum=accum, world_size=world,
                                  lr=tc.lr, weight_decay=tc.weight_decay)
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    n_trainable = sum(p.numel() for p in trainable)
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=trainable, config=ds_config)
     plan = forward_plan(engine.module)  # after initialize: ZeRO-3 partitions the head's weight away
     ref_model = None
     if tc.reference == "live":
@@ -126,7 +132,8 @@ def train_worker_loop(lc: dict) -> None:
             same_world = state["world_size"] == world
             # ZeRO partitions optimizer state by rank; on a new world size only the weights carry over.
             engine.load_checkpoint(str(Path(d) / "deepspeed"), tag="state", load_optimizer_states=same_world,
-                                   load_lr_scheduler_states=False, load_module_only=not same_world)
+                                   load_lr_scheduler_states=False, load_module_only=not same_world,
+                                   load_module_strict=not tc.lora)  # LoRA checkpoints hold the adapters alone
         start, acc_start = state["step"], state["heldout_accuracy_start"]
         if rank == 0:
             print(f"[train] restored step {start} (saved by {state['world_size']} workers, now {world})", flush=True)
@@ -138,7 +145,7 @@ def train_worker_loop(lc: dict) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(job_dir / "tensorboard"), purge_step=start)
-        print(f"[train] {plan.describe()}", flush=True)
+        print(f"[train] {plan.describe()}; {n_trainable:,} trainable parameters" + (" (LoRA)" if tc.lora else ""), flush=True)
         print(f"[train] {tc.loss}: {len(train_ids)} training groups, {len(heldout)} held out; {world} workers x "
               f"{accum} micro-batches of {tc.micro_groups} groups; steps {start}..{tc.steps}; "
               f"held-out accuracy at start {acc_start:.3f}", flush=True)
@@ -181,7 +188,8 @@ def train_worker_loop(lc: dict) -> None:
         done = step + 1 == tc.steps
         if (step + 1) % tc.checkpoint_every == 0 or done:
             extra = {"heldout_accuracy_end": heldout_accuracy(engine, ref_model, heldout, cfg, pad_id, plan)} if done else {}
-            _checkpoint(engine, tokenizer, rank, world, step + 1, acc_start, {**row, **extra, "heldout_accuracy_start": acc_start})
+            _checkpoint(engine, tokenizer, rank, world, step + 1, acc_start, {**row, **extra, "heldout_accuracy_start": acc_start,
+                                                                            "trainable_parameters": n_trainable})
     data_log.close()
     if writer:
         writer.close()
@@ -216,7 +224,7 @@ def _log(job_dir: Path, writer, row: dict, log_every: int) -> None:
 def _checkpoint(engine, tokenizer, rank: int, world: int, step: int, acc_start: float, metrics: dict) -> None:
     """Every rank saves its DeepSpeed state; rank 0 adds a save_pretrained model and the step; Ray merges and keeps them."""
     with tempfile.TemporaryDirectory() as tmp:
-        engine.save_checkpoint(str(Path(tmp) / "deepspeed"), tag="state")
+        engine.save_checkpoint(str(Path(tmp) / "deepspeed"), tag="state", exclude_frozen_parameters=True)
         with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), enabled=engine.zero_optimization_stage() == 3):
             if rank == 0:
                 engine.module.save_pretrained(Path(tmp) / "model")
@@ -262,10 +270,13 @@ def run_train(cfg: Config, job: str = "train") -> dict:
     result = trainer.fit()
     policy_out = job_dir / "policy"
     with result.checkpoint.as_directory() as d:
-        import shutil
-
-        shutil.rmtree(policy_out, ignore_errors=True)
-        shutil.copytree(Path(d) / "model", policy_out)
+        if tc.lora:  # the checkpoint's model is the adapters: keep them, and export them merged into the base
+            shutil.rmtree(job_dir / "adapter", ignore_errors=True)
+            shutil.copytree(Path(d) / "model", job_dir / "adapter")
+            export_merged(policy, job_dir / "adapter", policy_out)
+        else:
+            shutil.rmtree(policy_out, ignore_errors=True)
+            shutil.copytree(Path(d) / "model", policy_out)
     m = result.metrics
     return {
         "loss": tc.loss,
@@ -277,6 +288,8 @@ def run_train(cfg: Config, job: str = "train") -> dict:
         "tokens_per_second": m["tokens_per_second"],
         "worker_peak_rss_mb": m["worker_peak_rss_mb"],
         "policy_dir": str(policy_out),
+        "adapter_dir": str(job_dir / "adapter") if tc.lora else None,
+        "trainable_parameters": m.get("trainable_parameters"),
         "checkpoint": result.checkpoint.path,
         "metrics_csv": str(job_dir / "metrics.csv"),
         "tensorboard_dir": str(job_dir / "tensorboard"),
