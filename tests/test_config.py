@@ -7,7 +7,8 @@ import pytest
 
 from configs.schema import Config, ConfigError, field_reference, load_config
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -70,3 +71,16 @@ def test_section_hash_tracks_only_named_sections():
     assert a.section_hash("model", "sft") == b.section_hash("model", "sft")
     b.sft.steps = 1
     assert a.section_hash("model", "sft") != b.section_hash("model", "sft")
+
+
+def test_own_model_skips_the_toy_shape_rules_and_lora_validates(tmp_path):
+    cfg = load_config(ROOT / "configs/tiny.yaml", ["model.policy_dir=/models/mine", "model.hidden_size=48", "model.num_heads=3"])
+    assert cfg.own_model and cfg.model.hidden_size == 48
+    with pytest.raises(ConfigError, match="head_dim"):
+        load_config(ROOT / "configs/tiny.yaml", ["model.hidden_size=48", "model.num_heads=3"])
+    cfg = load_config(ROOT / "configs/tiny.yaml", ["train.lora.rank=4"])
+    assert cfg.train.lora.rank == 4 and cfg.train.lora.target_modules == "all-linear"
+    with pytest.raises(ConfigError, match="train.lora.dropout"):
+        load_config(ROOT / "configs/tiny.yaml", ["train.lora.dropout=1.5"])
+    with pytest.raises(FileNotFoundError, match="model.policy_dir"):
+        load_config(ROOT / "configs/tiny.yaml", [f"model.policy_dir={tmp_path}"]).policy_dir()

@@ -115,3 +115,25 @@ def test_evaluate_scores_reference_and_policy_and_draws_the_plots(run_dir, prepa
     for path in report["figures"].values():
         assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((run_dir / "evaluate" / "report.json").read_text())["policy_exact_match"] == report["policy_exact_match"]
+
+
+def test_evaluation_scores_a_live_reference_when_the_shards_hold_none(tiny_copy):
+    """Shards without reference log-probs (prepare.ref_logps: false, train.reference: live) used to crash
+    jobs.evaluate (``policy - None``); the reference model now scores the held-out groups itself."""
+    from configs.schema import load_config
+    from pipeline.shards import Manifest
+    from tests.conftest import ROOT
+    from training.evaluation import heldout_margins
+
+    cfg = load_config(ROOT / "configs/tiny.yaml", [f"output_dir={tiny_copy}", "train.reference=live"])
+    shards = tiny_copy / "prepare" / "shards"
+    with_ref = heldout_margins(cfg.policy_dir(), cfg)
+    manifest, _ = Manifest.open(shards, json.loads((shards / "manifest.json").read_text())["config_hash"])
+    for name, entry in list(manifest.shards.items()):
+        rows = pq.read_table(shards / name).to_pandas()
+        rows["ref_logps"] = [None] * len(rows)
+        manifest.add(int(name[6:11]), rows, entry["stats"])
+    assert read_shards(shards)["ref_logps"].null_count == read_shards(shards).num_rows
+    accuracy, margins = heldout_margins(cfg.policy_dir(), cfg)
+    assert accuracy == pytest.approx(0.5) and accuracy == with_ref[0]  # the reference against itself
+    assert all(abs(m) < 1e-5 for values in margins.values() for m in values)

@@ -111,6 +111,25 @@ def save_own_model(path: str | Path, architecture: str = "qwen2", tokenizer_kind
     return path
 
 
+def write_task_as_chat(path: str | Path, seed: int = 0, n_train: int = 6000, demonstrator_error: float = 0.5) -> Path:
+    """The embedded task's training split as a conversational source: one user message, the demonstrator's answer."""
+    import json
+
+    from configs.schema import TaskConfig
+    from pipeline import task
+
+    train, _ = task.splits(seed, TaskConfig(n_train=n_train, demonstrator_error=demonstrator_error))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for r in train:
+            messages = [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["response"]}]
+            f.write(json.dumps({"id": r["id"], "messages": messages}) + "\n")
+    return path
+
+
 if __name__ == "__main__":
-    out = save_own_model(sys.argv[2] if len(sys.argv) > 2 else "runs/own_model/base_model", sys.argv[1] if len(sys.argv) > 1 else "qwen2")
-    print(f"saved a tiny random-weight model to {out}")
+    # python -m tests.zoo OUT_DIR: the own-model demo's inputs (make own-model-demo)
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/own_model")
+    print(f"saved a tiny random-weight Qwen2 (ChatML template, no pad token) to {save_own_model(out / 'base_model')}")
+    print(f"wrote the embedded task as chat messages to {write_task_as_chat(out / 'task_chat.jsonl')}")
