@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 run: setup
 	$(BIN)/python -m jobs.run --config configs/demo.yaml
 
-# Your own model, offline: a tiny random-weight Qwen2 (ChatML template, no pad token) and the embedded task as
+# Your own model, offline: a tiny random-weight Mistral (ChatML template, no pad token) and the embedded task as
 # chat messages stand in for the user's model and data; LoRA on (configs/own_model.yaml). About 4 minutes.
 own-model-demo: setup
 	$(BIN)/python -m tests.zoo runs/own_model

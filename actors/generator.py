@@ -115,7 +115,7 @@ class HFNegatives(_Sampler):
                 top_p=self.cfg.top_p,
                 max_new_tokens=self._max_new(p),
                 eos_token_id=self.tokenizer.eos_token_id,
-                pad_token_id=pad_token_id(self.tokenizer),
+                pad_token_id=pad_token_id(self.tokenizer, self.model.get_input_embeddings().num_embeddings),
             )
             samples = []
             for seq in out[:, len(p) :].tolist():

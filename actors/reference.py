@@ -30,7 +30,7 @@ class _ReferenceActor:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
         forward_plan(self.model)  # refuses a model it cannot score exactly, before any batch
-        self.pad_id = pad_token_id(self.tokenizer)
+        self.pad_id = pad_token_id(self.tokenizer, self.model.get_input_embeddings().num_embeddings)
 
 
 class MeanfieldNegatives(_ReferenceActor):

@@ -29,12 +29,14 @@ def encode_response(tokenizer, response: str) -> list[int]:
     return tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
 
 
-def pad_token_id(tokenizer) -> int:
-    """The id that fills padding: the tokenizer's pad token, else its EOS (Llama-3, Mistral and Qwen base ship no
-    pad token). Padding is never attended to nor scored, so any id is exact; the vocabulary is never resized."""
+def pad_token_id(tokenizer, num_embeddings: int | None = None) -> int:
+    """The id that fills padding: the tokenizer's pad token, else its EOS (Llama-3 and Mistral ship no pad token).
+    Padding is never attended to nor scored, so any id the model can embed is exact; the vocabulary is never resized.
+    A pad id beyond the model's ``num_embeddings`` (a tokenizer class whose default pad token the vocabulary lacks,
+    as ``Qwen2Tokenizer`` adds ``<|endoftext|>``) is not one, so EOS fills in."""
     for name in ("pad_token_id", "eos_token_id"):
         value = getattr(tokenizer, name, None)
-        if value is not None:
+        if value is not None and (num_embeddings is None or value < num_embeddings):
             return int(value)
     raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', tokenizer)!r} has neither a pad nor an EOS token")
 

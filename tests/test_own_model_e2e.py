@@ -1,4 +1,4 @@
-"""Your own model end to end, as `make own-model-demo` runs it: a tiny random-weight Qwen2 with a ChatML template
+"""Your own model end to end, as `make own-model-demo` runs it: a tiny random-weight Mistral with a ChatML template
 and no pad token, a conversational source, LoRA, and evaluation under a programmatic reward. CI runs this module."""
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
 def test_run_on_a_users_chat_model_with_lora_reports_win_rate(tmp_path):
-    base = save_own_model(tmp_path / "base_model", "qwen2", "chatml")
+    base = save_own_model(tmp_path / "base_model")
     source = write_task_as_chat(tmp_path / "task_chat.jsonl", n_train=400)
     run = run_job("run", tmp_path, f"model.policy_dir={base}", f"data.source={source}", "prepare.max_rows=48",
-                  "prepare.shard_groups=4", "train.steps=4", "train.checkpoint_every=2", "evaluate.max_prompts=8",
+                  "prepare.shard_groups=4", "train.steps=4", "train.checkpoint_every=2", "train.heldout_fraction=0.25",
+                  "evaluate.max_prompts=8",
                   config="configs/own_model.yaml")
     assert not (tmp_path / "sft").exists()  # the toy SFT never ran
     report = json.loads((tmp_path / "evaluate" / "report.json").read_text())

@@ -128,3 +128,18 @@ def test_zoo_model_loads_with_the_no_pad_tokenizer():
     tok = tokenizer_like("chatml")
     model = build_model("qwen2", len(tok), tokenizer=tok)
     assert model.config.pad_token_id is None and model.config.eos_token_id == tok.eos_token_id
+
+
+def test_pad_id_the_model_cannot_embed_falls_back_to_eos(tmp_path):
+    """transformers loads any tokenizer beside a Qwen2 config as Qwen2Tokenizer, whose default pad token
+    <|endoftext|> is appended past the model's embeddings when the vocabulary lacks it."""
+    from transformers import AutoTokenizer
+
+    tok = tokenizer_like("llama3")
+    model = build_model("qwen2", len(tok), tokenizer=tok)
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    n = model.get_input_embeddings().num_embeddings
+    assert loaded.pad_token_id >= n
+    assert pad_token_id(loaded, n) == loaded.eos_token_id < n

@@ -66,6 +66,7 @@ ARCHITECTURES: dict[str, tuple[str, dict]] = {
     "qwen2": ("Qwen2Config", _small()),
     "qwen2_sliding": ("Qwen2Config", _small(use_sliding_window=True, sliding_window=4, max_window_layers=1)),
     "qwen3": ("Qwen3Config", _small(head_dim=32)),
+    "mistral": ("MistralConfig", _small(sliding_window=None)),
     "mistral_sliding": ("MistralConfig", _small(sliding_window=4)),
     "gemma2": ("Gemma2Config", _small(head_dim=32, sliding_window=4, final_logit_softcapping=30.0,
                                       attn_logit_softcapping=50.0, query_pre_attn_scalar=32)),
@@ -100,7 +101,7 @@ def build_model(name: str, vocab_size: int, attn_implementation: str = "sdpa", s
     return model.eval()
 
 
-def save_own_model(path: str | Path, architecture: str = "qwen2", tokenizer_kind: str = "chatml") -> Path:
+def save_own_model(path: str | Path, architecture: str = "mistral", tokenizer_kind: str = "chatml") -> Path:
     """Save a tiny random-weight model and its tokenizer as a user's ``save_pretrained`` directory."""
     path = Path(path)
     tokenizer = tokenizer_like(tokenizer_kind)
@@ -111,25 +112,36 @@ def save_own_model(path: str | Path, architecture: str = "qwen2", tokenizer_kind
     return path
 
 
-def write_task_as_chat(path: str | Path, seed: int = 0, n_train: int = 6000, demonstrator_error: float = 0.5) -> Path:
-    """The embedded task's training split as a conversational source: one user message, the demonstrator's answer."""
+def write_task_as_chat(path: str | Path, seed: int = 0, n_train: int = 6000, demonstrator_error: float = 0.5,
+                       pairs: bool = False) -> Path:
+    """The embedded task's training split as a conversational source: one user message and the demonstrator's
+    answer (``messages``), or with ``pairs`` the answer against the family's slip (``chosen``/``rejected``)."""
     import json
 
     from configs.schema import TaskConfig
     from pipeline import task
 
-    train, _ = task.splits(seed, TaskConfig(n_train=n_train, demonstrator_error=demonstrator_error))
+    train, _ = task.splits(seed, TaskConfig(n_train=n_train, demonstrator_error=0.0 if pairs else demonstrator_error))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
         for r in train:
-            messages = [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["response"]}]
-            f.write(json.dumps({"id": r["id"], "messages": messages}) + "\n")
+            user = {"role": "user", "content": r["prompt"]}
+            if pairs:
+                slip = task.demonstrator_slip(r["prompt"])
+                if slip == r["response"]:
+                    continue
+                row = {"id": r["id"], "chosen": [user, {"role": "assistant", "content": r["response"]}],
+                       "rejected": [user, {"role": "assistant", "content": slip}]}
+            else:
+                row = {"id": r["id"], "messages": [user, {"role": "assistant", "content": r["response"]}]}
+            f.write(json.dumps(row) + "\n")
     return path
 
 
 if __name__ == "__main__":
     # python -m tests.zoo OUT_DIR: the own-model demo's inputs (make own-model-demo)
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/own_model")
-    print(f"saved a tiny random-weight Qwen2 (ChatML template, no pad token) to {save_own_model(out / 'base_model')}")
+    print(f"saved a tiny random-weight Mistral (ChatML template, no pad token) to {save_own_model(out / 'base_model')}")
     print(f"wrote the embedded task as chat messages to {write_task_as_chat(out / 'task_chat.jsonl')}")
+    print(f"wrote it as chat preference pairs to {write_task_as_chat(out / 'task_chat_pairs.jsonl', pairs=True)}")

@@ -32,7 +32,7 @@ def greedy_generate_hf(model, tokenizer, prompts: list[str], max_new_tokens: int
             max_new_tokens=max_new_tokens,
             do_sample=False,
             eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=pad_token_id(tokenizer),
+            pad_token_id=pad_token_id(tokenizer, model.get_input_embeddings().num_embeddings),
         )
         answers += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     return answers
@@ -86,7 +86,7 @@ def heldout_margins(model_dir: str | Path, cfg) -> tuple[float, dict[str, list[f
     _, held = split_heldout(list(groups), cfg.train.heldout_fraction, cfg.seed)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     plan = forward_plan(model)
-    pad_id = pad_token_id(AutoTokenizer.from_pretrained(model_dir))
+    pad_id = pad_token_id(AutoTokenizer.from_pretrained(model_dir), model.get_input_embeddings().num_embeddings)
     reference = None
     correct = pairs = 0.0
     margins: dict[str, list[float]] = {}

@@ -102,7 +102,6 @@ def train_worker_loop(lc: dict) -> None:
     set_worker_threads(tc.cpus_per_worker)
     job_dir = Path(lc["job_dir"])
     tokenizer = AutoTokenizer.from_pretrained(lc["policy_dir"])
-    pad_id = pad_token_id(tokenizer)
 
     rows = pd.concat(list(ray.train.get_dataset_shard("train").iter_batches(batch_format="pandas", batch_size=4096)))
     groups = {g["group_id"]: g for g in pack_groups(rows, tc.max_responses)}
@@ -120,6 +119,7 @@ def train_worker_loop(lc: dict) -> None:
     n_trainable = sum(p.numel() for p in trainable)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=trainable, config=ds_config)
     plan = forward_plan(engine.module)  # after initialize: ZeRO-3 partitions the head's weight away
+    pad_id = pad_token_id(tokenizer, engine.module.get_input_embeddings().num_embeddings)
     ref_model = None
     if tc.reference == "live":
         ref_model = AutoModelForCausalLM.from_pretrained(lc["policy_dir"], dtype=torch.float32).eval().requires_grad_(False)
