@@ -7,6 +7,7 @@ import json
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from pipeline.shards import read_shards
 from tests.conftest import run_job
 from tests.zoo import save_own_model, write_task_as_chat
 
@@ -27,6 +28,12 @@ def test_run_on_a_users_chat_model_with_lora_reports_win_rate(tmp_path):
     assert report["heldout_implicit_accuracy"] != pytest.approx(0.5)  # the adapters moved the policy
     assert "exact_match_by_family" not in report  # embedded-task metrics only for the embedded task
     assert run["win_rate"] == report["win_rate"]
+    # the ids every stage reads (vLLM's prompt_token_ids, meanfield, the reference scorer, the trainer) are the template's
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    row = read_shards(tmp_path / "prepare" / "shards").slice(0, 1).to_pylist()[0]
+    first = {json.loads(line)["id"]: json.loads(line) for line in source.read_text().splitlines()}[row["id"]]
+    expected = tokenizer.apply_chat_template(first["messages"][:1], add_generation_prompt=True, tokenize=True)
+    assert row["prompt_ids"] == list(expected["input_ids"] if hasattr(expected, "keys") else expected)
     samples = json.loads((tmp_path / "evaluate" / "samples.json").read_text())
     assert samples[0]["prompt"].startswith("<|im_start|>user\n")  # rendered by the model's chat template
     # the adapters are kept beside a merged save_pretrained policy that transformers (and vLLM, above) load

@@ -1,4 +1,9 @@
-"""Summed response log-probs of causal LMs, robust to left or right padding."""
+"""Summed response log-probs of causal LMs, exact for every architecture the project accepts.
+
+:func:`forward_plan` decides per model how responses are laid out (each prompt shared by its responses under
+block masks, or one sequence per row under the model's own masks) and whether the chunked ``lm_head`` may stand
+in for the model's head; it refuses what neither computes exactly. ``tests/test_conformance.py`` holds the proof.
+"""
 
 from __future__ import annotations
 
