@@ -8,7 +8,7 @@ import pandas as pd
 import torch
 
 from configs.schema import NegativesConfig
-from pipeline.stages import as_lists, active, append_negatives, row_seed
+from pipeline.stages import active, append_negatives, as_lists, row_seed
 from pipeline.tokenize import pad_token_id
 
 

@@ -8,12 +8,10 @@ the driver writes each shard as soon as all of its rows have come through.
 """
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections import Counter, defaultdict
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -30,13 +28,11 @@ from pipeline import task
 from pipeline.records import BASE_SCHEMA, validate_records
 from pipeline.shards import Manifest, content_fingerprint, shard_name
 from pipeline.sources import read_source
-from pipeline.tokenize import chat_renderer, user_prompt
-from training.logprobs import check_architecture
 from pipeline.stages import (
     active,
     anchor_index,
-    as_lists,
     append_negatives,
+    as_lists,
     contrast_groups,
     group_similarity,
     group_statistics,
@@ -47,6 +43,8 @@ from pipeline.stages import (
     tokenize_records,
     truncation_negatives,
 )
+from pipeline.tokenize import chat_renderer, user_prompt
+from training.logprobs import check_architecture
 
 STAGE_ORDER = (
     "read", "tokenize", "embed_prompts", "groups", "batch", "autoregressive", "meanfield", "truncation",

@@ -12,7 +12,8 @@ from configs.schema import LoraConfig
 
 def with_lora(model: nn.Module, cfg: LoraConfig) -> nn.Module:
     """``model`` with LoRA adapters on ``cfg.target_modules``; only the adapters require gradients."""
-    from peft import LoraConfig as PeftLoraConfig, get_peft_model
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
 
     targets = cfg.target_modules if isinstance(cfg.target_modules, str) else list(cfg.target_modules)
     return get_peft_model(model, PeftLoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,

@@ -29,9 +29,9 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from configs.schema import Config
 from pipeline.shards import MANIFEST, verified_shard_files
+from pipeline.tokenize import pad_token_id
 from training.batches import Batch, collate, pack_groups
 from training.engine import deepspeed_config, lr_at, set_lr, set_worker_threads
-from pipeline.tokenize import pad_token_id
 from training.logprobs import ForwardPlan, check_architecture, forward_plan, packed_logps
 from training.lora import export_merged, with_lora
 from training.objective import preference_loss
