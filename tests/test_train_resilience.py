@@ -115,3 +115,17 @@ def test_elastic_training_continues_on_one_worker_after_a_node_is_removed(tiny_c
     report = json.loads((tiny_copy / "train" / "report.json").read_text())
     assert report["optimizer_steps"] == STEPS
     _check_each_epoch_once(_trained_groups(tiny_copy), batch_groups=4)
+
+
+def test_rerun_with_other_workers_or_cadence_continues_and_new_math_restarts_naming_the_keys(tiny_copy):
+    out = tiny_copy
+    first = _finish(_start_train(out, "train.steps=6", "train.checkpoint_every=3"))
+    assert "restored" not in first
+    attempts = {json.loads(line)["attempt"] for line in (out / "train" / "data_rank0.jsonl").read_text().splitlines()}
+    # other workers, log and checkpoint cadence: the same run, restored at its last checkpoint (nothing left to train)
+    again = _finish(_start_train(out, "train.steps=6", "train.num_workers=1", "train.log_every=2", "train.checkpoint_every=2"))
+    assert "[train] restored step 6 (saved by 2 workers, now 1)" in again and "starting from step 0" not in again
+    assert {json.loads(line)["attempt"] for line in (out / "train" / "data_rank0.jsonl").read_text().splitlines()} == attempts
+    # a new learning rate changes the math: a new run from step 0, and the job says which key differs
+    other = _finish(_start_train(out, "train.steps=6", "train.lr=5e-4"))
+    assert "train.lr 0.001 -> 0.0005" in other and "starting from step 0" in other and "restored" not in other

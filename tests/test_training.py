@@ -149,3 +149,21 @@ def test_sft_control_is_the_anchor_nll_alone():
     grad = torch.zeros_like(policy)
     grad[:, 0] = -0.5 / 2  # d(-logp/n)/dlogp averaged over 2 prompts; the negatives take no part
     assert torch.equal(policy.grad, grad)
+
+
+def test_run_identity_ignores_layout_and_cadence_and_names_what_changes_the_math(tmp_path):
+    from tests.conftest import ROOT
+    from training import run_identity
+
+    base = load_config(ROOT / "configs/tiny.yaml")
+    same = load_config(ROOT / "configs/tiny.yaml", ["train.num_workers=1", "train.cpus_per_worker=2", "train.log_every=1",
+                                                   "train.checkpoint_every=1", "train.micro_groups=2", "train.pack_tokens=64"])
+    other = load_config(ROOT / "configs/tiny.yaml", ["train.lr=1e-4", "train.deepspeed.zero_stage=3"])
+    ident = run_identity.identity(base, "shards-a")
+    assert run_identity.run_name(base, "train", ident) == run_identity.run_name(same, "train", run_identity.identity(same, "shards-a"))
+    assert run_identity.run_name(base, "train", ident) != run_identity.run_name(other, "train", run_identity.identity(other, "shards-a"))
+    assert run_identity.identity(base, "shards-b") != ident
+    assert run_identity.record(tmp_path, ident) is None
+    assert run_identity.record(tmp_path, run_identity.identity(same, "shards-a")) is None
+    note = run_identity.record(tmp_path, run_identity.identity(other, "shards-a"))
+    assert "train.lr 0.001 -> 0.0001" in note and "train.deepspeed.zero_stage 2 -> 3" in note and "step 0" in note

@@ -30,6 +30,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from configs.schema import Config
 from pipeline.shards import MANIFEST, verified_shard_files
 from pipeline.tokenize import pad_token_id
+from training import run_identity
 from training.batches import Batch, collate, pack_groups
 from training.engine import deepspeed_config, lr_at, set_lr, set_worker_threads
 from training.logprobs import ForwardPlan, check_architecture, forward_plan, packed_logps
@@ -250,9 +251,12 @@ def run_train(cfg: Config, job: str = "train") -> dict:
     if tc.reference == "shards" and dataset.filter(lambda row: row["ref_logps"] is None).count():
         raise ValueError(f"{shards}: rows without reference log-probs; set prepare.ref_logps: true and re-run prepare, "
                          "or train with train.reference: live")
-    # Same settings and shards, same run name: Ray Train restores a re-run from its latest checkpoint.
-    shards_hash = json.loads((shards / MANIFEST).read_text())["config_hash"]
-    run_name = f"{cfg.name}-{job.replace('/', '-')}-{cfg.section_hash('train')}-{shards_hash[:16]}"
+    # Same identity (shards and the math of training), same run name: Ray Train restores a re-run from its latest
+    # checkpoint, whatever the number of workers or the log and checkpoint cadence.
+    settings = run_identity.identity(cfg, json.loads((shards / MANIFEST).read_text())["config_hash"])
+    note = run_identity.record(job_dir, settings)
+    if note:
+        print(f"[train] {note}", flush=True)
     storage = Path(cfg.ray.storage_path or Path(cfg.output_dir) / "ray").resolve()
     trainer = TorchTrainer(
         train_worker_loop,
@@ -263,7 +267,7 @@ def run_train(cfg: Config, job: str = "train") -> dict:
         datasets={"train": dataset},
         # Every worker sees every group; which ones it trains is decided by the step (see the module docstring).
         dataset_config=DataConfig(datasets_to_split=[]),
-        run_config=RunConfig(name=run_name, storage_path=str(storage),
+        run_config=RunConfig(name=run_identity.run_name(cfg, job, settings), storage_path=str(storage),
                              checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints),
                              failure_config=FailureConfig(max_failures=tc.max_failures)),
     )
