@@ -6,6 +6,7 @@ TARGETS = [
     ("train_vs_trl", "train_vs_trl_ratio", 2.0, True),
     ("k_cost", "k11_vs_k2_cost_ratio", 1.2, False),
     ("generate_vs_hf", "generate_vs_hf_ratio", 2.5, True),
+    ("train_memory", "train_worker_rss_ratio", 1.15, False),
 ]
 
 
@@ -27,6 +28,9 @@ def _sides(report: dict) -> list[str]:
             s = r[side]
             lines.append(f"  generate {side:<12} tokens/s {s['tokens_per_second']:7.0f}  (engine start {s['engine_start_seconds']:.1f} s)"
                          f"  of sampling limit {s['tokens_per_second'] / r['sampling_limit_tokens_per_second']:.1%}")
+    for scale, s in report.get("train_memory", {}).get("per_scale", {}).items():
+        lines.append(f"  train {scale}x data ({s['rows']} rows)  worker peak RSS {s['worker_peak_rss_mb']:6.0f} MB"
+                     f"  tokens/s {s['tokens_per_second']:7.0f}")
     for name, r in report.get("prepare_stages", {}).items():
         if isinstance(r, dict) and "stages" in r:
             rates = ", ".join(f"{k} {v['rows_per_second']:.0f}" for k, v in r["stages"].items() if v["rows_per_second"])

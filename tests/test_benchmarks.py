@@ -29,8 +29,13 @@ def test_smoke_run_reports_both_sides_and_every_ratio(tmp_path):
     gen = report["generate_vs_hf"]
     assert gen["project_vllm"]["generated_tokens"] > 0 and gen["hf_generate"]["generated_tokens"] > 0
     assert gen["generate_vs_hf_ratio"] > 0 and 0 < gen["sampling_limit_fraction"] < 1
+    memory = report["train_memory"]
+    assert memory["per_scale"]["8"]["rows"] == 8 * memory["per_scale"]["1"]["rows"]
+    assert memory["train_worker_rss_ratio"] == pytest.approx(
+        memory["per_scale"]["8"]["worker_peak_rss_mb"] / memory["per_scale"]["1"]["worker_peak_rss_mb"])
     for name in ("demo", "alpacaeval_bo16"):
         stages = report["prepare_stages"][name]
         assert stages["bottleneck"] in stages["stages"]
     printed = table(report)
     assert "train_vs_trl_ratio" in printed and "k11_vs_k2_cost_ratio" in printed and "generate_vs_hf_ratio" in printed
+    assert "train_worker_rss_ratio" in printed

@@ -75,15 +75,16 @@ def heldout_margins(model_dir: str | Path, cfg) -> tuple[float, dict[str, list[f
     where the shards hold none (``prepare.ref_logps: false`` with ``train.reference: live``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline.shards import read_shards
-    from training.batches import collate, pack_groups
+    from pipeline.shards import verified_shard_files
+    from training.batches import collate
+    from training.group_reader import GroupReader
     from training.logprobs import forward_plan, packed_logps
     from training.objective import implicit_accuracy
     from training.train import split_heldout
 
-    groups = {g["group_id"]: g for g in pack_groups(read_shards(cfg.job_dir("prepare") / "shards").to_pandas(),
-                                                       cfg.train.max_responses)}
-    _, held = split_heldout(list(groups), cfg.train.heldout_fraction, cfg.seed)
+    reader = GroupReader(verified_shard_files(cfg.job_dir("prepare") / "shards"), cfg.train.max_responses)
+    _, held = split_heldout(reader.group_ids, cfg.train.heldout_fraction, cfg.seed)
+    groups = dict(zip(held, reader.read(held)))
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     plan = forward_plan(model)
     pad_id = pad_token_id(AutoTokenizer.from_pretrained(model_dir), model.get_input_embeddings().num_embeddings)
@@ -145,12 +146,16 @@ def answer_scorer(cfg) -> Callable[[list[str], list[str]], list[float]] | None:
 
 def heldout_prompts(cfg) -> tuple[list[str], list[list[int]]]:
     """Prompts of the held-out contrast groups (text and the token ids the shards hold), at most ``evaluate.max_prompts``."""
-    from pipeline.shards import read_shards
+    import pyarrow.parquet as pq
+
+    from pipeline.shards import verified_shard_files
     from training.train import split_heldout
 
-    rows = read_shards(cfg.job_dir("prepare") / "shards").select(["group_id", "prompt", "prompt_ids"]).to_pandas()
-    _, held = split_heldout(sorted(set(rows["group_id"])), cfg.train.heldout_fraction, cfg.seed)
-    rows = rows[rows["group_id"].isin(held)].head(cfg.evaluate.max_prompts)
+    files = [str(f) for f in verified_shard_files(cfg.job_dir("prepare") / "shards")]
+    group_ids = sorted(set(pq.read_table(files, columns=["group_id"])["group_id"].to_pylist()))
+    _, held = split_heldout(group_ids, cfg.train.heldout_fraction, cfg.seed)
+    rows = pq.read_table(files, columns=["group_id", "prompt", "prompt_ids"], filters=[("group_id", "in", held)]).to_pandas()
+    rows = rows.sort_values("group_id", kind="stable").head(cfg.evaluate.max_prompts)
     return list(rows["prompt"]), [[int(t) for t in ids] for ids in rows["prompt_ids"]]
 
 

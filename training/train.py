@@ -1,10 +1,11 @@
 """Preference training: Ray Train workers running DeepSpeed on prepared shards, with checkpoints and resume.
 
-Data position is addressed, not streamed: the global batch of step ``s`` is a fixed slice of a
-seeded per-epoch permutation of contrast groups, and worker ``r`` of ``W`` trains its ``1/W`` of
-it. A run restored at step ``s`` (after a failure, on a re-run, or on a different number of
-workers) therefore continues with exactly the groups it had not trained, and the global batch
-stays the same size whatever ``W`` is: gradient accumulation makes up the difference.
+Data position is addressed: the global batch of step ``s`` is a fixed slice of a seeded per-epoch
+permutation of contrast groups, and worker ``r`` of ``W`` trains its ``1/W`` of it, reading just those
+groups from the shards a step ahead of use (``training/group_reader.py``), so worker memory does not
+grow with the dataset. A run restored at step ``s`` (after a failure, on a re-run, or on a different
+number of workers) therefore continues with exactly the groups it had not trained, and the global
+batch stays the same size whatever ``W`` is: gradient accumulation makes up the difference.
 """
 from __future__ import annotations
 
@@ -19,11 +20,12 @@ from pathlib import Path
 import deepspeed
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import ray
 import ray.train
 import torch
 import torch.distributed as dist
-from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -31,8 +33,9 @@ from configs.schema import Config
 from pipeline.shards import MANIFEST, verified_shard_files
 from pipeline.tokenize import pad_token_id
 from training import run_identity
-from training.batches import Batch, collate, pack_groups
+from training.batches import Batch, collate
 from training.engine import deepspeed_config, lr_at, set_lr, set_worker_threads
+from training.group_reader import GroupReader, Prefetcher
 from training.logprobs import ForwardPlan, check_architecture, forward_plan, packed_logps
 from training.lora import export_merged, with_lora
 from training.objective import preference_loss
@@ -70,16 +73,27 @@ def _sequence_values(engine, ref_model, batch: Batch, live_reference: bool, plan
     return policy, ref, counts
 
 
+def heldout_share(held_ids: list[int], rank: int, world: int, micro_groups: int) -> list[list[int] | None]:
+    """This rank's micro-batches of held-out groups: every rank gets the same number (ZeRO-3's forward is a
+    collective), ranks short of groups repeat the first held-out group as ``None`` entries that do not count."""
+    mine = held_ids[rank::world]
+    n = -(-len(held_ids[0::world]) // micro_groups)
+    chunks = [mine[i : i + micro_groups] for i in range(0, len(mine), micro_groups)]
+    return chunks + [None] * (n - len(chunks))
+
+
 @torch.no_grad()
-def heldout_accuracy(engine, ref_model, groups: list[dict], cfg: Config, pad_id: int, plan: ForwardPlan) -> float:
+def heldout_accuracy(engine, ref_model, batches: list[tuple[bool, Batch]], cfg: Config, plan: ForwardPlan) -> float:
+    """Implicit-reward accuracy on the held-out groups, each rank scoring its share, summed over ranks."""
     correct = pairs = 0.0
     engine.eval()
-    for i in range(0, len(groups), cfg.train.micro_groups):
-        batch = collate(groups[i : i + cfg.train.micro_groups], pad_id, cfg.pack_row_tokens(), plan.share_prompts)
+    for counts_toward, batch in batches:
         policy, ref, counts = _sequence_values(engine, ref_model, batch, cfg.train.reference == "live", plan)
         _, m = preference_loss(cfg.train, batch, policy, ref, counts)
-        correct, pairs = correct + m["accuracy_correct"], pairs + m["accuracy_pairs"]
+        if counts_toward:
+            correct, pairs = correct + m["accuracy_correct"], pairs + m["accuracy_pairs"]
     engine.train()
+    correct, pairs = _all_sum([correct, pairs])
     return correct / max(pairs, 1)
 
 
@@ -104,10 +118,8 @@ def train_worker_loop(lc: dict) -> None:
     job_dir = Path(lc["job_dir"])
     tokenizer = AutoTokenizer.from_pretrained(lc["policy_dir"])
 
-    rows = pd.concat(list(ray.train.get_dataset_shard("train").iter_batches(batch_format="pandas", batch_size=4096)))
-    groups = {g["group_id"]: g for g in pack_groups(rows, tc.max_responses)}
-    train_ids, held_ids = split_heldout(list(groups), tc.heldout_fraction, cfg.seed)
-    heldout = [groups[i] for i in held_ids]
+    reader = GroupReader(lc["shard_files"], tc.max_responses)
+    train_ids, held_ids = split_heldout(reader.group_ids, tc.heldout_fraction, cfg.seed)
 
     per_worker = tc.batch_groups // world
     accum = per_worker // tc.micro_groups
@@ -121,6 +133,16 @@ def train_worker_loop(lc: dict) -> None:
     engine, *_ = deepspeed.initialize(model=model, model_parameters=trainable, config=ds_config)
     plan = forward_plan(engine.module)  # after initialize: ZeRO-3 partitions the head's weight away
     pad_id = pad_token_id(tokenizer, engine.module.get_input_embeddings().num_embeddings)
+    row_tokens = cfg.pack_row_tokens()
+    heldout = [(ids is not None, collate(reader.read(ids or held_ids[:1]), pad_id, row_tokens, plan.share_prompts))
+               for ids in heldout_share(held_ids, rank, world, tc.micro_groups)]
+
+    def step_batches(step: int) -> tuple[list[int], list[Batch]]:
+        """This worker's groups of optimizer step ``step``, read from the shards and collated per micro-batch."""
+        mine = step_groups(train_ids, tc.batch_groups, cfg.seed, step)[rank * per_worker : (rank + 1) * per_worker]
+        groups = reader.read(mine)
+        return mine, [collate(groups[m * tc.micro_groups : (m + 1) * tc.micro_groups], pad_id, row_tokens, plan.share_prompts)
+                      for m in range(accum)]
     ref_model = None
     if tc.reference == "live":
         ref_model = AutoModelForCausalLM.from_pretrained(lc["policy_dir"], dtype=torch.float32).eval().requires_grad_(False)
@@ -139,7 +161,7 @@ def train_worker_loop(lc: dict) -> None:
         if rank == 0:
             print(f"[train] restored step {start} (saved by {state['world_size']} workers, now {world})", flush=True)
     if acc_start is None:
-        acc_start = heldout_accuracy(engine, ref_model, heldout, cfg, pad_id, plan)
+        acc_start = heldout_accuracy(engine, ref_model, heldout, cfg, plan)
 
     writer = None
     if rank == 0:
@@ -147,7 +169,7 @@ def train_worker_loop(lc: dict) -> None:
 
         writer = SummaryWriter(str(job_dir / "tensorboard"), purge_step=start)
         print(f"[train] {plan.describe()}; {n_trainable:,} trainable parameters" + (" (LoRA)" if tc.lora else ""), flush=True)
-        print(f"[train] {tc.loss}: {len(train_ids)} training groups, {len(heldout)} held out; {world} workers x "
+        print(f"[train] {tc.loss}: {len(train_ids)} training groups, {len(held_ids)} held out; {world} workers x "
               f"{accum} micro-batches of {tc.micro_groups} groups; steps {start}..{tc.steps}; "
               f"held-out accuracy at start {acc_start:.3f}", flush=True)
     # Which groups each step trained, per attempt: a restored run redoes the steps after its checkpoint.
@@ -157,15 +179,14 @@ def train_worker_loop(lc: dict) -> None:
     data_log = open(job_dir / f"data_rank{rank}.jsonl", "a" if start else "w")
     attempt = _all_sum([time.time() if rank == 0 else 0.0])[0]  # one id shared by the ranks of this attempt
 
+    prefetch = Prefetcher(step_batches)  # step s + 1 is read and collated while step s trains
     for step in range(start, tc.steps):
         started = time.perf_counter()
         lr = lr_at(step, tc.steps, tc.warmup_steps, tc.lr)
         set_lr(engine, lr)
-        mine = step_groups(train_ids, tc.batch_groups, cfg.seed, step)[rank * per_worker : (rank + 1) * per_worker]
+        mine, batches = prefetch.get(step, step + 1 if step + 1 < tc.steps else None)
         sums = np.zeros(7)  # loss*prompts, prompts, skipped, correct, pairs, tokens, response tokens
-        for m in range(accum):
-            batch = collate([groups[g] for g in mine[m * tc.micro_groups : (m + 1) * tc.micro_groups]], pad_id, cfg.pack_row_tokens(),
-                            plan.share_prompts)
+        for batch in batches:
             policy, ref, counts = _sequence_values(engine, ref_model, batch, tc.reference == "live", plan)
             loss, metrics = preference_loss(tc, batch, policy, ref, counts)
             engine.backward(loss)
@@ -188,9 +209,10 @@ def train_worker_loop(lc: dict) -> None:
             _log(job_dir, writer, row, tc.log_every)
         done = step + 1 == tc.steps
         if (step + 1) % tc.checkpoint_every == 0 or done:
-            extra = {"heldout_accuracy_end": heldout_accuracy(engine, ref_model, heldout, cfg, pad_id, plan)} if done else {}
+            extra = {"heldout_accuracy_end": heldout_accuracy(engine, ref_model, heldout, cfg, plan)} if done else {}
             _checkpoint(engine, tokenizer, rank, world, step + 1, acc_start, {**row, **extra, "heldout_accuracy_start": acc_start,
                                                                             "trainable_parameters": n_trainable})
+    prefetch.close()
     data_log.close()
     if writer:
         writer.close()
@@ -244,13 +266,14 @@ def run_train(cfg: Config, job: str = "train") -> dict:
     check_architecture(AutoConfig.from_pretrained(policy))  # before any work: a model that cannot be scored exactly
     job_dir = cfg.job_dir(job).resolve()
     job_dir.mkdir(parents=True, exist_ok=True)
-    # Materialized once in the driver: workers then read blocks without needing CPUs for read tasks.
+    # Workers read their own groups from the shard files (training/group_reader.py); no row passes through here.
     shards = cfg.job_dir("prepare") / "shards"
     files = [str(f.resolve()) for f in verified_shard_files(shards)]
-    dataset = ray.data.read_parquet(files).materialize()
-    if tc.reference == "shards" and dataset.filter(lambda row: row["ref_logps"] is None).count():
-        raise ValueError(f"{shards}: rows without reference log-probs; set prepare.ref_logps: true and re-run prepare, "
-                         "or train with train.reference: live")
+    if tc.reference == "shards":
+        for f in files:
+            if pq.read_table(f, columns=["ref_logps"])["ref_logps"].null_count:
+                raise ValueError(f"{f}: rows without reference log-probs; set prepare.ref_logps: true and re-run prepare, "
+                                 "or train with train.reference: live")
     # Same identity (shards and the math of training), same run name: Ray Train restores a re-run from its latest
     # checkpoint, whatever the number of workers or the log and checkpoint cadence.
     settings = run_identity.identity(cfg, json.loads((shards / MANIFEST).read_text())["config_hash"])
@@ -261,12 +284,9 @@ def run_train(cfg: Config, job: str = "train") -> dict:
     trainer = TorchTrainer(
         train_worker_loop,
         train_loop_config={"config": cfg.model_dump(mode="json"), "policy_dir": str(policy.resolve()),
-                           "job_dir": str(job_dir)},
+                           "job_dir": str(job_dir), "shard_files": files},
         scaling_config=ScalingConfig(num_workers=tuple(tc.num_workers) if isinstance(tc.num_workers, (list, tuple)) else tc.num_workers,
                                      use_gpu=False, resources_per_worker={"CPU": tc.cpus_per_worker}),
-        datasets={"train": dataset},
-        # Every worker sees every group; which ones it trains is decided by the step (see the module docstring).
-        dataset_config=DataConfig(datasets_to_split=[]),
         run_config=RunConfig(name=run_identity.run_name(cfg, job, settings), storage_path=str(storage),
                              checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints),
                              failure_config=FailureConfig(max_failures=tc.max_failures)),

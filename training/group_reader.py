@@ -1,0 +1,85 @@
+"""The trainer's data path: contrast groups read from the shards by address, never the whole dataset.
+
+Every worker builds a small index (group id -> shard file and row range, from each shard's ``group_id`` column
+alone) and then reads only the groups it trains, a step ahead of use. Shards are written in group order, so a
+group's rows are contiguous in one file. Memory holds the index, the current and next micro-batches and at most
+``CACHED_SHARDS`` shard files (each ``prepare.shard_groups`` groups), whatever the size of the dataset.
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.records import check_schema_version
+from training.batches import pack_groups
+
+CACHED_SHARDS = 2
+
+
+class GroupReader:
+    """Reads whole contrast groups (as :func:`training.batches.pack_groups` lays them out) from shard files."""
+
+    def __init__(self, files: list[str | Path], max_responses: int | None = None):
+        self.files = [Path(f) for f in files]
+        self.max_responses = max_responses
+        self.where: dict[int, tuple[int, int, int]] = {}  # group id -> (file index, first row, rows)
+        for f, path in enumerate(self.files):
+            ids = pq.read_table(path, columns=["group_id"])["group_id"].to_numpy()
+            starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+            for start, end in zip(starts, np.r_[starts[1:], len(ids)]):
+                gid = int(ids[start])
+                if gid in self.where:
+                    raise ValueError(f"contrast group {gid} is split across {self.files[self.where[gid][0]]} and {path}")
+                self.where[gid] = (f, int(start), int(end - start))
+        self._cache: OrderedDict[int, pa.Table] = OrderedDict()
+        self._lock = threading.Lock()  # the prefetch thread and the training thread share the cache
+
+    @property
+    def group_ids(self) -> list[int]:
+        return sorted(self.where)
+
+    def _shard(self, f: int) -> pa.Table:
+        if f in self._cache:
+            self._cache.move_to_end(f)
+        else:
+            table = pq.read_table(self.files[f])
+            check_schema_version(table)
+            self._cache[f] = table
+            if len(self._cache) > CACHED_SHARDS:
+                self._cache.popitem(last=False)
+        return self._cache[f]
+
+    def read(self, group_ids: list[int]) -> list[dict]:
+        """The groups, in the order asked for (shards are visited in file order, so each is read once per call)."""
+        parts = {}
+        with self._lock:
+            for gid in sorted(set(group_ids), key=lambda g: self.where[g][:2]):
+                f, start, rows = self.where[gid]
+                parts[gid] = self._shard(f).slice(start, rows)
+        groups = {g["group_id"]: g for g in pack_groups(pa.concat_tables(parts.values()).to_pandas(), self.max_responses)}
+        return [groups[g] for g in group_ids]
+
+
+class Prefetcher:
+    """Runs ``load(key)`` for the next key in a background thread while the caller works on the current one."""
+
+    def __init__(self, load):
+        self._load, self._pool, self._next = load, ThreadPoolExecutor(max_workers=1), None
+        self._next_key = None
+
+    def get(self, key, upcoming=None):
+        """``load(key)`` (already underway if it was the ``upcoming`` of the previous call); starts ``upcoming``."""
+        value = self._next.result() if self._next is not None and self._next_key == key else self._load(key)
+        self._next: Future | None = None
+        if upcoming is not None:
+            self._next, self._next_key = self._pool.submit(self._load, upcoming), upcoming
+        return value
+
+    def close(self):
+        self._pool.shutdown(wait=True)
