@@ -11,7 +11,7 @@ import pandas as pd
 from jobs.common import init_ray, parse_config, write_report
 from pipeline.graph import run_prepare
 from training import plots
-from training.evaluation import answer_scorer, heldout_margins, heldout_prompts, task_eval, vllm_greedy_answers
+from training.evaluation import answer_scorer, greedy_answers, heldout_margins, heldout_prompts, task_eval
 from training.sft import run_sft
 from training.train import run_train
 
@@ -30,8 +30,7 @@ def _answer_scores(cfg, model_dir) -> dict[str, float]:
     if scorer is None:
         return {}
     prompts, ids = heldout_prompts(cfg)
-    rewards = scorer(prompts, vllm_greedy_answers(model_dir, ids, cfg.model.max_length, cfg.evaluate.max_new_tokens, cfg.seed,
-                                                  cfg.prepare.generator_cpus, cfg.prepare.generator_gpus))
+    rewards = scorer(prompts, greedy_answers(model_dir, ids, cfg))
     return {"mean_reward": sum(rewards) / len(rewards)}
 
 

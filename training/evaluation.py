@@ -62,7 +62,8 @@ def vllm_greedy_answers(model_dir: str | Path, prompt_ids: list[list[int]], max_
         ray.kill(actor)
 
 
-def _answers(model_dir: str | Path, prompt_ids: list[list[int]], cfg) -> list[str]:
+def greedy_answers(model_dir: str | Path, prompt_ids: list[list[int]], cfg) -> list[str]:
+    """Greedy vLLM answers with the evaluation settings of ``cfg``."""
     return vllm_greedy_answers(model_dir, prompt_ids, max_model_len=cfg.model.max_length,
                                max_tokens=cfg.evaluate.max_new_tokens, seed=cfg.seed,
                                cpus=cfg.prepare.generator_cpus, gpus=cfg.prepare.generator_gpus)
@@ -122,7 +123,7 @@ def task_prompt_ids(cfg, model_dir: str | Path) -> tuple[list[str], list[list[in
 def task_eval(model_dir: str | Path, cfg) -> tuple[list[str], dict[str, float]]:
     """Greedy vLLM answers of a model to the held-out task prompts, and their exact match and mean reward."""
     prompts, ids = task_prompt_ids(cfg, model_dir)
-    answers = _answers(model_dir, ids, cfg)
+    answers = greedy_answers(model_dir, ids, cfg)
     return answers, task_scores(prompts, answers)
 
 
@@ -162,7 +163,7 @@ def heldout_prompts(cfg) -> tuple[list[str], list[list[int]]]:
 def reward_eval(cfg, reference: Path, policy: Path, scorer, out: Path) -> dict:
     """Mean reward of both models' greedy answers to the held-out prompts, and the policy's win rate (ties count half)."""
     prompts, ids = heldout_prompts(cfg)
-    ref_answers, pol_answers = _answers(reference, ids, cfg), _answers(policy, ids, cfg)
+    ref_answers, pol_answers = greedy_answers(reference, ids, cfg), greedy_answers(policy, ids, cfg)
     ref_rewards, pol_rewards = scorer(prompts, ref_answers), scorer(prompts, pol_answers)
     wins = [1.0 if b > a else 0.5 if b == a else 0.0 for a, b in zip(ref_rewards, pol_rewards)]
     samples = [{"prompt": p, "reference": a, "policy": b, "reference_reward": ra, "policy_reward": rb}

@@ -70,13 +70,14 @@ class Prefetcher:
     """Runs ``load(key)`` for the next key in a background thread while the caller works on the current one."""
 
     def __init__(self, load):
-        self._load, self._pool, self._next = load, ThreadPoolExecutor(max_workers=1), None
+        self._load, self._pool = load, ThreadPoolExecutor(max_workers=1)
+        self._next: Future | None = None
         self._next_key = None
 
     def get(self, key, upcoming=None):
         """``load(key)`` (already underway if it was the ``upcoming`` of the previous call); starts ``upcoming``."""
         value = self._next.result() if self._next is not None and self._next_key == key else self._load(key)
-        self._next: Future | None = None
+        self._next = None
         if upcoming is not None:
             self._next, self._next_key = self._pool.submit(self._load, upcoming), upcoming
         return value

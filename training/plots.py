@@ -61,7 +61,7 @@ def before_after_bars(values: dict[str, tuple[float, float]], out: Path, title: 
     """``values``: metric name -> (reference, policy)."""
     names = list(values)
     return _paired_bars(names, [values[n][0] for n in names], [values[n][1] for n in names],
-                        ("SFT reference", "trained policy"), out, title, (6.5, 4))
+                        ("reference", "trained policy"), out, title, (6.5, 4))
 
 
 def method_bars(table: pd.DataFrame, columns: tuple[str, str], out: Path, title: str) -> Path:
