@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from pipeline.stages import as_lists
+from pipeline.stages import active, as_lists
 
 
 def default_embedder_dir() -> str:
@@ -38,7 +38,9 @@ class Embedder:
         started = time.perf_counter()
         out = batch.copy()
         if self.what == "prompts":
-            out["prompt_embedding"] = list(self._encode(list(batch["prompt"])))
+            keep = active(batch).to_numpy() if "skip_reason" in batch else np.ones(len(batch), dtype=bool)
+            encoded = iter(self._encode([p for p, ok in zip(batch["prompt"], keep) if ok]))
+            out["prompt_embedding"] = [next(encoded).tolist() if ok else [] for ok in keep]
         else:
             sizes = [len(r) for r in batch["responses"]]
             flat = self._encode([t for r in batch["responses"] for t in r])

@@ -129,6 +129,11 @@ class GroupingConfig(_Section):
         description="How prompts are put into RPO contrast groups: greedy nearest neighbours on prompt embeddings, or random (the paper's baseline).",
     )
     group_size: int = Field(default=4, ge=1, description="Prompts per contrast group.")
+    bucket_rows: int = Field(
+        default=4096, ge=2,
+        description="Prompts per k-means bucket: groups are formed exactly inside a bucket, so grouping costs "
+        "O(N x bucket_rows); up to this many prompts there is one bucket (exact greedy grouping).",
+    )
 
 
 class PrepareConfig(_Section):
@@ -156,7 +161,11 @@ class PrepareConfig(_Section):
     )
     max_rows: int | None = Field(default=None, ge=1, description="Use only the first N source rows (null: all).")
     shard_groups: int = Field(default=64, ge=1, description="Contrast groups per output shard (shards never split a group).")
-    batch_size: int = Field(default=32, ge=1, description="Rows per Ray Data batch in the model stages.")
+    batch_size: int = Field(
+        default=32, ge=1,
+        description="Rows per Ray Data batch while tokenizing and embedding prompts; the model stages after grouping "
+        "take one shard (shard_groups groups) per batch.",
+    )
     generator_actors: int = Field(default=1, ge=1, description="vLLM generator actors.")
     generator_cpus: float = Field(default=1, gt=0, description="CPUs per vLLM generator actor.")
     generator_gpus: float = Field(default=0, ge=0, description="GPUs per vLLM generator actor (0 on CPU machines).")

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from jobs.common import init_ray, parse_config, write_report
-from pipeline.graph import run_prepare, summary_table
+from pipeline.graph import run_prepare
+from pipeline.report import summary_table
 
 
 def main(argv: list[str] | None = None) -> dict:

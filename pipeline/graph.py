@@ -1,21 +1,32 @@
-"""The prepare job's Ray Data graph: source rows to verified training shards.
+"""The prepare job's Ray Data graph: source rows to verified training shards, with no row through the driver.
 
-Two passes. The front pass tokenizes and embeds prompts; the driver then forms contrast
-groups (a global step: it needs every prompt embedding) and assigns whole groups to shards.
-The main pass runs the model stages (negatives, rewards, response embeddings, group
-statistics, reference log-probs) over the rows of the shards not yet written, in order, and
-the driver writes each shard as soon as all of its rows have come through.
+Three passes, each resumable:
+
+1. **Front** (streaming): read tasks and a checking stage (:mod:`pipeline.read`), tokenization, prompt
+   embeddings; workers write the result as Parquet under ``work/front``.
+2. **Groups**: centroids fitted on a bounded sample, each prompt sent to its bucket, every bucket grouped and cut
+   into shards of whole groups on a worker (:mod:`pipeline.grouping`), which writes them under ``work/grouped``.
+   The driver keeps only the plan: shard names and sizes.
+3. **Main** (streaming): the shards not yet written, one Ray Data block each, through the model stages
+   (negatives, rewards, response embeddings, group statistics, reference log-probs); a worker writes each finished
+   shard to ``shards/`` and the driver commits its entry (rows, groups, SHA-256, stats, node) to the manifest.
+
+The driver sees counts, examples of bad rows, the centroid sample and shard entries, never the dataset.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import random
+import shutil
 import time
-from collections import Counter, defaultdict
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import ray
 from ray.data import ActorPoolStrategy
 
@@ -24,17 +35,16 @@ from actors.generator import HFNegatives, VLLMNegatives
 from actors.reference import MeanfieldNegatives, ReferenceLogps
 from actors.reward_model import RewardModelScores
 from configs.schema import Config
-from pipeline import task
-from pipeline.records import BASE_SCHEMA, validate_records
-from pipeline.shards import Manifest, content_fingerprint, shard_name
-from pipeline.sources import read_source
+from pipeline import grouping
+from pipeline.read import CHECKED_SCHEMA, OTHER_SPLIT, SourceSpec, read_checked, templated
+from pipeline.report import front_counts, merge_front_counts, shard_stats, summarize
+from pipeline.shards import Manifest, content_fingerprint, shard_name, write_shard
+from pipeline.sources import MAX_EXAMPLES, SourceError, bad_row_error, bad_row_message, duplicate_id
 from pipeline.stages import (
     active,
     anchor_index,
     append_negatives,
     as_lists,
-    contrast_groups,
-    group_similarity,
     group_statistics,
     load_scorer,
     row_seed,
@@ -43,41 +53,30 @@ from pipeline.stages import (
     tokenize_records,
     truncation_negatives,
 )
-from pipeline.tokenize import chat_renderer, user_prompt
 from training.logprobs import check_architecture
 
-STAGE_ORDER = (
-    "read", "tokenize", "embed_prompts", "groups", "batch", "autoregressive", "meanfield", "truncation",
-    "rewards", "embed_responses", "group_statistics", "ref_logps", "write",
-)
+# Settings that change only how fast records are made, never the records: a resumed run keeps its shards.
+SPEED_KEYS = ("batch_size", "generator_actors", "generator_cpus", "generator_gpus", "generator_cpu_bind",
+              "model_actors", "model_actor_cpus", "model_actor_gpus")
+FRONT_SCHEMA = pa.schema([
+    *CHECKED_SCHEMA, ("prompt_ids", pa.list_(pa.int32())), ("response_ids", pa.list_(pa.list_(pa.int32()))),
+    ("truncated", pa.int64()), ("prompt_embedding", pa.list_(pa.float32())),
+    ("seconds_tokenize", pa.float64()), ("seconds_embed_prompts", pa.float64()),
+])
 
 
-def load_records(cfg: Config, tokenizer) -> tuple[pa.Table, dict, bool]:
-    """The source as canonical records (a file through the validating readers, or the embedded task's train split),
-    its read report, and whether its prompts were rendered by a chat template (``data.chat_template``)."""
-    render = chat_renderer(tokenizer, cfg.data.chat_template)
+def records_hash(cfg: Config, model_dir: str) -> str:
+    """Everything that determines the records (source, model, tokenizer, negatives, reward, grouping, seed), and
+    nothing that only changes speed (:data:`SPEED_KEYS`)."""
+    prepare = cfg.prepare.model_dump(mode="json")
+    for key in SPEED_KEYS:
+        prepare.pop(key)
+    payload = {"seed": cfg.seed, "prepare": prepare,
+               **{s: getattr(cfg, s).model_dump(mode="json") for s in ("data", "task", "model")}}
+    digest = json.dumps(payload, sort_keys=True) + content_fingerprint(model_dir)
     if cfg.data.source:
-        table, report = read_source(
-            cfg.data.source,
-            format=cfg.data.format,
-            split=cfg.data.split,
-            on_bad_row=cfg.data.on_bad_row,
-            max_chars=cfg.data.max_chars,
-            hf_split=cfg.data.hf_split,
-            chat_template_renderer=render,
-        )
-        return table, report.to_dict(), render is not None and report.format == "conversational"
-    train, _ = task.splits(cfg.seed, cfg.task)
-    table = pa.Table.from_pylist(
-        [
-            {"id": r["id"], "prompt": user_prompt(r["prompt"], render)[0], "responses": [r["response"]],
-             "origins": ["ground_truth"], "scores": None, "source": "embedded-task", "row": i + 1}
-            for i, r in enumerate(train)
-        ],
-        schema=BASE_SCHEMA,
-    )
-    report = {"path": "embedded-task", "rows_read": len(train), "rows_out": len(train), "skipped": {}}
-    return validate_records(table), report, render is not None
+        digest += content_fingerprint(cfg.data.source)
+    return hashlib.sha256(digest.encode()).hexdigest()[:16]
 
 
 def reward_mode(cfg: Config, has_scores: bool, adds_negatives: bool) -> str:
@@ -93,9 +92,9 @@ def reward_mode(cfg: Config, has_scores: bool, adds_negatives: bool) -> str:
     return mode
 
 
-def _pool(cfg: Config, actors: int, cpus: float, gpus: float) -> dict:
+def _pool(actors: int, cpus: float, gpus: float, batch_size: int | None) -> dict:
     return {"compute": ActorPoolStrategy(size=actors), "num_cpus": cpus, "num_gpus": gpus or None,
-            "batch_size": cfg.prepare.batch_size, "batch_format": "pandas"}
+            "batch_size": batch_size, "batch_format": "pandas"}
 
 
 def _truncate(batch: pd.DataFrame, n: int, eos_id: int, seed: int, tokenizer) -> pd.DataFrame:
@@ -112,58 +111,168 @@ def _add_batch_negatives(batch: pd.DataFrame, tokenizer) -> pd.DataFrame:
     return append_negatives(batch, new_ids, "batch", tokenizer).drop(columns=["batch_negative_ids"])
 
 
-def assign_groups(front: pd.DataFrame, cfg: Config) -> pd.DataFrame:
-    """Group active rows by prompt embedding, attach each group's similarity rows and batch negatives, order by group."""
-    rows = front[active(front)].reset_index(drop=True)
-    embeddings = np.stack([np.asarray(e, dtype=np.float32) for e in rows["prompt_embedding"]])
-    groups = contrast_groups(embeddings, cfg.prepare.grouping.method, cfg.prepare.grouping.group_size, cfg.seed)
-    gid, pos, size, sims, batch_neg = ([None] * len(rows) for _ in range(5))
-    n_batch = cfg.prepare.negatives.batch
-    for g, members in enumerate(groups):
-        sim = group_similarity(embeddings, members)
-        for k, i in enumerate(members):
-            gid[i], pos[i], size[i], sims[i] = g, k, len(members), sim[k].astype(np.float32).tolist()
-            others = [j for j in members if j != i][:n_batch]
-            batch_neg[i] = [list(rows["response_ids"][j][anchor_index(rows["origins"][j])]) for j in others]
-    rows["group_id"], rows["group_position"], rows["group_size"] = gid, pos, size
-    rows["group_similarity"], rows["batch_negative_ids"] = sims, batch_neg
-    rows["shard"] = rows["group_id"] // cfg.prepare.shard_groups
-    return rows.sort_values(["group_id", "group_position"], kind="stable").reset_index(drop=True)
+def _front_table(batch: pd.DataFrame) -> pa.Table:
+    batch = as_lists(batch)
+    batch["prompt_ids"] = [list(map(int, x)) for x in batch["prompt_ids"]]
+    return pa.Table.from_pandas(batch[FRONT_SCHEMA.names], schema=FRONT_SCHEMA, preserve_index=False)
+
+
+def front_pass(cfg: Config, model_dir: str, tokenizer, directory: Path, key: str) -> SourceSpec | None:
+    """Read, check, tokenize and embed every source row; workers write the rows (bad ones marked) as Parquet.
+    Kept across re-runs with the same records hash."""
+    done = directory / "_RECORDS_HASH"
+    ds, spec = read_checked(cfg, model_dir)
+    if done.is_file() and done.read_text() == key:
+        return spec
+    shutil.rmtree(directory, ignore_errors=True)
+    p = cfg.prepare
+    ds = (
+        ds.map_batches(timed("tokenize", partial(tokenize_records, tokenizer=tokenizer, max_length=cfg.model.max_length,
+                                                 on_overlength=p.on_overlength, templated=templated(cfg, spec, model_dir))),
+                       batch_format="pandas", batch_size=p.batch_size)
+        .map_batches(Embedder, fn_constructor_kwargs={"model_dir": p.embedder_dir, "what": "prompts",
+                                                      "threads": max(1, int(p.model_actor_cpus)), "max_tokens": p.embed_max_tokens},
+                     **_pool(p.model_actors, p.model_actor_cpus, p.model_actor_gpus, p.batch_size))
+        .map_batches(_front_table, batch_format="pandas")
+    )
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    ds.write_parquet(str(tmp))
+    tmp.rename(directory)
+    done.write_text(key)
+    return spec
+
+
+def find_duplicates(front: ray.data.Dataset) -> list[tuple[int, str]]:
+    """``(row, id)`` of every good row whose id an earlier row already has (ordered by row); only ids that occur
+    more than once reach the driver."""
+    ids = front.select_columns(["id", "row", "skip_reason"]).filter(lambda r: r["skip_reason"] == "")
+    repeated = [r["id"] for r in ids.groupby("id").count().filter(lambda r: r["count()"] > 1).take_all()]
+    if not repeated:
+        return []
+    wanted = set(repeated)
+    rows = sorted((r["id"], r["row"]) for r in ids.filter(lambda r: r["id"] in wanted).take_all())
+    seen, dups = set(), []
+    for rid, row in rows:
+        if rid in seen:
+            dups.append((row, rid))
+        seen.add(rid)
+    return sorted(dups)
+
+
+def _keep(batch: pd.DataFrame, drop: frozenset) -> pd.DataFrame:
+    keep = active(batch) & ~batch["row"].isin(drop)
+    return batch[keep].drop(columns=["skip_message", "seconds_tokenize", "seconds_embed_prompts"])
+
+
+def _sample(batch: pd.DataFrame, drop: frozenset, seed: int, fraction: float) -> pd.DataFrame:
+    batch = _keep(batch, drop)
+    return batch[grouping.in_sample(batch["id"], seed, fraction)][["id", "prompt_embedding"]]
+
+
+def _group_bucket(rows: pd.DataFrame, cfg: Config, directory: str) -> pd.DataFrame:
+    g = cfg.prepare.grouping
+    grouped = grouping.bucket_groups(as_lists(rows), g.method, g.group_size, g.bucket_rows, cfg.prepare.shard_groups,
+                                     cfg.prepare.negatives.batch, cfg.seed)
+    plan = []
+    for key, part in grouped.groupby("shard", sort=True):
+        name = shard_name(key)
+        pq_path = Path(directory) / name
+        tmp = pq_path.with_name(f".{name}.tmp")
+        pq.write_table(pa.Table.from_pandas(part.reset_index(drop=True), preserve_index=False).replace_schema_metadata({}), tmp)
+        tmp.replace(pq_path)
+        similarity, pairs = grouping.mean_within_group_similarity(part)
+        plan.append({"name": name, "rows": len(part), "groups": int(part["group_id"].nunique()),
+                     "similarity_sum": similarity, "similarity_pairs": pairs})
+    return pd.DataFrame(plan)
+
+
+def group_pass(cfg: Config, front: ray.data.Dataset, rows: int, drop: frozenset, directory: Path, key: str) -> dict:
+    """Bucket and group every good row; workers write each shard's grouped rows. Returns (and keeps) the plan."""
+    plan_file = directory / "plan.json"
+    if plan_file.is_file() and json.loads(plan_file.read_text())["records_hash"] == key:
+        return json.loads(plan_file.read_text())
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    g = cfg.prepare.grouping
+    buckets = grouping.bucket_count(rows, g.bucket_rows)
+    centroids = None
+    if g.method == "neighbors" and buckets > 1:
+        fraction = grouping.sample_fraction(rows, buckets)
+        sample = front.map_batches(_sample, fn_kwargs={"drop": drop, "seed": cfg.seed, "fraction": fraction},
+                                   batch_format="pandas").take_all()
+        sample.sort(key=lambda r: r["id"])
+        centroids = grouping.fit_centroids(np.stack([np.asarray(r["prompt_embedding"]) for r in sample]), buckets, cfg.seed)
+        buckets = len(centroids)
+    shards = (
+        front.map_batches(_keep, fn_kwargs={"drop": drop}, batch_format="pandas")
+        .map_batches(grouping.assign_buckets, fn_kwargs={"centroids": centroids, "buckets": buckets, "seed": cfg.seed},
+                     batch_format="pandas")
+        .groupby("bucket")
+        .map_groups(_group_bucket, fn_kwargs={"cfg": cfg, "directory": str(directory)}, batch_format="pandas")
+        .take_all()
+    )
+    plan = {"records_hash": key, "buckets": buckets, "shards": {s["name"]: {"rows": int(s["rows"]), "groups": int(s["groups"])} for s in shards},
+            "mean_within_group_similarity": sum(s["similarity_sum"] for s in shards) / max(1, sum(s["similarity_pairs"] for s in shards))}
+    plan_file.write_text(json.dumps(plan))
+    return plan
 
 
 def build_main_graph(ds: ray.data.Dataset, cfg: Config, model_dir: str, tokenizer, reward: str) -> ray.data.Dataset:
+    """The model stages over whole shards (one Ray Data block and batch each, so a shard never splits)."""
     neg, p = cfg.prepare.negatives, cfg.prepare
     threads = max(1, int(p.model_actor_cpus))
-    small = partial(_pool, cfg, p.model_actors, p.model_actor_cpus, p.model_actor_gpus)
-    ds = ds.map_batches(timed("batch", partial(_add_batch_negatives, tokenizer=tokenizer)), batch_format="pandas")
+    small = partial(_pool, p.model_actors, p.model_actor_cpus, p.model_actor_gpus, None)
+    ds = ds.map_batches(timed("batch", partial(_add_batch_negatives, tokenizer=tokenizer)), batch_format="pandas", batch_size=None)
     if neg.autoregressive:
         if neg.engine == "vllm":
             ds = ds.map_batches(VLLMNegatives, fn_constructor_kwargs={"model_dir": model_dir, "cfg": neg, "seed": cfg.seed,
                                 "max_model_len": cfg.model.max_length, "cpu_bind": p.generator_cpu_bind},
-                                **_pool(cfg, p.generator_actors, p.generator_cpus, p.generator_gpus))
+                                **_pool(p.generator_actors, p.generator_cpus, p.generator_gpus, None))
         else:
             ds = ds.map_batches(HFNegatives, fn_constructor_kwargs={"model_dir": model_dir, "cfg": neg, "seed": cfg.seed,
                                 "max_model_len": cfg.model.max_length, "threads": max(1, int(p.generator_cpus))},
-                                **_pool(cfg, p.generator_actors, p.generator_cpus, p.generator_gpus))
+                                **_pool(p.generator_actors, p.generator_cpus, p.generator_gpus, None))
     if neg.meanfield:
         ds = ds.map_batches(MeanfieldNegatives, fn_constructor_kwargs={"model_dir": model_dir, "n": neg.meanfield,
                             "fraction": neg.meanfield_fraction, "seed": cfg.seed, "threads": threads}, **small())
     if neg.truncation:
         ds = ds.map_batches(timed("truncation", partial(_truncate, n=neg.truncation, eos_id=tokenizer.eos_token_id,
-                                                          seed=cfg.seed, tokenizer=tokenizer)), batch_format="pandas")
+                                                          seed=cfg.seed, tokenizer=tokenizer)), batch_format="pandas", batch_size=None)
     if reward.startswith("model:"):
         ds = ds.map_batches(RewardModelScores, fn_constructor_kwargs={"model_dir": reward[len("model:"):], "threads": threads}, **small())
     elif reward not in ("source", "none"):
-        ds = ds.map_batches(timed("rewards", partial(score_responses, scorer=load_scorer(reward))), batch_format="pandas")
+        ds = ds.map_batches(timed("rewards", partial(score_responses, scorer=load_scorer(reward))), batch_format="pandas", batch_size=None)
     if p.embed_responses:
         ds = ds.map_batches(Embedder, fn_constructor_kwargs={"model_dir": p.embedder_dir, "what": "responses",
                                                               "threads": threads, "max_tokens": p.embed_max_tokens}, **small())
     ds = ds.map_batches(timed("group_statistics", partial(group_statistics, alpha=p.swepo_alpha, p=p.swepo_p,
-                                                          weighting=p.swepo_weighting)), batch_format="pandas")
+                                                          weighting=p.swepo_weighting)), batch_format="pandas", batch_size=None)
     if p.ref_logps:
         ds = ds.map_batches(ReferenceLogps, fn_constructor_kwargs={"model_dir": model_dir, "row_tokens": cfg.pack_row_tokens(),
                                                                  "threads": threads}, **small())
     return ds
+
+
+
+def _load_grouped(batch: pd.DataFrame, directory: str) -> pd.DataFrame:
+    (name,) = batch["shard"]
+    return as_lists(pq.read_table(Path(directory) / name).to_pandas())
+
+
+def _write_shards(batch: pd.DataFrame, directory: str, expected: dict) -> pd.DataFrame:
+    batch = as_lists(batch)
+    out = []
+    for key, rows in batch.groupby("shard", sort=True):
+        name = shard_name(key)
+        if len(rows) != expected[name]:
+            raise RuntimeError(f"{name}: {len(rows)} of its {expected[name]} rows reached the writer together; "
+                               "a Ray Data stage split the shard (lower prepare.shard_groups)")
+        if not active(rows).all():
+            raise RuntimeError(f"rows of {name} were marked for skipping after grouping: {set(rows['skip_reason'])}")
+        rows = rows.reset_index(drop=True)
+        out.append({"name": name, "entry": json.dumps(write_shard(rows, directory, name, shard_stats(rows)))})
+    return pd.DataFrame(out)
 
 
 def run_prepare(cfg: Config) -> dict:
@@ -171,152 +280,77 @@ def run_prepare(cfg: Config) -> dict:
 
     started = time.perf_counter()
     out_dir = cfg.job_dir("prepare")
-    shards_dir = out_dir / "shards"
-    model_dir = cfg.policy_dir()
+    shards_dir, work = out_dir / "shards", out_dir / "work"
+    model_dir = str(cfg.policy_dir())
     check_architecture(AutoConfig.from_pretrained(model_dir))  # before any work: a model that cannot be scored exactly
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
-    seconds: Counter = Counter()
-
-    t = time.perf_counter()
-    table, source_report, templated = load_records(cfg, tokenizer)
-    if cfg.prepare.max_rows:
-        table = table.slice(0, cfg.prepare.max_rows)
-    seconds["read"] = time.perf_counter() - t
-    has_scores = table["scores"].null_count < table.num_rows
-    n_neg = sum(getattr(cfg.prepare.negatives, k) for k in ("autoregressive", "meanfield", "truncation", "batch"))
-    reward = reward_mode(cfg, has_scores, n_neg > 0)
-    config_hash = cfg.section_hash("data", "prepare", "task", "model") + content_fingerprint(model_dir)
-    if cfg.data.source:
-        config_hash += content_fingerprint(cfg.data.source)
-    manifest, notes = Manifest.open(shards_dir, config_hash)
+    key = records_hash(cfg, model_dir)
+    manifest, notes = Manifest.open(shards_dir, key)
     for note in notes:
-        print(f"[prepare] {note}")
+        print(f"[prepare] {note}", flush=True)
+    if manifest.complete:
+        print(f"[prepare] all {manifest.total_shards} shards already written for these settings", flush=True)
+        return summarize(manifest, time.perf_counter() - started)
 
-    # Front pass: tokenize, embed prompts; then group in the driver.
+    try:
+        spec = front_pass(cfg, model_dir, tokenizer, work / "front", key)
+        front = ray.data.read_parquet(str(work / "front"))
+        counts = merge_front_counts(front.drop_columns(["prompt_embedding", "prompt_ids", "response_ids", "responses"])
+                                    .map_batches(front_counts, batch_format="pandas").take_all())
+        duplicates = find_duplicates(front)
+    except Exception as exc:  # a bad row found by a worker: say it as the reader would, not as a Ray traceback
+        raise _user_error(exc) from None
+    path = cfg.data.source or "embedded-task"
+    if duplicates and cfg.data.on_bad_row == "error":
+        row, rid = duplicates[0]
+        raise bad_row_error(path, row, duplicate_id(rid))
+    for row, rid in duplicates:
+        counts["skipped"]["source:duplicate_id"] = counts["skipped"].get("source:duplicate_id", 0) + 1
+        examples = counts["examples"].setdefault("source:duplicate_id", [])
+        if len(examples) < MAX_EXAMPLES:
+            examples.append(bad_row_message(path, row, duplicate_id(rid)))
+    good = counts["good"] - len(duplicates)
+    if good == 0:
+        raise SourceError(f"{path}: no valid rows ({counts['rows_read']} read, skipped: {counts['skipped']}); "
+                          f"e.g. {next(iter(counts['examples'].values()), ['-'])[0]}", path=path)
+    n_neg = sum(getattr(cfg.prepare.negatives, k) for k in ("autoregressive", "meanfield", "truncation", "batch"))
+    reward = reward_mode(cfg, counts["scored"] > 0, n_neg > 0)
+
     t = time.perf_counter()
-    rows = as_lists(table.to_pandas())
-    rows["scores"] = [[] if s is None else list(s) for s in rows["scores"]]
-    small = _pool(cfg, cfg.prepare.model_actors, cfg.prepare.model_actor_cpus, cfg.prepare.model_actor_gpus)
-    front = (
-        ray.data.from_pandas(rows)
-        .map_batches(timed("tokenize", partial(tokenize_records, tokenizer=tokenizer, max_length=cfg.model.max_length,
-                                               on_overlength=cfg.prepare.on_overlength, templated=templated)),
-                     batch_format="pandas")
-        .map_batches(Embedder, fn_constructor_kwargs={"model_dir": cfg.prepare.embedder_dir, "what": "prompts",
-                                                      "threads": max(1, int(cfg.prepare.model_actor_cpus)),
-                                                      "max_tokens": cfg.prepare.embed_max_tokens}, **small)
-        .to_pandas()
-    )
-    front = as_lists(front)
-    skipped = Counter(r for r in front["skip_reason"] if r)
-    truncated = int(front.loc[front["skip_reason"] == "", "truncated"].sum())
-    for stage in ("tokenize", "embed_prompts"):
-        seconds[stage] += float(front[f"seconds_{stage}"].sum())
-    t = time.perf_counter()
-    grouped = assign_groups(front, cfg)
-    seconds["groups"] = time.perf_counter() - t
-    manifest.total_shards = int(grouped["shard"].max()) + 1
-    manifest.source = source_report
+    plan = group_pass(cfg, front, good, frozenset(r for r, _ in duplicates), work / "grouped", key)
+    manifest.total_shards = len(plan["shards"])
+    manifest.source = {"path": path, "format": spec.format if spec else "ground_truth", "rows_read": counts["rows_read"],
+                       "rows_out": good, "filtered": counts["skipped"].pop(OTHER_SPLIT, 0), **counts,
+                       "reward": reward, "grouping": {"buckets": plan["buckets"], "seconds": time.perf_counter() - t,
+                                                      "mean_within_group_similarity": plan["mean_within_group_similarity"]}}
     manifest.save()
-    done = {i for i in range(manifest.total_shards) if shard_name(i) in manifest.shards}
-    todo = grouped[~grouped["shard"].isin(done)].drop(columns=[c for c in grouped.columns if c.startswith("seconds_")])
-    print(f"[prepare] {len(grouped)} rows in {grouped['group_id'].nunique()} groups -> {manifest.total_shards} shards "
-          f"({len(done)} already written, {len(todo)} rows to process); reward: {reward}", flush=True)
-
-    if len(todo):
-        graph = build_main_graph(ray.data.from_pandas(todo), cfg, str(model_dir), tokenizer, reward)
-        _write_stream(graph, todo["shard"].value_counts().to_dict(), manifest, started)
-    if len(manifest.shards) != manifest.total_shards:
-        missing = sorted(set(range(manifest.total_shards)) - {int(n[6:11]) for n in manifest.shards})
-        raise RuntimeError(f"prepare lost rows: shards {missing} never received all their rows")
-
-    return _summarize(cfg, manifest, source_report, table.num_rows, skipped, truncated, seconds, time.perf_counter() - started,
-                      reward)
-
-
-def _write_stream(graph: ray.data.Dataset, shard_rows: dict, manifest: Manifest, started: float) -> None:
-    """Write each shard as soon as all its rows have arrived (rows come in shard order)."""
-    pending: dict[int, list[pd.DataFrame]] = defaultdict(list)
-    arrived: Counter = Counter()
-    for batch in graph.iter_batches(batch_format="pandas", batch_size=None):
-        for shard, part in batch.groupby("shard", sort=False):
-            pending[shard].append(part)
-            arrived[shard] += len(part)
-            if arrived[shard] == shard_rows[shard]:
-                rows = as_lists(pd.concat(pending.pop(shard), ignore_index=True))
-                if not active(rows).all():
-                    raise RuntimeError(f"rows of shard {shard} were marked for skipping after grouping: {set(rows['skip_reason'])}")
-                path = manifest.add(int(shard), rows, _shard_stats(rows))
-                print(f"[prepare] wrote {path.name}: {len(rows)} rows ({len(manifest.shards)}/{manifest.total_shards} shards, "
-                      f"{time.perf_counter() - started:.0f}s)", flush=True)
+    pending = sorted(set(plan["shards"]) - set(manifest.shards))
+    print(f"[prepare] {good} rows in {sum(s['groups'] for s in plan['shards'].values())} groups -> "
+          f"{manifest.total_shards} shards ({manifest.total_shards - len(pending)} already written, {len(pending)} to "
+          f"process); reward: {reward}", flush=True)
+    if pending:
+        ds = ray.data.from_items([{"shard": name} for name in pending], override_num_blocks=len(pending))
+        ds = ds.map_batches(_load_grouped, fn_kwargs={"directory": str(work / "grouped")}, batch_format="pandas", batch_size=None)
+        ds = build_main_graph(ds, cfg, model_dir, tokenizer, reward)
+        ds = ds.map_batches(_write_shards, fn_kwargs={"directory": str(shards_dir),
+                                                      "expected": {n: plan["shards"][n]["rows"] for n in pending}},
+                            batch_format="pandas", batch_size=None, scheduling_strategy="SPREAD")
+        for written in ds.iter_rows():
+            manifest.commit(written["name"], json.loads(written["entry"]))
+            print(f"[prepare] wrote {written['name']}: {manifest.shards[written['name']]['rows']} rows "
+                  f"({len(manifest.shards)}/{manifest.total_shards} shards, {time.perf_counter() - started:.0f}s)", flush=True)
+    if not manifest.complete:
+        missing = sorted(set(plan["shards"]) - set(manifest.shards))
+        raise RuntimeError(f"prepare lost rows: shards {missing} were never written")
+    shutil.rmtree(work, ignore_errors=True)
+    return summarize(manifest, time.perf_counter() - started)
 
 
-def _shard_stats(rows: pd.DataFrame) -> dict:
-    return {
-        "rows": len(rows),
-        "responses_by_origin": dict(Counter(o for origins in rows["origins"] for o in origins)),
-        "duplicate_negatives_dropped": int(rows["duplicate_negatives"].sum()) if "duplicate_negatives" in rows else 0,
-        "equal_score_rows": int(sum(1 for d in rows["deviation"] if len(d) and max(d) <= 0)),
-        "generated_tokens": int(rows["generated_tokens"].sum()) if "generated_tokens" in rows else 0,
-        "seconds": {c[len("seconds_"):]: float(rows[c].sum()) for c in rows.columns if c.startswith("seconds_")},
-    }
-
-
-def _summarize(cfg: Config, manifest: Manifest, source_report: dict, rows_in: int, front_skipped: Counter,
-               truncated: int, seconds: Counter, wall: float, reward: str) -> dict:
-    skipped = Counter(front_skipped)
-    origins: Counter = Counter()
-    generated = duplicates = equal = 0
-    for entry in manifest.shards.values():
-        st = entry["stats"]
-        origins.update(st["responses_by_origin"])
-        duplicates += st["duplicate_negatives_dropped"]
-        equal += st["equal_score_rows"]
-        generated += st["generated_tokens"]
-        for stage, s in st["seconds"].items():
-            seconds[stage] += s
-    for reason, n in source_report.get("skipped", {}).items():
-        skipped[f"source:{reason}"] += n
-    if source_report.get("filtered"):
-        skipped["other_split"] += source_report["filtered"]
-    if source_report.get("rows_out", 0) > rows_in:
-        skipped["max_rows"] = source_report["rows_out"] - rows_in
-    gen_seconds = seconds.get("autoregressive", 0.0)
-    rows_out = sum(e["rows"] for e in manifest.shards.values())
-    return {
-        "rows_in": source_report.get("rows_read", rows_in),
-        "rows_out": rows_out,
-        "duplicate_negatives_dropped": duplicates,
-        "equal_score_rows": equal,
-        "groups": sum(e["groups"] for e in manifest.shards.values()),
-        "shards": len(manifest.shards),
-        "shards_dir": str(manifest.directory),
-        "skipped": dict(skipped),
-        "truncated_responses": truncated,
-        "responses_by_origin": dict(origins),
-        "negatives_by_type": {k: v for k, v in origins.items() if k in ("autoregressive", "meanfield", "truncation", "batch")},
-        "seconds_per_stage": {k: round(seconds[k], 3) for k in STAGE_ORDER if k in seconds},
-        "generator_start_seconds": seconds.get("generator_start", 0.0),
-        "generated_tokens": generated,
-        "generation_tokens_per_second": generated / gen_seconds if gen_seconds else None,
-        "reward": reward,
-        "wall_seconds": wall,
-        "source": source_report,
-    }
-
-
-def summary_table(report: dict) -> str:
-    lines = [f"{'rows in':<28}{report['rows_in']:>12}", f"{'rows out':<28}{report['rows_out']:>12}",
-             f"{'contrast groups':<28}{report['groups']:>12}", f"{'shards':<28}{report['shards']:>12}"]
-    lines += [f"{'skipped: ' + k:<28}{v:>12}" for k, v in sorted(report["skipped"].items())]
-    if report["truncated_responses"]:
-        lines.append(f"{'responses truncated':<28}{report['truncated_responses']:>12}")
-    lines += [f"{'responses: ' + k:<28}{v:>12}" for k, v in sorted(report["responses_by_origin"].items())]
-    lines += [f"{'negatives equal to anchor':<28}{report['duplicate_negatives_dropped']:>12}",
-              f"{'rows with all-equal scores':<28}{report['equal_score_rows']:>12}"]
-    lines += [f"{'seconds: ' + k:<28}{v:>12.2f}" for k, v in report["seconds_per_stage"].items()]
-    if report["generation_tokens_per_second"]:
-        lines.append(f"{'generation tokens/s':<28}{report['generation_tokens_per_second']:>12.1f}")
-    lines.append(f"{'wall seconds':<28}{report['wall_seconds']:>12.1f}")
-    return "\n".join(lines)
+def _user_error(exc: BaseException) -> BaseException:
+    """The exception a stage raised, out of Ray's wrappers (a SourceError or a ValueError naming file and row)."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, (SourceError, ValueError)) and not isinstance(seen, ray.exceptions.RayError):
+            return seen
+        seen = getattr(seen, "cause", None) or seen.__cause__
+    return exc

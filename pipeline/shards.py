@@ -41,8 +41,8 @@ _NULL_IF_EMPTY = ("scores", "deviation", "log_weight", "rank", "ref_logps", "res
 MANIFEST = "manifest.json"
 
 
-def shard_name(index: int) -> str:
-    return f"shard-{index:05d}.parquet"
+def shard_name(key: str) -> str:
+    return f"shard-{key}.parquet"
 
 
 def file_sha256(path: Path) -> str:
@@ -79,6 +79,19 @@ def to_shard_table(rows: pd.DataFrame) -> pa.Table:
     return with_version(table.replace_schema_metadata({}))
 
 
+def write_shard(rows: pd.DataFrame, directory: str | Path, name: str, stats: dict) -> dict:
+    """Write one shard (whole groups) atomically and return its manifest entry; runs on the worker that holds it."""
+    import ray
+
+    directory = Path(directory)
+    table = to_shard_table(rows)
+    tmp = directory / f".{name}.{os.getpid()}.tmp"
+    pq.write_table(table, tmp)
+    os.replace(tmp, directory / name)
+    return {"rows": table.num_rows, "groups": int(rows["group_id"].nunique()), "sha256": file_sha256(directory / name),
+            "node": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None, "stats": stats}
+
+
 @dataclass
 class Manifest:
     """What has been written so far; ``shards`` maps file name to its entry."""
@@ -88,6 +101,10 @@ class Manifest:
     total_shards: int = 0
     shards: dict[str, dict] = field(default_factory=dict)
     source: dict = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.total_shards) and len(self.shards) == self.total_shards
 
     @property
     def path(self) -> Path:
@@ -116,19 +133,15 @@ class Manifest:
                 notes.append(f"{name}: missing or checksum mismatch, recomputing it")
         return manifest, notes
 
-    def add(self, index: int, rows: pd.DataFrame, stats: dict) -> Path:
-        table = to_shard_table(rows)
-        name = shard_name(index)
-        tmp = self.directory / f".{name}.tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, self.directory / name)
-        self.shards[name] = {
-            "rows": table.num_rows,
-            "groups": int(rows["group_id"].nunique()),
-            "sha256": file_sha256(self.directory / name),
-            "stats": stats,
-        }
+    def commit(self, name: str, entry: dict) -> None:
+        """Record a shard a worker has written (its file is already in place under its final name)."""
+        self.shards[name] = entry
         self.save()
+
+    def add(self, key: str | int, rows: pd.DataFrame, stats: dict) -> Path:
+        """Write and commit a shard from this process."""
+        name = shard_name(str(key))
+        self.commit(name, write_shard(rows, self.directory, name, stats))
         return self.directory / name
 
     def save(self) -> None:
@@ -136,7 +149,7 @@ class Manifest:
             "schema_version": SCHEMA_VERSION,
             "config_hash": self.config_hash,
             "total_shards": self.total_shards,
-            "complete": len(self.shards) == self.total_shards,
+            "complete": self.complete,
             "rows": sum(e["rows"] for e in self.shards.values()),
             "source": self.source,
             "shards": dict(sorted(self.shards.items())),

@@ -80,7 +80,7 @@ FORMATS: Final[tuple[str, ...]] = ("paired", "scored", "ground_truth", "conversa
 SOURCE_KINDS: Final[tuple[str, ...]] = ("jsonl", "jsonl.gz", "parquet", "hf")
 ON_BAD_ROW: Final[tuple[str, ...]] = ("error", "skip")
 MAX_EXAMPLES: Final[int] = 5
-_BATCH_ROWS: Final[int] = 1024
+BATCH_ROWS: Final[int] = 1024
 
 # Reason codes for bad rows (keys of SourceReport.skipped).
 MALFORMED_JSON: Final = "malformed_json"  # line is not valid JSON
@@ -164,7 +164,7 @@ class SourceReport:
         return asdict(self)
 
 
-class _BadRow(Exception):
+class BadRow(Exception):
     def __init__(self, reason: str, field: str, detail: str) -> None:
         super().__init__(detail)
         self.reason = reason
@@ -192,7 +192,7 @@ def _get(row: Mapping[str, Any], key: str) -> Any:
     # A null counts as absent: Parquet and HF tables give every row every column.
     value = row.get(key)
     if value is None:
-        raise _BadRow(MISSING_FIELD, key, "field is missing")
+        raise BadRow(MISSING_FIELD, key, "field is missing")
     return value
 
 
@@ -202,16 +202,16 @@ def _check_unicode(value: str, name: str) -> None:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise _BadRow(
+        raise BadRow(
             INVALID_UTF8, name, f"text is not valid Unicode (unpaired surrogate at character {exc.start})"
         ) from None
 
 
 def _string(value: Any, name: str, empty_reason: str, what: str) -> str:
     if not isinstance(value, str):
-        raise _BadRow(WRONG_TYPE, name, f"expected a string, got {_type_name(value)}")
+        raise BadRow(WRONG_TYPE, name, f"expected a string, got {_type_name(value)}")
     if not value.strip():
-        raise _BadRow(empty_reason, name, f"{what} is empty")
+        raise BadRow(empty_reason, name, f"{what} is empty")
     _check_unicode(value, name)
     return value
 
@@ -226,24 +226,24 @@ def _response_text(value: Any, name: str) -> str:
 
 def _list(value: Any, name: str) -> list[Any]:
     if not isinstance(value, list):
-        raise _BadRow(WRONG_TYPE, name, f"expected a list, got {_type_name(value)}")
+        raise BadRow(WRONG_TYPE, name, f"expected a list, got {_type_name(value)}")
     return value
 
 
 def _score(value: Any, name: str) -> float:
     if value is None:
-        raise _BadRow(BAD_SCORE, name, "score is null")
+        raise BadRow(BAD_SCORE, name, "score is null")
     # bool is an int subclass, but true/false is never a meaningful score.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _BadRow(BAD_SCORE, name, f"score is not a number (got {_type_name(value)} {value!r:.40})")
+        raise BadRow(BAD_SCORE, name, f"score is not a number (got {_type_name(value)} {value!r:.40})")
     try:
         score = float(value)
     except OverflowError:
-        raise _BadRow(BAD_SCORE, name, "score is too large for a float64") from None
+        raise BadRow(BAD_SCORE, name, "score is too large for a float64") from None
     if math.isnan(score):
-        raise _BadRow(BAD_SCORE, name, "score is NaN")
+        raise BadRow(BAD_SCORE, name, "score is NaN")
     if math.isinf(score):
-        raise _BadRow(BAD_SCORE, name, "score is infinite")
+        raise BadRow(BAD_SCORE, name, "score is infinite")
     return score
 
 
@@ -255,7 +255,7 @@ def _pair_scores(row: Mapping[str, Any]) -> list[float] | None:
         missing, given = (
             ("score_chosen", "score_rejected") if chosen is None else ("score_rejected", "score_chosen")
         )
-        raise _BadRow(MISSING_FIELD, missing, f"field is missing ({given} is given; scores come in pairs)")
+        raise BadRow(MISSING_FIELD, missing, f"field is missing ({given} is given; scores come in pairs)")
     return [_score(chosen, "score_chosen"), _score(rejected, "score_rejected")]
 
 
@@ -285,23 +285,23 @@ def plain_chat_renderer(messages: Sequence[Mapping[str, str]]) -> str:
 def _messages(value: Any, name: str) -> list[dict[str, str]]:
     items = _list(value, name)
     if not items:
-        raise _BadRow(
+        raise BadRow(
             EMPTY_PROMPT if name in ("messages", "prompt") else EMPTY_RESPONSE, name, "message list is empty"
         )
     out: list[dict[str, str]] = []
     for i, item in enumerate(items):
         where = f"{name}[{i}]"
         if not isinstance(item, Mapping):
-            raise _BadRow(WRONG_TYPE, where, f"expected a message object, got {_type_name(item)}")
+            raise BadRow(WRONG_TYPE, where, f"expected a message object, got {_type_name(item)}")
         role, content = item.get("role"), item.get("content")
         if role is None:
-            raise _BadRow(MISSING_FIELD, f"{where}.role", "field is missing")
+            raise BadRow(MISSING_FIELD, f"{where}.role", "field is missing")
         if content is None:
-            raise _BadRow(MISSING_FIELD, f"{where}.content", "field is missing")
+            raise BadRow(MISSING_FIELD, f"{where}.content", "field is missing")
         if not isinstance(role, str) or not role:
-            raise _BadRow(WRONG_TYPE, f"{where}.role", f"expected a non-empty string, got {_type_name(role)}")
+            raise BadRow(WRONG_TYPE, f"{where}.role", f"expected a non-empty string, got {_type_name(role)}")
         if not isinstance(content, str):
-            raise _BadRow(WRONG_TYPE, f"{where}.content", f"expected a string, got {_type_name(content)}")
+            raise BadRow(WRONG_TYPE, f"{where}.content", f"expected a string, got {_type_name(content)}")
         _check_unicode(content, f"{where}.content")
         # Only role/content go to the template: other keys (tool calls, names)
         # are not part of this contract.
@@ -312,7 +312,7 @@ def _messages(value: Any, name: str) -> list[dict[str, str]]:
 def _split_answer(messages: list[dict[str, str]], name: str) -> tuple[list[dict[str, str]], str, str]:
     last = len(messages) - 1
     if messages[last]["role"] != "assistant":
-        raise _BadRow(
+        raise BadRow(
             MISSING_FIELD,
             f"{name}[{last}]",
             f"last message must be the assistant's answer, got role {messages[last]['role']!r}",
@@ -323,7 +323,7 @@ def _split_answer(messages: list[dict[str, str]], name: str) -> tuple[list[dict[
 
 def _render(prompt_messages: list[dict[str, str]], name: str, renderer: ChatRenderer | None) -> str:
     if not prompt_messages or not any(m["content"].strip() for m in prompt_messages):
-        raise _BadRow(EMPTY_PROMPT, name, "no non-empty message before the assistant's answer")
+        raise BadRow(EMPTY_PROMPT, name, "no non-empty message before the assistant's answer")
     if renderer is None:
         return plain_chat_renderer(prompt_messages)
     try:
@@ -331,11 +331,11 @@ def _render(prompt_messages: list[dict[str, str]], name: str, renderer: ChatRend
         text = renderer([dict(m) for m in prompt_messages])
     except Exception as exc:
         # Any template failure (roles it rejects, missing variables) is this row's problem.
-        raise _BadRow(
+        raise BadRow(
             RENDER_FAILED, name, f"chat_template_renderer failed: {type(exc).__name__}: {exc}"
         ) from None
     if not isinstance(text, str):
-        raise _BadRow(
+        raise BadRow(
             RENDER_FAILED, name, f"chat_template_renderer returned {_type_name(text)}, not a string"
         )
     return _prompt_text(text, name)
@@ -359,7 +359,7 @@ def _parse_scored(row: Mapping[str, Any], renderer: ChatRenderer | None) -> _Gro
     prompt = _prompt_text(_get(row, "prompt"), "prompt")
     items = _list(_get(row, "responses"), "responses")
     if len(items) < 2:
-        raise _BadRow(TOO_FEW_RESPONSES, "responses", f"needs at least 2 responses, got {len(items)}")
+        raise BadRow(TOO_FEW_RESPONSES, "responses", f"needs at least 2 responses, got {len(items)}")
     fields = [f"responses[{i}]" for i in range(len(items))]
     responses = [_response_text(v, f) for v, f in zip(items, fields, strict=True)]
     scores: list[float] | None = None
@@ -367,7 +367,7 @@ def _parse_scored(row: Mapping[str, Any], renderer: ChatRenderer | None) -> _Gro
     if raw_scores is not None:
         raw_scores = _list(raw_scores, "scores")
         if len(raw_scores) != len(responses):
-            raise _BadRow(
+            raise BadRow(
                 LENGTH_MISMATCH, "scores", f"{len(raw_scores)} scores for {len(responses)} responses"
             )
         scores = [_score(v, f"scores[{i}]") for i, v in enumerate(raw_scores)]
@@ -379,21 +379,21 @@ def _parse_ultrafeedback(row: Mapping[str, Any]) -> _Group:
     prompt = _prompt_text(_get(row, key), key)
     items = _list(row["completions"], "completions")
     if len(items) < 2:
-        raise _BadRow(TOO_FEW_RESPONSES, "completions", f"needs at least 2 completions, got {len(items)}")
+        raise BadRow(TOO_FEW_RESPONSES, "completions", f"needs at least 2 completions, got {len(items)}")
     responses: list[str] = []
     fields: list[str] = []
     scores: list[float] = []
     for i, item in enumerate(items):
         where = f"completions[{i}]"
         if not isinstance(item, Mapping):
-            raise _BadRow(WRONG_TYPE, where, f"expected an object, got {_type_name(item)}")
+            raise BadRow(WRONG_TYPE, where, f"expected an object, got {_type_name(item)}")
         response_field = f"{where}.response"
         if item.get("response") is None:
-            raise _BadRow(MISSING_FIELD, response_field, "field is missing")
+            raise BadRow(MISSING_FIELD, response_field, "field is missing")
         responses.append(_response_text(item["response"], response_field))
         fields.append(response_field)
         if item.get("overall_score") is None:
-            raise _BadRow(MISSING_FIELD, f"{where}.overall_score", "field is missing")
+            raise BadRow(MISSING_FIELD, f"{where}.overall_score", "field is missing")
         scores.append(_score(item["overall_score"], f"{where}.overall_score"))
     return _Group(prompt, responses, fields, ["dataset"] * len(responses), scores)
 
@@ -404,7 +404,7 @@ def _parse_ground_truth(row: Mapping[str, Any], renderer: ChatRenderer | None) -
         if row.get(key) is not None:
             response = _response_text(row[key], key)
             return _Group(prompt, [response], [key], ["ground_truth"], None)
-    raise _BadRow(MISSING_FIELD, "response", "field is missing (also looked for 'reference' and 'output')")
+    raise BadRow(MISSING_FIELD, "response", "field is missing (also looked for 'reference' and 'output')")
 
 
 def _parse_conversational(row: Mapping[str, Any], renderer: ChatRenderer | None) -> _Group:
@@ -433,7 +433,7 @@ def _parse_conversational_pair(row: Mapping[str, Any], renderer: ChatRenderer | 
             (i for i, (a, b) in enumerate(zip(chosen_prompt, rejected_prompt, strict=False)) if a != b),
             min(len(chosen_prompt), len(rejected_prompt)),
         )
-        raise _BadRow(
+        raise BadRow(
             PREFIX_MISMATCH,
             f"rejected[{first}]",
             "chosen and rejected must share every message before the final answer; "
@@ -476,10 +476,10 @@ def _row_id(row: Mapping[str, Any], stem: str, number: int) -> str:
     if value is None:
         return f"{stem}:{number}"
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise _BadRow(WRONG_TYPE, "id", f"expected a string or an integer, got {_type_name(value)}")
+        raise BadRow(WRONG_TYPE, "id", f"expected a string or an integer, got {_type_name(value)}")
     if isinstance(value, str):
         if not value.strip():
-            raise _BadRow(WRONG_TYPE, "id", "id is an empty string")
+            raise BadRow(WRONG_TYPE, "id", "id is an empty string")
         _check_unicode(value, "id")
         return value
     return str(value)
@@ -512,40 +512,43 @@ def source_kind(path: str | Path) -> str:
     )
 
 
-def _stem(p: Path, kind: str) -> str:
+def source_stem(p: Path, kind: str) -> str:
     if kind == "hf":
         return p.name
     return p.name[: -len(kind) - 1]
 
 
-def _iter_jsonl(p: Path, kind: str) -> Iterator[tuple[int, Any]]:
+def decode_line(number: int, raw: bytes) -> Any:
+    """One JSONL line as a JSON value, or the :class:`BadRow` it is (bytes, not text: one bad byte costs one row)."""
+    if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return BadRow(INVALID_UTF8, LINE_FIELD, f"invalid UTF-8 at byte {exc.start}")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        return BadRow(MALFORMED_JSON, LINE_FIELD, f"malformed JSON: {exc.msg} at column {exc.colno}")
+    except RecursionError:
+        return BadRow(MALFORMED_JSON, LINE_FIELD, "malformed JSON: nested too deeply")
+
+
+def iter_jsonl_lines(p: Path, kind: str) -> Iterator[tuple[int, bytes]]:
+    """``(line number, raw line)`` of every non-blank line (blank lines still count, so numbers match an editor)."""
     opener = gzip.open if kind == "jsonl.gz" else open
     try:
-        # Bytes, not text mode: one bad byte must cost one row, not the file.
         with opener(p, "rb") as fh:
             for number, raw in enumerate(fh, 1):
-                if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                    raw = raw[3:]
-                if not raw.strip():
-                    continue
-                try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    yield number, _BadRow(INVALID_UTF8, LINE_FIELD, f"invalid UTF-8 at byte {exc.start}")
-                    continue
-                try:
-                    yield number, json.loads(text)
-                except json.JSONDecodeError as exc:
-                    yield (
-                        number,
-                        _BadRow(
-                            MALFORMED_JSON, LINE_FIELD, f"malformed JSON: {exc.msg} at column {exc.colno}"
-                        ),
-                    )
-                except RecursionError:
-                    yield number, _BadRow(MALFORMED_JSON, LINE_FIELD, "malformed JSON: nested too deeply")
+                if raw.strip():
+                    yield number, raw
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise SourceError(f"{p}: cannot read gzip data ({exc})", path=str(p)) from None
+
+
+def _iter_jsonl(p: Path, kind: str) -> Iterator[tuple[int, Any]]:
+    for number, raw in iter_jsonl_lines(p, kind):
+        yield number, decode_line(number, raw)
 
 
 def _iter_parquet(p: Path) -> Iterator[tuple[int, Any]]:
@@ -556,13 +559,13 @@ def _iter_parquet(p: Path) -> Iterator[tuple[int, Any]]:
     except (pa.ArrowInvalid, OSError) as exc:
         raise SourceError(f"{p}: not a readable Parquet file ({exc})", path=str(p)) from None
     number = 0
-    for batch in pf.iter_batches(batch_size=_BATCH_ROWS):
+    for batch in pf.iter_batches(batch_size=BATCH_ROWS):
         for obj in batch.to_pylist():
             number += 1
             yield number, obj
 
 
-def _open_hf(p: Path, hf_split: str) -> tuple[Any, str]:
+def open_hf(p: Path, hf_split: str) -> tuple[Any, str]:
     import datasets  # heavy import; only HF sources need it
 
     try:
@@ -584,10 +587,91 @@ def _open_hf(p: Path, hf_split: str) -> tuple[Any, str]:
 
 def _iter_hf(dataset: Any) -> Iterator[tuple[int, Any]]:
     number = 0
-    for batch in dataset.with_format("arrow").iter(batch_size=_BATCH_ROWS):
+    for batch in dataset.with_format("arrow").iter(batch_size=BATCH_ROWS):
         for obj in batch.to_pylist():
             number += 1
             yield number, obj
+
+
+def _before_format(item: Any, split: str | None) -> bool:
+    """Checks every row gets before its format matters; False for a row of another split."""
+    if isinstance(item, BadRow):
+        raise item
+    if not isinstance(item, Mapping):
+        raise BadRow(NOT_AN_OBJECT, LINE_FIELD, f"expected a JSON object, got {_type_name(item)}")
+    if split is not None:
+        row_split = _get(item, "split")
+        if not isinstance(row_split, str):
+            raise BadRow(WRONG_TYPE, "split", f"expected a string, got {_type_name(row_split)}")
+        if row_split != split:
+            return False
+    return True
+
+
+def check_row(
+    item: Any, number: int, *, fmt: str | None, split: str | None, max_chars: int | None,
+    renderer: ChatRenderer | None, stem: str,
+) -> tuple[str, str, _Group] | None:
+    """One source row (a decoded JSON value or a table row) as ``(id, format, record)``; None for a row of another
+    split.  ``fmt=None`` detects the format from this row's keys.  Raises :class:`BadRow` for a bad row; duplicate
+    ids are the caller's to find (they need every row)."""
+    if not _before_format(item, split):
+        return None
+    if fmt is None:
+        fmt = detect_format(item)
+        if fmt is None:
+            raise BadRow(UNKNOWN_FORMAT, LINE_FIELD, f"keys {sorted(item)} match no row format ({', '.join(FORMATS)})")
+    group = _PARSERS[fmt](item, renderer)
+    rid = _row_id(item, stem, number)
+    if max_chars is not None:
+        longest = max(range(len(group.responses)), key=lambda i: len(group.responses[i]))
+        total = len(group.prompt) + len(group.responses[longest])
+        if total > max_chars:
+            where = "prompt" if len(group.prompt) >= len(group.responses[longest]) else group.response_fields[longest]
+            raise BadRow(TOO_LONG, where, f"prompt + longest response is {total} characters, over max_chars={max_chars}")
+    return rid, fmt, group
+
+
+def bad_row_message(path: str | Path, number: int, bad: BadRow) -> str:
+    return f"{path} row {number}, field {bad.field!r}: {bad.detail}"
+
+
+def bad_row_error(path: str | Path, number: int, bad: BadRow) -> SourceError:
+    return SourceError(bad_row_message(path, number, bad), path=str(path), row=number, field=bad.field, reason=bad.reason)
+
+
+def duplicate_id(rid: str) -> BadRow:
+    return BadRow(DUPLICATE_ID, "id", f"duplicate id {rid!r}")
+
+
+def open_rows(path: str | Path, hf_split: str = "train") -> tuple[str, str, Iterator[tuple[int, Any]]]:
+    """``(kind, stem, rows)``: the source's kind, the stem of its automatic ids, and its ``(row number, value)``s."""
+    p = Path(path)
+    kind = source_kind(p)
+    if kind == "hf":
+        dataset, stem = open_hf(p, hf_split)
+        return kind, stem, _iter_hf(dataset)
+    if kind == "parquet":
+        return kind, source_stem(p, kind), _iter_parquet(p)
+    return kind, source_stem(p, kind), _iter_jsonl(p, kind)
+
+
+def detect_source_format(path: str | Path, *, format: str, split: str | None, hf_split: str) -> tuple[str | None, int]:
+    """``(format, row)``: the format and the number of the first row that fixes it, as :func:`read_source` finds
+    them (rows before it that pass the checks every row gets match no format); ``(None, inf)`` when no row does."""
+    if format != "auto":
+        return format, 0
+    _, _, rows = open_rows(path, hf_split)
+    for number, item in rows:
+        try:
+            if not _before_format(item, split):
+                continue
+        except BadRow:
+            continue
+        fmt = detect_format(item)
+        if fmt is not None:
+            return fmt, number
+    return None, math.inf
 
 
 # --------------------------------------------------------------------------- entry point
@@ -619,15 +703,7 @@ def read_source(
         raise ValueError(f"max_chars must be positive or None, got {max_chars!r}")
 
     p = Path(path)
-    kind = source_kind(p)
-    if kind == "hf":
-        dataset, stem = _open_hf(p, hf_split)
-        rows: Iterator[tuple[int, Any]] = _iter_hf(dataset)
-    elif kind == "parquet":
-        stem, rows = _stem(p, kind), _iter_parquet(p)
-    else:
-        stem, rows = _stem(p, kind), _iter_jsonl(p, kind)
-
+    kind, stem, rows = open_rows(p, hf_split)
     report = SourceReport(path=str(p), format=format, kind=kind, split=split)
     fmt: str | None = None if format == "auto" else format
     seen: set[str] = set()
@@ -641,50 +717,19 @@ def read_source(
     for number, item in rows:
         report.rows_read += 1
         try:
-            if isinstance(item, _BadRow):
-                raise item
-            if not isinstance(item, Mapping):
-                raise _BadRow(NOT_AN_OBJECT, LINE_FIELD, f"expected a JSON object, got {_type_name(item)}")
-            if split is not None:
-                row_split = _get(item, "split")
-                if not isinstance(row_split, str):
-                    raise _BadRow(WRONG_TYPE, "split", f"expected a string, got {_type_name(row_split)}")
-                if row_split != split:
-                    report.filtered += 1
-                    continue
-            if fmt is None:
-                fmt = detect_format(item)
-                if fmt is None:
-                    raise _BadRow(
-                        UNKNOWN_FORMAT,
-                        LINE_FIELD,
-                        f"keys {sorted(item)} match no row format ({', '.join(FORMATS)})",
-                    )
-                report.format = fmt
-            group = _PARSERS[fmt](item, chat_template_renderer)
-            rid = _row_id(item, stem, number)
-            if max_chars is not None:
-                longest = max(range(len(group.responses)), key=lambda i: len(group.responses[i]))
-                total = len(group.prompt) + len(group.responses[longest])
-                if total > max_chars:
-                    where = (
-                        "prompt"
-                        if len(group.prompt) >= len(group.responses[longest])
-                        else group.response_fields[longest]
-                    )
-                    raise _BadRow(
-                        TOO_LONG,
-                        where,
-                        f"prompt + longest response is {total} characters, over max_chars={max_chars}",
-                    )
+            checked = check_row(item, number, fmt=fmt, split=split, max_chars=max_chars,
+                                renderer=chat_template_renderer, stem=stem)
+            if checked is None:
+                report.filtered += 1
+                continue
+            rid, fmt, group = checked
+            report.format = fmt
             if rid in seen:
-                raise _BadRow(DUPLICATE_ID, "id", f"duplicate id {rid!r}")
-        except _BadRow as bad:
-            message = f"{p} row {number}, field {bad.field!r}: {bad.detail}"
+                raise duplicate_id(rid)
+        except BadRow as bad:
+            message = bad_row_message(p, number, bad)
             if on_bad_row == "error":
-                raise SourceError(
-                    message, path=str(p), row=number, field=bad.field, reason=bad.reason
-                ) from None
+                raise bad_row_error(p, number, bad) from None
             report.skipped[bad.reason] = report.skipped.get(bad.reason, 0) + 1
             if len(report.examples) < MAX_EXAMPLES:
                 report.examples.append(message)

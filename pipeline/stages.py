@@ -80,7 +80,8 @@ def regroup(batch: pd.DataFrame, positions: list[tuple[int, int]], values: list)
 
 
 def tokenize_records(batch: pd.DataFrame, tokenizer, max_length: int, on_overlength: str, templated: bool = False) -> pd.DataFrame:
-    """Add ``prompt_ids``, ``response_ids`` and ``truncated`` (responses cut); mark rows over ``max_length`` tokens.
+    """Add ``prompt_ids``, ``response_ids`` and ``truncated`` (responses cut); mark rows over ``max_length`` tokens
+    (rows already marked keep their ``skip_reason`` and are not tokenized).
     ``templated``: the prompts were rendered by a chat template (see :func:`pipeline.tokenize.encode_prompt`).
 
     ``on_overlength="truncate"`` keeps the start of prompt + response, as TRL's DPO collator does
@@ -90,6 +91,12 @@ def tokenize_records(batch: pd.DataFrame, tokenizer, max_length: int, on_overlen
     batch = batch.copy()
     prompt_ids, response_ids, truncated, reasons = [], [], [], []
     for row in batch.itertuples():
+        if getattr(row, "skip_reason", ""):  # left out before tokenizing (a bad source row)
+            prompt_ids.append([])
+            response_ids.append([])
+            truncated.append(0)
+            reasons.append(row.skip_reason)
+            continue
         p = encode_prompt(tokenizer, row.prompt, templated)
         rs = [encode_response(tokenizer, r) for r in row.responses]
         longest = len(p) + max(len(r) for r in rs)
@@ -195,40 +202,6 @@ def cosine_rank(response_embeddings: np.ndarray, anchor: int = 0) -> list[int]:
     sims = e @ e[anchor]
     others = sorted((i for i in range(len(e)) if i != anchor), key=lambda i: (-sims[i], i))
     return [anchor, *others]
-
-
-def contrast_groups(embeddings: np.ndarray, method: str, group_size: int, seed: int) -> list[list[int]]:
-    """Partition prompts into contrast groups of ``group_size`` (the last may be smaller).
-
-    ``neighbors``: repeatedly take the first unassigned prompt in a seeded random order and
-    group it with its most similar unassigned prompts, so groups hold related prompts.
-    ``random``: a seeded random partition (the RPO paper's baseline).
-    """
-    n = len(embeddings)
-    order = np.random.default_rng(seed).permutation(n)
-    if method == "random":
-        return [sorted(order[i : i + group_size].tolist()) for i in range(0, n, group_size)]
-    if method != "neighbors":
-        raise ValueError(f"unknown grouping method {method!r}")
-    e = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
-    free = np.ones(n, dtype=bool)
-    groups = []
-    for anchor in order:
-        if not free[anchor]:
-            continue
-        sims = e @ e[anchor]
-        sims[~free] = -np.inf
-        members = np.argsort(-sims, kind="stable")[: min(group_size, int(free.sum()))]
-        free[members] = False
-        groups.append(sorted(members.tolist()))
-    return groups
-
-
-def group_similarity(embeddings: np.ndarray, members: list[int]) -> np.ndarray:
-    """Cosine similarities ``[B, B]`` between the prompts of one group, in member order."""
-    e = embeddings[members]
-    e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
-    return e @ e.T
 
 
 def load_scorer(spec: str) -> Callable[[str, str], float]:
