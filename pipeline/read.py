@@ -105,7 +105,7 @@ def source_pieces(path: str | Path, hf_split: str) -> tuple[str, str, list[Piece
     return kind, stem, pieces
 
 
-def _read_piece(piece: Piece, max_row: int | None):
+def read_piece(piece: Piece, max_row: int | None):
     def numbered(batch: pa.RecordBatch, first: int) -> pa.Table:
         table = pa.Table.from_batches([batch])
         return table.append_column(ROW, pa.array(range(first, first + batch.num_rows), pa.int64()))
@@ -149,7 +149,7 @@ class SourceDatasource(Datasource):
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context=None) -> list[ReadTask]:
         return [
-            ReadTask(partial(_read_piece, piece, self.max_row),
+            ReadTask(partial(read_piece, piece, self.max_row),
                      BlockMetadata(num_rows=piece.rows, size_bytes=None, exec_stats=None, input_files=[piece.path]))
             for piece in self.pieces
         ]
@@ -209,7 +209,7 @@ def read_checked(cfg: Config, model_dir: str) -> tuple[ray.data.Dataset, SourceS
     if not cfg.data.source:
         n = cfg.task.n_train if cfg.prepare.max_rows is None else min(cfg.task.n_train, cfg.prepare.max_rows)
         return ray.data.range(n).map_batches(
-            _task_rows, fn_kwargs={"seed": cfg.seed, "spec": cfg.task.model_dump_json(), "model_dir": model_dir,
+            task_rows, fn_kwargs={"seed": cfg.seed, "spec": cfg.task.model_dump_json(), "model_dir": model_dir,
                                    "chat_template": cfg.data.chat_template}, batch_format="pyarrow"), None
     spec, pieces = source_spec(cfg, model_dir)
     ds = ray.data.read_datasource(SourceDatasource(pieces, cfg.prepare.max_rows))
@@ -223,7 +223,7 @@ def _task_train(seed: int, spec_json: str) -> list[dict]:
     return task.splits(seed, TaskConfig.model_validate_json(spec_json))[0]
 
 
-def _task_rows(batch: pa.Table, seed: int, spec: str, model_dir: str, chat_template: str) -> pa.Table:
+def task_rows(batch: pa.Table, seed: int, spec: str, model_dir: str, chat_template: str) -> pa.Table:
     train = _task_train(seed, spec)
     render = _renderer(model_dir, chat_template) if chat_template != "none" else None
     rows = [train[i] for i in batch["id"].to_pylist()]

@@ -5,12 +5,13 @@ import json
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import torch
 
 from configs.schema import load_config
 from pipeline import stages, task
-from pipeline.graph import load_records
+from pipeline.read import check_batch, read_piece, source_spec, task_rows, templated
 from pipeline.tokenize import chat_renderer, encode_prompt, pad_token_id, user_prompt
 from tests.conftest import ROOT
 from tests.zoo import build_model, tokenizer_like
@@ -35,9 +36,17 @@ def _prepared(tokenizer, tmp_path, *overrides):
     source.write_text("\n".join(json.dumps({"messages": [*MESSAGES[: k + 1], {"role": "assistant", "content": a}]})
                                 for k, a in ((1, "5"), (3, "8"))) + "\n")
     cfg = load_config(ROOT / "configs/tiny.yaml", [f"data.source={source}", *overrides])
-    table, _, templated = load_records(cfg, tokenizer)
-    rows = stages.as_lists(table.to_pandas())
-    return stages.tokenize_records(rows, tokenizer, max_length=512, on_overlength="error", templated=templated), templated
+    model_dir = _saved(tokenizer, tmp_path)
+    spec, (piece,) = source_spec(cfg, model_dir)
+    rows = stages.as_lists(check_batch(pa.concat_tables(read_piece(piece, None)), spec).to_pandas())
+    is_templated = templated(cfg, spec, model_dir)
+    return stages.tokenize_records(rows, tokenizer, max_length=512, on_overlength="error", templated=is_templated), is_templated
+
+
+def _saved(tokenizer, tmp_path) -> str:
+    """Workers load the tokenizer (and its chat template) from the model's directory, as the prepare job does."""
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    return str(tmp_path / "tokenizer")
 
 
 def test_llama3_chat_prompts_are_the_templates_ids_with_one_bos(tmp_path):
@@ -77,13 +86,14 @@ def test_chat_template_from_a_jinja_file(tmp_path):
         chat_renderer(tokenizer_like("plain"), str(tmp_path / "missing.jinja"))
 
 
-def test_embedded_task_prompts_are_rendered_as_one_user_message_and_still_scored():
+def test_embedded_task_prompts_are_rendered_as_one_user_message_and_still_scored(tmp_path):
     tok = tokenizer_like("llama3")
     cfg = load_config(ROOT / "configs/tiny.yaml")
-    table, _, templated = load_records(cfg, tok)
+    model_dir = _saved(tok, tmp_path)
+    table = task_rows(pa.table({"id": [0]}), cfg.seed, cfg.task.model_dump_json(), model_dir, cfg.data.chat_template)
     raw = task.splits(cfg.seed, cfg.task)[0][0]
     prompt = table["prompt"][0].as_py()
-    assert templated and prompt.startswith("<|begin_of_text|><|start_header_id|>user")
+    assert templated(cfg, None, model_dir) and prompt.startswith("<|begin_of_text|><|start_header_id|>user")
     text, flag = user_prompt(raw["prompt"], chat_renderer(tok, "auto"))
     assert text == prompt and encode_prompt(tok, text, flag) == _template_ids(tok, [{"role": "user", "content": raw["prompt"]}])
     assert task.solve(prompt) == task.solve(raw["prompt"])  # the task's reward reads the rendered prompt
