@@ -10,7 +10,8 @@ from pathlib import Path
 # name -> module with run(cfg, out, smoke) -> dict and, where it changes configs/bench.yaml, OVERRIDES
 COMPARISONS = {"train_vs_trl": "benchmarks.train_vs_trl", "k_cost": "benchmarks.k_cost",
                "generate_vs_hf": "benchmarks.generate_vs_hf", "prepare_stages": "benchmarks.prepare_stages",
-               "train_memory": "benchmarks.train_memory"}
+               "train_memory": "benchmarks.train_memory", "prepare_scale": "benchmarks.prepare_scale",
+               "grouping_quality": "benchmarks.grouping_quality"}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -7,6 +7,9 @@ TARGETS = [
     ("k_cost", "k11_vs_k2_cost_ratio", 1.2, False),
     ("generate_vs_hf", "generate_vs_hf_ratio", 2.5, True),
     ("train_memory", "train_worker_rss_ratio", 1.15, False),
+    ("prepare_scale", "prepare_driver_rss_ratio", 1.25, False),
+    ("prepare_scale", "prepare_seconds_per_krow_ratio", 1.2, False),
+    ("grouping_quality", "worst_of_exact", 0.9, True),
 ]
 
 
@@ -31,6 +34,11 @@ def _sides(report: dict) -> list[str]:
     for scale, s in report.get("train_memory", {}).get("per_scale", {}).items():
         lines.append(f"  train {scale}x data ({s['rows']} rows)  worker peak RSS {s['worker_peak_rss_mb']:6.0f} MB"
                      f"  tokens/s {s['tokens_per_second']:7.0f}")
+    for side in ("project", "baseline"):
+        r = report.get("prepare_scale", {})
+        for rows, s in (r if side == "project" else r.get("baseline", {})).get("per_size", {}).items():
+            lines.append(f"  prepare {side:<8} {int(rows):>7} rows  driver peak RSS {s['driver_peak_rss_mb']:6.0f} MB"
+                         f"  largest worker {s['largest_worker_rss_mb'] or 0:6.0f} MB  s/1k rows {s['seconds_per_krow']:6.2f}")
     for name, r in report.get("prepare_stages", {}).items():
         if isinstance(r, dict) and "stages" in r:
             rates = ", ".join(f"{k} {v['rows_per_second']:.0f}" for k, v in r["stages"].items() if v["rows_per_second"])

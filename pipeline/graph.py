@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import shutil
 import time
@@ -58,6 +59,7 @@ from training.logprobs import check_architecture
 # Settings that change only how fast records are made, never the records: a resumed run keeps its shards.
 SPEED_KEYS = ("batch_size", "generator_actors", "generator_cpus", "generator_gpus", "generator_cpu_bind",
               "model_actors", "model_actor_cpus", "model_actor_gpus")
+MAX_PARTITIONS, ROWS_PER_ID_PARTITION = 200, 50_000
 FRONT_SCHEMA = pa.schema([
     *CHECKED_SCHEMA, ("prompt_ids", pa.list_(pa.int32())), ("response_ids", pa.list_(pa.list_(pa.int32()))),
     ("truncated", pa.int64()), ("prompt_embedding", pa.list_(pa.float32())),
@@ -143,11 +145,12 @@ def front_pass(cfg: Config, model_dir: str, tokenizer, directory: Path, key: str
     return spec
 
 
-def find_duplicates(front: ray.data.Dataset) -> list[tuple[int, str]]:
+def find_duplicates(front: ray.data.Dataset, rows: int) -> list[tuple[int, str]]:
     """``(row, id)`` of every good row whose id an earlier row already has (ordered by row); only ids that occur
     more than once reach the driver."""
     ids = front.select_columns(["id", "row", "skip_reason"]).filter(lambda r: r["skip_reason"] == "")
-    repeated = [r["id"] for r in ids.groupby("id").count().filter(lambda r: r["count()"] > 1).take_all()]
+    counts = ids.groupby("id", num_partitions=_partitions(rows, ROWS_PER_ID_PARTITION)).count()
+    repeated = [r["id"] for r in counts.filter(lambda r: r["count()"] > 1).take_all()]
     if not repeated:
         return []
     wanted = set(repeated)
@@ -158,6 +161,11 @@ def find_duplicates(front: ray.data.Dataset) -> list[tuple[int, str]]:
             dups.append((row, rid))
         seen.add(rid)
     return sorted(dups)
+
+
+def _partitions(items: int, per_partition: int) -> int:
+    """Shuffle partitions for ``items`` keys: enough for the cluster at scale, few for small data (each is a task)."""
+    return max(1, min(MAX_PARTITIONS, math.ceil(items / per_partition)))
 
 
 def _keep(batch: pd.DataFrame, drop: frozenset) -> pd.DataFrame:
@@ -208,7 +216,7 @@ def group_pass(cfg: Config, front: ray.data.Dataset, rows: int, drop: frozenset,
         front.map_batches(_keep, fn_kwargs={"drop": drop}, batch_format="pandas")
         .map_batches(grouping.assign_buckets, fn_kwargs={"centroids": centroids, "buckets": buckets, "seed": cfg.seed},
                      batch_format="pandas")
-        .groupby("bucket")
+        .groupby("bucket", num_partitions=_partitions(buckets, 1))
         .map_groups(_group_bucket, fn_kwargs={"cfg": cfg, "directory": str(directory)}, batch_format="pandas")
         .take_all()
     )
@@ -285,6 +293,8 @@ def run_prepare(cfg: Config) -> dict:
     check_architecture(AutoConfig.from_pretrained(model_dir))  # before any work: a model that cannot be scored exactly
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     key = records_hash(cfg, model_dir)
+    # A bad row stops the job with the reader's own error (file, row, field), not Ray's wrapper of it.
+    ray.data.DataContext.get_current().raise_original_map_exception = True
     manifest, notes = Manifest.open(shards_dir, key)
     for note in notes:
         print(f"[prepare] {note}", flush=True)
@@ -297,9 +307,9 @@ def run_prepare(cfg: Config) -> dict:
         front = ray.data.read_parquet(str(work / "front"))
         counts = merge_front_counts(front.drop_columns(["prompt_embedding", "prompt_ids", "response_ids", "responses"])
                                     .map_batches(front_counts, batch_format="pandas").take_all())
-        duplicates = find_duplicates(front)
+        duplicates = find_duplicates(front, counts["good"])
     except Exception as exc:  # a bad row found by a worker: say it as the reader would, not as a Ray traceback
-        raise _user_error(exc) from None
+        raise user_error(exc) from None
     path = cfg.data.source or "embedded-task"
     if duplicates and cfg.data.on_bad_row == "error":
         row, rid = duplicates[0]
@@ -346,7 +356,7 @@ def run_prepare(cfg: Config) -> dict:
     return summarize(manifest, time.perf_counter() - started)
 
 
-def _user_error(exc: BaseException) -> BaseException:
+def user_error(exc: BaseException) -> BaseException:
     """The exception a stage raised, out of Ray's wrappers (a SourceError or a ValueError naming file and row)."""
     seen = exc
     while seen is not None:

@@ -140,6 +140,23 @@ def bucket_groups(rows: pd.DataFrame, method: str, group_size: int, bucket_rows:
     return rows.sort_values(["group_id", "group_position"], kind="stable").reset_index(drop=True)
 
 
+def group_in_process(rows: pd.DataFrame, method: str, group_size: int, bucket_rows: int, shard_groups: int,
+                     batch_negatives: int, seed: int) -> pd.DataFrame:
+    """The prepare graph's grouping pass on rows held in one process (tests and benchmarks): the same sample,
+    centroids, buckets and per-bucket grouping."""
+    buckets = bucket_count(len(rows), bucket_rows)
+    centroids = None
+    if method == "neighbors" and buckets > 1:
+        sample = in_sample(rows["id"], seed, sample_fraction(len(rows), buckets))
+        picked = rows[sample].sort_values("id")
+        centroids = fit_centroids(np.stack([np.asarray(e) for e in picked["prompt_embedding"]]), buckets, seed)
+        buckets = len(centroids)
+    rows = assign_buckets(rows, centroids, buckets, seed)
+    parts = [bucket_groups(part, method, group_size, bucket_rows, shard_groups, batch_negatives, seed)
+             for _, part in rows.groupby("bucket")]
+    return pd.concat(parts, ignore_index=True)
+
+
 def mean_within_group_similarity(rows: pd.DataFrame) -> tuple[float, int]:
     """``(sum, count)`` of the cosine similarities between distinct members of the same group."""
     total, count = 0.0, 0

@@ -141,6 +141,14 @@ class SourceError(ValueError):
         self.field = field
         self.reason = reason
 
+    def __reduce__(self):
+        # Raised on Ray workers and re-raised in the driver: it must survive pickling with its fields.
+        return _source_error, (str(self), self.path, self.row, self.field, self.reason)
+
+
+def _source_error(message: str, path: str, row: int | None, field: str | None, reason: str | None) -> SourceError:
+    return SourceError(message, path=path, row=row, field=field, reason=reason)
+
 
 @dataclass
 class SourceReport:

@@ -36,6 +36,11 @@ def test_smoke_run_reports_both_sides_and_every_ratio(tmp_path):
     for name in ("demo", "alpacaeval_bo16"):
         stages = report["prepare_stages"][name]
         assert stages["bottleneck"] in stages["stages"]
+    scale = report["prepare_scale"]
+    assert [int(n) for n in scale["per_size"]] == [200, 400, 800]
+    assert all(s["rows_out"] == s["rows"] and s["driver_peak_rss_mb"] > 0 for s in scale["per_size"].values())
+    assert scale["prepare_driver_rss_ratio"] == pytest.approx(
+        scale["per_size"]["800"]["driver_peak_rss_mb"] / scale["per_size"]["200"]["driver_peak_rss_mb"])
     printed = table(report)
     assert "train_vs_trl_ratio" in printed and "k11_vs_k2_cost_ratio" in printed and "generate_vs_hf_ratio" in printed
-    assert "train_worker_rss_ratio" in printed
+    assert "train_worker_rss_ratio" in printed and "prepare_driver_rss_ratio" in printed

@@ -34,15 +34,7 @@ def _bucket_rows(e: np.ndarray) -> pd.DataFrame:
 
 
 def _grouped(e: np.ndarray, bucket_rows: int, method: str = "neighbors") -> pd.DataFrame:
-    rows = _bucket_rows(e)
-    buckets = grouping.bucket_count(len(rows), bucket_rows)
-    centroids = None
-    if method == "neighbors" and buckets > 1:
-        sample = grouping.in_sample(rows["id"], 0, grouping.sample_fraction(len(rows), buckets))
-        centroids = grouping.fit_centroids(e[sample], buckets, seed=0)
-    rows = grouping.assign_buckets(rows, centroids, buckets, seed=0)
-    parts = [grouping.bucket_groups(part, method, 4, bucket_rows, 8, 1, seed=0) for _, part in rows.groupby("bucket")]
-    return pd.concat(parts, ignore_index=True)
+    return grouping.group_in_process(_bucket_rows(e), method, 4, bucket_rows, 8, 1, seed=0)
 
 
 def _mean_similarity(rows: pd.DataFrame) -> float:

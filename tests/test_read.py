@@ -13,7 +13,8 @@ import ray
 
 from configs.schema import load_config
 from pipeline.read import OTHER_SPLIT, read_checked, source_pieces
-from pipeline.sources import read_source
+from pipeline.graph import user_error
+from pipeline.sources import SourceError, read_source
 from tests.conftest import ROOT, SHARED_DATA
 
 
@@ -21,6 +22,7 @@ from tests.conftest import ROOT, SHARED_DATA
 def local_ray():
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
+    ray.data.DataContext.get_current().raise_original_map_exception = True  # as the prepare job sets it
     yield
     ray.shutdown()
 
@@ -68,8 +70,11 @@ def test_bad_rows_get_the_readers_reasons_and_messages(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text("\n".join(lines) + "\n")
     _same_as_read_source(path)
-    with pytest.raises(Exception, match=r"bad.jsonl row 2, field '<line>': malformed JSON"):
+    with pytest.raises(Exception) as raised:
         _through_ray(path, on_bad_row="error")
+    error = user_error(raised.value)  # what the prepare job raises: the reader's error, out of Ray's wrappers
+    assert isinstance(error, SourceError) and (error.row, error.field, error.reason) == (2, "<line>", "malformed_json")
+    assert str(error).startswith(f"{path} row 2, field '<line>': malformed JSON")
 
 
 def test_format_detection_matches_the_reader_when_the_first_rows_are_bad(tmp_path):

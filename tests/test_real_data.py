@@ -24,9 +24,11 @@ def test_hh_pairs_get_contrast_groups_with_similarity_rows(tiny_run, tmp_path):
     report = run_job("prepare", tmp_path, f"model.policy_dir={tiny_run['dir'] / 'sft' / 'model'}", "prepare.max_rows=40",
                      config="configs/hh_harmless.yaml")
     rows = read_shards(tmp_path / "prepare" / "shards").to_pylist()
-    assert report["rows_out"] == len(rows) == 40 and report["groups"] == 10
+    # The tiny model's byte tokenizer makes 10 of the first 40 prompts longer than max_length on their own.
+    assert report["rows_out"] == len(rows) == 40 - report["skipped"]["prompt_over_length"] == 30
+    assert report["groups"] == 8 and report["mean_within_group_similarity"] > 0.2
     for row in rows:
-        assert row["origins"] == ["chosen", "rejected"] and len(row["group_similarity"]) == 4
+        assert row["origins"] == ["chosen", "rejected"] and len(row["group_similarity"]) == row["group_size"]
         assert row["group_similarity"][row["group_position"]] == pytest.approx(1.0, abs=1e-4)
 
 
@@ -39,3 +41,18 @@ def test_alpaca_ground_truth_gets_negatives_from_the_reference(tmp_path):
     assert {"autoregressive", "meanfield", "truncation"} <= set(report["negatives_by_type"])
     for row in read_shards(tmp_path / "prepare" / "shards").to_pylist():
         assert row["origins"][0] == "ground_truth" and row["rank"][0] == 0 and len(row["ref_logps"]) == len(row["responses"])
+
+
+def test_a_bad_row_stops_prepare_with_the_readers_error(tiny_run, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    sets = [f"output_dir={tmp_path}", f"model.policy_dir={tiny_run['dir'] / 'sft' / 'model'}", "prepare.max_rows=null",
+            f"data.source={SHARED_DATA / 'ultrafeedback_binarized_1200.jsonl.gz'}", "data.on_bad_row=error"]
+    proc = subprocess.run([sys.executable, "-m", "jobs.prepare", "--config", "configs/tiny.yaml",
+                           *[a for s in sets for a in ("--set", s)]], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("pipeline.sources.SourceError: ") and "row 479, field 'rejected': response is empty" in last
