@@ -47,13 +47,13 @@ def _sides(report: dict) -> list[str]:
 
 
 def table(report: dict) -> str:
-    lines = [f"{'comparison':<16}{'ratio':<26}{'value':>8}{'target':>10}  met"]
+    lines = [f"{'comparison':<18}{'ratio':<30}{'value':>8}{'target':>10}  met"]
     for name, key, target, higher in TARGETS:
         if name in report:
             value = report[name][key]
             met = value >= target if higher else value <= target
-            lines.append(f"{name:<16}{key:<26}{value:>8.2f}{('>=' if higher else '<=') + format(target, '.2f'):>10}  "
+            lines.append(f"{name:<18}{key:<30}{value:>8.2f}{('>=' if higher else '<=') + format(target, '.2f'):>10}  "
                          f"{'yes' if met else 'NO'}")
     if "generate_vs_hf" in report:
-        lines.append(f"{'generate_vs_hf':<16}{'sampling_limit_fraction':<26}{report['generate_vs_hf']['sampling_limit_fraction']:>8.3f}")
+        lines.append(f"{'generate_vs_hf':<18}{'sampling_limit_fraction':<30}{report['generate_vs_hf']['sampling_limit_fraction']:>8.3f}")
     return "\n".join(lines + _sides(report))
