@@ -93,6 +93,7 @@ def measure(code: Path, out: Path, source: Path, model_dir: Path, rows: int) -> 
 def _side(code: Path, out: Path, model_dir: Path, sizes: tuple[int, ...]) -> dict:
     per_size = {}
     for rows in sizes:
+        out.parent.mkdir(parents=True, exist_ok=True)
         source = write_source(out.parent / f"source_{rows}.jsonl", rows)
         per_size[rows] = measure(code, out, source.resolve(), model_dir, rows)
         print(f"[bench] prepare_scale {code.name} {rows} rows: {per_size[rows]}", flush=True)

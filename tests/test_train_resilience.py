@@ -109,6 +109,7 @@ def test_elastic_training_continues_on_one_worker_after_a_node_is_removed(tiny_c
     finally:
         cluster.shutdown()
     assert "[train] restored step" in output, output[-5000:]
+    assert "(saved by 2 workers, now 1; Adam moments: gathered)" in output  # tests/test_checkpointing.py: equal within 1e-6
     metrics = pd.read_csv(tiny_copy / "train" / "metrics.csv").drop_duplicates("step", keep="last")
     assert metrics["step"].max() == STEPS
     assert set(metrics["world_size"]) == {1, 2} and metrics.iloc[-1]["world_size"] == 1

@@ -32,7 +32,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from configs.schema import Config
 from pipeline.shards import MANIFEST, verified_shard_files
 from pipeline.tokenize import pad_token_id
-from training import run_identity
+from training import checkpointing, run_identity
 from training.batches import Batch, collate
 from training.engine import deepspeed_config, lr_at, set_lr, set_worker_threads
 from training.group_reader import GroupReader, Prefetcher
@@ -40,7 +40,6 @@ from training.logprobs import ForwardPlan, check_architecture, forward_plan, pac
 from training.lora import export_merged, with_lora
 from training.objective import preference_loss
 
-STATE = "train_state.json"
 
 
 def split_heldout(group_ids: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -151,15 +150,11 @@ def train_worker_loop(lc: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
-            state = json.loads((Path(d) / STATE).read_text())
-            same_world = state["world_size"] == world
-            # ZeRO partitions optimizer state by rank; on a new world size only the weights carry over.
-            engine.load_checkpoint(str(Path(d) / "deepspeed"), tag="state", load_optimizer_states=same_world,
-                                   load_lr_scheduler_states=False, load_module_only=not same_world,
-                                   load_module_strict=not tc.lora)  # LoRA checkpoints hold the adapters alone
+            state = checkpointing.restore(Path(d), engine, world, bool(tc.lora))
         start, acc_start = state["step"], state["heldout_accuracy_start"]
         if rank == 0:
-            print(f"[train] restored step {start} (saved by {state['world_size']} workers, now {world})", flush=True)
+            print(f"[train] restored step {start} (saved by {state['world_size']} workers, now {world}; "
+                  f"Adam moments: {state['moments']})", flush=True)
     if acc_start is None:
         acc_start = heldout_accuracy(engine, ref_model, heldout, cfg, plan)
 
@@ -245,16 +240,9 @@ def _log(job_dir: Path, writer, row: dict, log_every: int) -> None:
 
 
 def _checkpoint(engine, tokenizer, rank: int, world: int, step: int, acc_start: float, metrics: dict) -> None:
-    """Every rank saves its DeepSpeed state; rank 0 adds a save_pretrained model and the step; Ray merges and keeps them."""
+    """Write the checkpoint on every rank (training/checkpointing.py); Ray merges the ranks' files and keeps them."""
     with tempfile.TemporaryDirectory() as tmp:
-        engine.save_checkpoint(str(Path(tmp) / "deepspeed"), tag="state", exclude_frozen_parameters=True)
-        with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), enabled=engine.zero_optimization_stage() == 3):
-            if rank == 0:
-                engine.module.save_pretrained(Path(tmp) / "model")
-                tokenizer.save_pretrained(Path(tmp) / "model")
-                (Path(tmp) / STATE).write_text(json.dumps({"step": step, "world_size": world, "heldout_accuracy_start": acc_start}))
-        if dist.is_initialized():
-            dist.barrier()
+        checkpointing.write(Path(tmp), engine, tokenizer, rank, world, step, {"heldout_accuracy_start": acc_start})
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
 
 
