@@ -183,14 +183,16 @@ def pack_shared_prompts(prompts: list[list[int]], responses: list[list[list[int]
             lengths[seq] = lr
             tokens += lp + lr
             at += lr
+    block, part = torch.from_numpy(block_of), torch.from_numpy(part_of)
     if share_prompts:
-        same_block = (block_of[:, :, None] == block_of[:, None, :]) & (block_of[:, :, None] >= 0)
-        visible = (part_of[:, None, :] == -1) | (part_of[:, None, :] == part_of[:, :, None])
-        causal = np.tril(np.ones((L, L), dtype=bool))
+        # [R, L, L] built by torch's vectorised comparisons (the collate thread builds it while a step runs).
+        same_block = (block[:, :, None] == block[:, None, :]) & (block[:, :, None] >= 0)
+        visible = (part[:, None, :] == -1) | (part[:, None, :] == part[:, :, None])
+        causal = torch.ones(L, L, dtype=torch.bool).tril_()
         # Padding attends to itself only, so no attention row is empty (an empty row gives NaN).
-        mask = torch.from_numpy((same_block & visible & causal) | np.eye(L, dtype=bool)).unsqueeze(1)
+        mask = ((same_block & visible & causal) | torch.eye(L, dtype=torch.bool)).unsqueeze(1)
     else:
-        mask = torch.from_numpy(block_of >= 0)
+        mask = block >= 0
     cat = {k: torch.from_numpy(np.concatenate(v).astype(np.int64)) for k, v in idx.items()}
     return Packed(
         input_ids=torch.from_numpy(input_ids), position_ids=torch.from_numpy(position_ids),
