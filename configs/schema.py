@@ -206,6 +206,16 @@ class TrainConfig(_Section):
     cpo_ranked: bool = Field(default=False, description="CPO: Plackett-Luce over the stored similarity ranking instead of ground truth vs rest.")
     cpo_alpha_mle: float = Field(default=0.0, ge=0, le=1, description="CPO: weight of the ground truth's mean token NLL added to the loss.")
     temperature: float = Field(default=1.0, gt=0, description="InfoNCA/NCA: temperature T of the score softmax.")
+    reward_normalization: Literal["sum", "mean"] = Field(
+        default="sum",
+        description="Implicit reward of a response for every loss: beta x its summed log-prob ratio ('sum', DESIGN.md), "
+        "or beta x the ratio per response token ('mean', as SimPO and TRL's length-normalised DPO), which a policy "
+        "cannot raise by shifting every token's log-prob on data whose better responses are the longer ones.",
+    )
+    length_penalty: float = Field(
+        default=0.0, ge=0,
+        description="R-DPO's alpha: alpha x the response's token count is subtracted from every implicit reward (0: none).",
+    )
     steps: int = Field(default=60, ge=1, description="Optimizer steps.")
     batch_groups: int = Field(default=8, ge=1, description="Global batch, in contrast groups per optimizer step (all workers).")
     micro_groups: int = Field(default=2, ge=1, description="Contrast groups per worker forward pass; gradient accumulation makes up the global batch.")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import pytest
 import torch
 from torch import Tensor
 
+from configs.schema import TrainConfig
 from training.losses import (
     cosine_similarity_matrix,
     cpo_loss,
@@ -17,6 +19,7 @@ from training.losses import (
     rpo_loss,
     swepo_loss,
 )
+from training.objective import implicit_logps
 
 D = torch.float64
 TOL = 1e-5
@@ -323,3 +326,52 @@ def test_swepo_equal_float32_scores_have_no_positive():
     for mode in ("k1_vs_k2", "1_vs_k"):
         out = swepo_loss(logps, torch.zeros(1, 6), scores, mode=mode)
         assert not out.valid.any() and out.losses.item() == 0.0
+
+
+# ---------------------------------------------------------------- length-normalised rewards (train.reward_normalization)
+
+# Token counts of the four responses of inputs A: under "mean", summed log-probs of n * A give the rewards of A.
+A_TOKENS = torch.tensor([[3.0, 5.0, 2.0, 4.0]], dtype=D)
+MEAN = TrainConfig(reward_normalization="mean", beta=0.1)
+
+
+def _mean_inputs() -> tuple[Tensor, Tensor]:
+    return implicit_logps(MEAN, A_POLICY * A_TOKENS, A_REF * A_TOKENS, A_TOKENS)
+
+
+def test_golden_values_hold_under_mean_for_length_scaled_inputs() -> None:
+    policy, ref = _mean_inputs()
+    close(swepo_loss(policy, ref, A_SCORES, beta=0.1, alpha=1.0, weighting="abs", p=1.0).losses, [0.841728])
+    close(infonca_loss(policy, ref, A_SCORES, beta=0.1, temperature=1.0).losses, [1.301934])
+    close(nca_loss(policy, ref, A_SCORES, beta=0.1, temperature=1.0).losses, [1.344356])
+    close(cpo_loss(policy, ref, beta=0.1, order=torch.tensor([[0, 1, 2, 3]])).losses, [3.042241])
+    # DPO on responses 0 and 1 (3 and 5 tokens), by hand: beta * ((-30 + 33) / 3 - (-60 + 55) / 5) = 0.2
+    close(dpo_loss(policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], beta=0.1).losses, [-math.log(1 / (1 + math.exp(-0.2)))])
+    # the same summed inputs under "sum" are another loss entirely
+    assert abs(float(dpo_loss(*(A_POLICY * A_TOKENS)[:, :2].T, *(A_REF * A_TOKENS)[:, :2].T, beta=0.1).losses) - 0.598139) > 0.01
+
+
+def test_golden_rpo_under_mean() -> None:
+    n = torch.tensor([2.0, 4.0, 5.0], dtype=D)
+    pc, rc = implicit_logps(MEAN, RPO_PC * n, RPO_RC * n, n)
+    pr, rr = implicit_logps(MEAN, RPO_PR * n, RPO_RR * n, n)
+    out = rpo_loss(pc, pr, rc, rr, cosine_similarity_matrix(RPO_EMB), beta=0.1, tau=0.5, weighting="embedding", lam=0.8)
+    close(out.losses.mean(), 0.677858)
+
+
+def test_length_penalty_is_r_dpo() -> None:
+    tc = TrainConfig(beta=0.1, length_penalty=0.01)
+    n = torch.tensor([[3.0, 5.0]], dtype=D)
+    policy, ref = implicit_logps(tc, torch.tensor([[-10.0, -12.0]], dtype=D), torch.tensor([[-11.0, -11.0]], dtype=D), n)
+    # R-DPO: -log sigmoid(beta * (1 - (-1)) - alpha * (3 - 5)) = -log sigmoid(0.22)
+    close(dpo_loss(policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], beta=0.1).losses, [-math.log(1 / (1 + math.exp(-0.22)))])
+
+
+@pytest.mark.parametrize("loss", ["swepo", "cpo", "infonca", "nca"])
+def test_gradcheck_under_mean(loss: str) -> None:
+    counts = torch.tensor([[3.0, 5.0, 2.0, 4.0], [1.0, 7.0, 2.0, 0.0], [4.0, 4.0, 0.0, 0.0]], dtype=D)
+    fns = {"swepo": lambda lp, ref: swepo_loss(lp, ref, SCORES, MASK),
+           "cpo": lambda lp, ref: cpo_loss(lp, ref, mask=MASK),
+           "infonca": lambda lp, ref: infonca_loss(lp, ref, SCORES, mask=MASK),
+           "nca": lambda lp, ref: nca_loss(lp, ref, SCORES, mask=MASK)}
+    _gradcheck(lambda lp, ref: fns[loss](*implicit_logps(MEAN, lp, ref, counts)).losses, _rand(B, K, seed=1), _rand(B, K, seed=2))

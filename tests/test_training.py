@@ -167,3 +167,20 @@ def test_run_identity_ignores_layout_and_cadence_and_names_what_changes_the_math
     assert run_identity.record(tmp_path, run_identity.identity(same, "shards-a")) is None
     note = run_identity.record(tmp_path, run_identity.identity(other, "shards-a"))
     assert "train.lr 0.001 -> 0.0001" in note and "train.deepspeed.zero_stage 2 -> 3" in note and "step 0" in note
+
+
+@pytest.mark.parametrize("loss", ["dpo", "swepo", "rpo", "cpo", "infonca", "nca"])
+def test_mean_rewards_ignore_a_uniform_scaling_of_length_and_sum_rewards_do_not(loss):
+    """Doubling every response's summed log-probs (policy and reference) and its token count is what a response
+    twice as long, token for token alike, looks like: under ``mean`` no loss may move, under ``sum`` each does."""
+    batch = collate(pack_groups(_rows()), pad_id=0, row_tokens=64)
+    policy = batch.ref_logps + 0.3 * torch.randn(batch.ref_logps.shape, generator=torch.Generator().manual_seed(0))
+    counts = batch.gather(torch.arange(18, dtype=torch.float32) % 5 + 2)
+    for normalization in ("mean", "sum"):
+        tc = TrainConfig(loss=loss, reward_normalization=normalization)
+        once, _ = preference_loss(tc, batch, policy, batch.ref_logps, counts)
+        twice, _ = preference_loss(tc, batch, 2 * policy, 2 * batch.ref_logps, 2 * counts)
+        if normalization == "mean":
+            assert abs(float(twice - once)) < 1e-5
+        else:
+            assert abs(float(twice - once)) > 1e-3

@@ -46,6 +46,20 @@ def implicit_accuracy(rewards: Tensor, batch: Batch) -> tuple[float, int]:
     return float(correct), int(better.sum())
 
 
+def implicit_logps(tc: TrainConfig, policy: Tensor, ref: Tensor, token_counts: Tensor) -> tuple[Tensor, Tensor]:
+    """The log-probs every loss contrasts (its implicit reward is ``beta * (policy - ref)``): the summed ones
+    (``train.reward_normalization: sum``), or per response token (``mean``); then R-DPO's length term,
+    ``- length_penalty * |y|`` on the reward, moved onto the policy side.
+
+    Args: ``[P, K]`` summed log-probs and response token counts (0 where padded)."""
+    if tc.reward_normalization == "mean":
+        n = token_counts.clamp(min=1).to(policy.dtype)
+        policy, ref = policy / n, ref / n
+    if tc.length_penalty:
+        policy = policy - tc.length_penalty / tc.beta * token_counts.to(policy.dtype)
+    return policy, ref
+
+
 def preference_loss(tc: TrainConfig, batch: Batch, policy: Tensor, ref: Tensor, token_counts: Tensor) -> tuple[Tensor, dict]:
     """Mean loss over valid prompts and detached metrics.
 
@@ -61,6 +75,7 @@ def preference_loss(tc: TrainConfig, batch: Batch, policy: Tensor, ref: Tensor, 
     P = policy.shape[0]
     rows = torch.arange(P)
     anchor_nll = -policy[:, 0] / token_counts[:, 0].clamp(min=1)  # mean token NLL of the ground truth
+    policy, ref = implicit_logps(tc, policy, ref, token_counts)
     if tc.loss == "dpo":
         rej = _rejected_index(batch)
         out = L.dpo_loss(policy[rows, 0], policy[rows, rej], ref[rows, 0], ref[rows, rej], beta=tc.beta)
