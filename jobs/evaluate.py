@@ -8,7 +8,8 @@ from training.evaluation import run_evaluate
 def comparison_table(report: dict) -> str:
     rows = [("held-out exact match", "exact_match"), ("held-out mean reward", "mean_reward"),
             ("held-out implicit-reward accuracy", "implicit_accuracy"),
-            ("held-out answers that are the demonstrator's slip", "slip_rate")]
+            ("held-out answers that are the demonstrator's slip", "slip_rate"),
+            ("held-out mean answer length (tokens)", "mean_answer_tokens")]
     lines = [f"{'':<50}{'reference':>15}{'policy':>10}"]
     lines += [f"{name:<50}{report['reference_' + key]:>15.3f}{report['policy_' + key]:>10.3f}" for name, key in rows
               if f"reference_{key}" in report]

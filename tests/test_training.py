@@ -9,7 +9,7 @@ import torch
 
 from configs.schema import ConfigError, TrainConfig, load_config
 from training.batches import collate, pack_groups
-from training.objective import implicit_accuracy, preference_loss
+from training.objective import implicit_accuracy, length_metric_sums, preference_loss
 from training.train import split_heldout, step_groups
 
 
@@ -184,3 +184,16 @@ def test_mean_rewards_ignore_a_uniform_scaling_of_length_and_sum_rewards_do_not(
             assert abs(float(twice - once)) < 1e-5
         else:
             assert abs(float(twice - once)) > 1e-3
+
+
+def test_length_metrics_see_a_reward_that_follows_length():
+    batch = collate(pack_groups(_rows()), pad_id=0, row_tokens=64)
+    counts = batch.gather(torch.tensor([4.0, 8.0, 12.0] * 6))  # per prompt: 4, 8, 12 tokens
+    by_length = counts * 0.1  # reward = 0.1 x length: perfectly correlated
+    m = length_metric_sums(by_length, batch, counts)
+    assert m["length_corr_sum"] / m["length_corr_prompts"] == pytest.approx(1.0)
+    assert m["top_tokens_sum"] / m["top_prompts"] == pytest.approx(12.0)
+    assert m["lc_pairs"] == 0  # no two responses of a prompt are within 10% of each other's length
+    near = batch.gather(torch.tensor([10.0, 10.5, 30.0] * 6))
+    m = length_metric_sums(-near, batch, near)
+    assert m["length_corr_sum"] / m["length_corr_prompts"] == pytest.approx(-1.0) and m["lc_pairs"] > 0

@@ -171,7 +171,17 @@ def reward_eval(cfg, reference: Path, policy: Path, scorer, out: Path) -> dict:
     (out / "samples.json").write_text(json.dumps(samples, indent=2))
     n = len(prompts)
     return {"heldout_prompts": n, "reference_mean_reward": sum(ref_rewards) / n, "policy_mean_reward": sum(pol_rewards) / n,
-            "win_rate": sum(wins) / n, "samples": str(out / "samples.json")}
+            "win_rate": sum(wins) / n, "samples": str(out / "samples.json"),
+            **answer_lengths(reference, ref_answers, pol_answers)}
+
+
+def answer_lengths(reference: Path, ref_answers: list[str], pol_answers: list[str]) -> dict[str, float]:
+    """Mean answer length in tokens of both models (the reference's tokenizer), so a gain bought by length shows."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(reference)
+    mean = lambda answers: sum(len(tok(a, add_special_tokens=False)["input_ids"]) for a in answers) / max(len(answers), 1)  # noqa: E731
+    return {"reference_mean_answer_tokens": mean(ref_answers), "policy_mean_answer_tokens": mean(pol_answers)}
 
 
 def _task_report(cfg, reference: Path, policy: Path, out: Path) -> tuple[dict, dict[str, tuple[float, float]]]:
@@ -190,6 +200,7 @@ def _task_report(cfg, reference: Path, policy: Path, out: Path) -> tuple[dict, d
                for p, r, a, b in list(zip(prompts, heldout, ref_answers, pol_answers))[:40]]
     (out / "samples.json").write_text(json.dumps(samples, indent=2))
     report = {"heldout_prompts": len(prompts), "exact_match_by_family": by_family, "samples": str(out / "samples.json"),
+              **answer_lengths(reference, ref_answers, pol_answers),
               **{f"{who}_{k}": v for who, scores in (("reference", ref_scores), ("policy", pol_scores)) for k, v in scores.items()}}
     bars = {"exact match": (ref_scores["exact_match"], pol_scores["exact_match"]),
             "mean reward": (ref_scores["mean_reward"], pol_scores["mean_reward"]),

@@ -10,6 +10,7 @@ from training.batches import Batch
 
 NEEDS_SCORES = {"swepo", "infonca", "nca"}
 TIE = 1e-4  # implicit rewards (beta-scaled) closer than this are equal
+LENGTH_BAND = 0.1  # length-controlled accuracy: pairs whose token counts differ by less than this fraction
 
 
 def _rejected_index(batch: Batch) -> Tensor:
@@ -32,8 +33,9 @@ def has_negative(batch: Batch) -> Tensor:
     return batch.mask.sum(-1) >= 2
 
 
-def implicit_accuracy(rewards: Tensor, batch: Batch) -> tuple[float, int]:
-    """(correct, pairs) over response pairs ordered by label: scores when present, else anchor above the rest.
+def implicit_accuracy(rewards: Tensor, batch: Batch, pairs: Tensor | None = None) -> tuple[float, int]:
+    """(correct, pairs) over response pairs ordered by label: scores when present, else anchor above the rest;
+    ``pairs`` (``[P, K, K]``) restricts the count to some pairs.
 
     A tie counts half, so a policy equal to its reference scores exactly 0.5. Rewards closer than
     ``TIE`` are a tie: the stored reference log-probs come from another batch layout than the policy's,
@@ -41,9 +43,30 @@ def implicit_accuracy(rewards: Tensor, batch: Batch) -> tuple[float, int]:
     """
     labels = batch.scores if batch.scores is not None else (torch.arange(batch.mask.shape[1]) == 0).float().expand_as(rewards)
     better = (labels.unsqueeze(-1) > labels.unsqueeze(-2)) & batch.mask.unsqueeze(-1) & batch.mask.unsqueeze(-2)
+    if pairs is not None:
+        better &= pairs
     diff = rewards.unsqueeze(-1) - rewards.unsqueeze(-2)
     correct = ((diff > TIE).float() + 0.5 * (diff.abs() <= TIE).float())[better].sum()
     return float(correct), int(better.sum())
+
+
+def length_metric_sums(rewards: Tensor, batch: Batch, token_counts: Tensor) -> dict[str, float]:
+    """What length does to the implicit rewards ``[P, K]``, as sums to add over batches and ranks:
+    the within-prompt (Pearson) correlation of reward and token count over prompts whose responses differ in
+    length; accuracy on label-ordered pairs whose lengths differ by less than ``LENGTH_BAND`` (length-controlled
+    accuracy); the token count of the response each prompt's rewards rank first."""
+    mask, n = batch.mask, token_counts.to(rewards.dtype)
+    k = mask.sum(-1, keepdim=True).clamp(min=1)
+    rc = (rewards - (rewards * mask).sum(-1, keepdim=True) / k) * mask
+    nc = (n - (n * mask).sum(-1, keepdim=True) / k) * mask
+    denom = (rc.pow(2).sum(-1) * nc.pow(2).sum(-1)).sqrt()
+    spread = denom > 1e-12
+    corr = (rc * nc).sum(-1)[spread] / denom[spread]
+    similar = (n.unsqueeze(-1) - n.unsqueeze(-2)).abs() < LENGTH_BAND * torch.maximum(n.unsqueeze(-1), n.unsqueeze(-2))
+    lc_correct, lc_pairs = implicit_accuracy(rewards, batch, similar)
+    top = rewards.masked_fill(~mask, float("-inf")).argmax(-1)
+    return {"length_corr_sum": float(corr.sum()), "length_corr_prompts": int(spread.sum()), "lc_correct": lc_correct,
+            "lc_pairs": lc_pairs, "top_tokens_sum": float(n[torch.arange(len(top)), top].sum()), "top_prompts": len(top)}
 
 
 def implicit_logps(tc: TrainConfig, policy: Tensor, ref: Tensor, token_counts: Tensor) -> tuple[Tensor, Tensor]:
@@ -98,9 +121,10 @@ def preference_loss(tc: TrainConfig, batch: Batch, policy: Tensor, ref: Tensor, 
     keeps_nll = tc.loss == "sft" or (tc.loss == "cpo" and tc.cpo_alpha_mle > 0)
     valid = out.valid & (has_negative(batch) | keeps_nll)
     loss = (out.losses * valid).sum() / valid.sum().clamp(min=1)
-    correct, pairs = implicit_accuracy(tc.beta * (policy - ref).detach(), batch)
+    rewards = tc.beta * (policy - ref).detach()
+    correct, pairs = implicit_accuracy(rewards, batch)
     metrics = {"loss": float(loss.detach()), "prompts": P, "skipped_prompts": int((~valid).sum()),
-               "accuracy_correct": correct, "accuracy_pairs": pairs}
+               "accuracy_correct": correct, "accuracy_pairs": pairs, **length_metric_sums(rewards, batch, token_counts)}
     if "margin" in out.metrics:
         metrics["margin"] = float(out.metrics["margin"][valid].mean()) if valid.any() else 0.0
     return loss, metrics

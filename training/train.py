@@ -15,6 +15,7 @@ import resource
 import shutil
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import deepspeed
@@ -81,19 +82,40 @@ def heldout_share(held_ids: list[int], rank: int, world: int, micro_groups: int)
     return chunks + [None] * (n - len(chunks))
 
 
+# Per-step and held-out figures: sums over micro-batches and ranks (objective.preference_loss's metrics), then ratios.
+RATIOS = {"accuracy": ("accuracy_correct", "accuracy_pairs"), "lc_accuracy": ("lc_correct", "lc_pairs"),
+          "reward_length_corr": ("length_corr_sum", "length_corr_prompts"),
+          "top_response_tokens": ("top_tokens_sum", "top_prompts")}
+SUMMED = ("loss", "prompts", "skipped_prompts", "tokens", "response_tokens", *(k for pair in RATIOS.values() for k in pair))
+
+
+SATURATED_GRAD = 1e-7
+_LISTWISE = ("Likely cause: within each prompt the implicit rewards of positives and negatives are farther apart than "
+             "the softmax resolves (beta x |log-prob ratio| of summed log-probs); lower train.beta or set "
+             "train.reward_normalization: mean.")
+SATURATION_CAUSE = {"swepo": _LISTWISE, "infonca": _LISTWISE, "nca": _LISTWISE, "cpo": _LISTWISE,
+                    "dpo": "Likely cause: every pair's margin is far past the sigmoid's knee; lower train.beta.",
+                    "rpo": "Likely cause: every pair's margin is far past the sigmoid's knee; lower train.beta."}
+
+
+def _ratios(total: dict) -> dict[str, float]:
+    return {name: total[num] / max(total[den], 1) for name, (num, den) in RATIOS.items()}
+
+
 @torch.no_grad()
-def heldout_accuracy(engine, ref_model, batches: list[tuple[bool, Batch]], cfg: Config, plan: ForwardPlan) -> float:
-    """Implicit-reward accuracy on the held-out groups, each rank scoring its share, summed over ranks."""
-    correct = pairs = 0.0
+def heldout_metrics(engine, ref_model, batches: list[tuple[bool, Batch]], cfg: Config, plan: ForwardPlan) -> dict[str, float]:
+    """Implicit-reward accuracy and the length figures of :data:`RATIOS` on the held-out groups, each rank
+    scoring its share, summed over ranks."""
+    sums: Counter = Counter()
     engine.eval()
     for counts_toward, batch in batches:
         policy, ref, counts = _sequence_values(engine, ref_model, batch, cfg.train.reference == "live", plan)
         _, m = preference_loss(cfg.train, batch, policy, ref, counts)
         if counts_toward:
-            correct, pairs = correct + m["accuracy_correct"], pairs + m["accuracy_pairs"]
+            sums.update(m)
     engine.train()
-    correct, pairs = _all_sum([correct, pairs])
-    return correct / max(pairs, 1)
+    keys = [k for pair in RATIOS.values() for k in pair]
+    return _ratios(dict(zip(keys, _all_sum([float(sums[k]) for k in keys]))))
 
 
 def _all_sum(values: list[float], op=dist.ReduceOp.SUM) -> list[float]:
@@ -156,7 +178,7 @@ def train_worker_loop(lc: dict) -> None:
             print(f"[train] restored step {start} (saved by {state['world_size']} workers, now {world}; "
                   f"Adam moments: {state['moments']})", flush=True)
     if acc_start is None:
-        acc_start = heldout_accuracy(engine, ref_model, heldout, cfg, plan)
+        acc_start = heldout_metrics(engine, ref_model, heldout, cfg, plan)["accuracy"]
 
     writer = None
     if rank == 0:
@@ -174,37 +196,41 @@ def train_worker_loop(lc: dict) -> None:
     data_log = open(job_dir / f"data_rank{rank}.jsonl", "a" if start else "w")
     attempt = _all_sum([time.time() if rank == 0 else 0.0])[0]  # one id shared by the ranks of this attempt
 
+    saturated = False  # said once per attempt
     prefetch = Prefetcher(step_batches)  # step s + 1 is read and collated while step s trains
     for step in range(start, tc.steps):
         started = time.perf_counter()
         lr = lr_at(step, tc.steps, tc.warmup_steps, tc.lr)
         set_lr(engine, lr)
         mine, batches = prefetch.get(step, step + 1 if step + 1 < tc.steps else None)
-        sums = np.zeros(7)  # loss*prompts, prompts, skipped, correct, pairs, tokens, response tokens
+        sums: Counter = Counter()
         for batch in batches:
             policy, ref, counts = _sequence_values(engine, ref_model, batch, tc.reference == "live", plan)
             loss, metrics = preference_loss(tc, batch, policy, ref, counts)
             engine.backward(loss)
             engine.step()
-            sums += [metrics["loss"] * metrics["prompts"], metrics["prompts"], metrics["skipped_prompts"],
-                     metrics["accuracy_correct"], metrics["accuracy_pairs"], batch.packed.tokens,
-                     int(batch.packed.response_lengths.sum())]
+            sums.update({**metrics, "loss": metrics["loss"] * metrics["prompts"], "tokens": batch.packed.tokens,
+                         "response_tokens": int(batch.packed.response_lengths.sum())})
         data_log.write(json.dumps({"step": step, "rank": rank, "world": world, "attempt": attempt, "groups": mine}) + "\n")
         data_log.flush()
-        total = _all_sum(sums.tolist())
+        total = dict(zip(SUMMED, _all_sum([float(sums[k]) for k in SUMMED])))
         seconds = time.perf_counter() - started
         row = {
-            "step": step + 1, "loss": total[0] / max(total[1], 1), "accuracy": total[3] / max(total[4], 1),
-            "skipped_prompts": int(total[2]), "grad_norm": float(engine.get_global_grad_norm() or 0.0),
-            "lr": lr, "tokens_per_second": total[5] / seconds,
-            "response_tokens_per_second": total[6] / seconds, "seconds": seconds, "world_size": world,
+            "step": step + 1, "loss": total["loss"] / max(total["prompts"], 1), **_ratios(total),
+            "skipped_prompts": int(total["skipped_prompts"]), "grad_norm": float(engine.get_global_grad_norm() or 0.0),
+            "lr": lr, "tokens_per_second": total["tokens"] / seconds,
+            "response_tokens_per_second": total["response_tokens"] / seconds, "seconds": seconds, "world_size": world,
             "worker_peak_rss_mb": _all_sum([peak_rss_mb()], op=dist.ReduceOp.MAX)[0],
         }
         if rank == 0:
             _log(job_dir, writer, row, tc.log_every)
+            if not saturated and row["grad_norm"] < SATURATED_GRAD and total["prompts"] > total["skipped_prompts"]:
+                saturated = True
+                print(f"[train] step {row['step']}: loss {row['loss']:.4g} with gradient norm {row['grad_norm']:.1e}: the "
+                      f"loss is saturated, so these steps teach nothing. " + SATURATION_CAUSE.get(tc.loss, ""), flush=True)
         done = step + 1 == tc.steps
         if (step + 1) % tc.checkpoint_every == 0 or done:
-            extra = {"heldout_accuracy_end": heldout_accuracy(engine, ref_model, heldout, cfg, plan)} if done else {}
+            extra = {f"heldout_{k}_end": v for k, v in heldout_metrics(engine, ref_model, heldout, cfg, plan).items()} if done else {}
             _checkpoint(engine, tokenizer, rank, world, step + 1, acc_start, {**row, **extra, "heldout_accuracy_start": acc_start,
                                                                             "trainable_parameters": n_trainable})
     prefetch.close()
@@ -295,6 +321,9 @@ def run_train(cfg: Config, job: str = "train") -> dict:
         "optimizer_steps": m["step"],
         "heldout_accuracy_start": m["heldout_accuracy_start"],
         "heldout_accuracy_end": m["heldout_accuracy_end"],
+        "heldout_lc_accuracy_end": m["heldout_lc_accuracy_end"],
+        "heldout_reward_length_corr_end": m["heldout_reward_length_corr_end"],
+        "heldout_top_response_tokens_end": m["heldout_top_response_tokens_end"],
         "final_train_loss": m["loss"],
         "final_train_accuracy": m["accuracy"],
         "tokens_per_second": m["tokens_per_second"],
