@@ -11,7 +11,8 @@ from pathlib import Path
 COMPARISONS = {"train_vs_trl": "benchmarks.train_vs_trl", "k_cost": "benchmarks.k_cost",
                "generate_vs_hf": "benchmarks.generate_vs_hf", "prepare_stages": "benchmarks.prepare_stages",
                "train_memory": "benchmarks.train_memory", "prepare_scale": "benchmarks.prepare_scale",
-               "grouping_quality": "benchmarks.grouping_quality"}
+               "grouping_quality": "benchmarks.grouping_quality", "length_study": "benchmarks.length_study"}
+OPT_IN = {"length_study"}  # a study of about half an hour: run it with --only
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> dict:
     path = out / "report.json"
     report = json.loads(path.read_text()) if path.is_file() and args.only else {}
     report.update({"smoke": args.smoke, "matmul_flops_1_thread": matmul_flops(1), "matmul_flops_2_threads": matmul_flops(2)})
-    for name in args.only or COMPARISONS:
+    for name in args.only or [c for c in COMPARISONS if c not in OPT_IN]:
         module = importlib.import_module(COMPARISONS[name])
         cfg = bench_config(out, args.smoke, getattr(module, "OVERRIDES", []))
         init_ray(cfg)
