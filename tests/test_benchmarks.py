@@ -41,6 +41,9 @@ def test_smoke_run_reports_both_sides_and_every_ratio(tmp_path):
     assert all(s["rows_out"] == s["rows"] and s["driver_peak_rss_mb"] > 0 for s in scale["per_size"].values())
     assert scale["prepare_driver_rss_ratio"] == pytest.approx(
         scale["per_size"]["800"]["driver_peak_rss_mb"] / scale["per_size"]["200"]["driver_peak_rss_mb"])
+    quality = report["grouping_quality"]
+    assert 0 < quality["worst_of_exact"] <= quality["demo"]["bucketed_4096"]["of_exact"] + 1e-9
+    assert "length_study" not in report  # opt-in: python -m benchmarks --only length_study
     printed = table(report)
     assert "train_vs_trl_ratio" in printed and "k11_vs_k2_cost_ratio" in printed and "generate_vs_hf_ratio" in printed
     assert "train_worker_rss_ratio" in printed and "prepare_driver_rss_ratio" in printed
