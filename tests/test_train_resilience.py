@@ -125,7 +125,7 @@ def test_rerun_with_other_workers_or_cadence_continues_and_new_math_restarts_nam
     attempts = {json.loads(line)["attempt"] for line in (out / "train" / "data_rank0.jsonl").read_text().splitlines()}
     # other workers, log and checkpoint cadence: the same run, restored at its last checkpoint (nothing left to train)
     again = _finish(_start_train(out, "train.steps=6", "train.num_workers=1", "train.log_every=2", "train.checkpoint_every=2"))
-    assert "[train] restored step 6 (saved by 2 workers, now 1)" in again and "starting from step 0" not in again
+    assert "[train] restored step 6 (saved by 2 workers, now 1; Adam moments: gathered)" in again and "starting from step 0" not in again
     assert {json.loads(line)["attempt"] for line in (out / "train" / "data_rank0.jsonl").read_text().splitlines()} == attempts
     # a new learning rate changes the math: a new run from step 0, and the job says which key differs
     other = _finish(_start_train(out, "train.steps=6", "train.lr=5e-4"))
