@@ -39,7 +39,7 @@ from configs.schema import Config
 from pipeline import grouping
 from pipeline.read import CHECKED_SCHEMA, OTHER_SPLIT, SourceSpec, read_checked, templated
 from pipeline.report import front_counts, merge_front_counts, shard_stats, summarize
-from pipeline.shards import Manifest, content_fingerprint, shard_name, write_shard
+from pipeline.shards import Manifest, content_fingerprint, shard_name, write_parquet_atomic, write_shard
 from pipeline.sources import MAX_EXAMPLES, SourceError, bad_row_error, bad_row_message, duplicate_id
 from pipeline.stages import (
     active,
@@ -185,10 +185,8 @@ def _group_bucket(rows: pd.DataFrame, cfg: Config, directory: str) -> pd.DataFra
     plan = []
     for key, part in grouped.groupby("shard", sort=True):
         name = shard_name(key)
-        pq_path = Path(directory) / name
-        tmp = pq_path.with_name(f".{name}.tmp")
-        pq.write_table(pa.Table.from_pandas(part.reset_index(drop=True), preserve_index=False).replace_schema_metadata({}), tmp)
-        tmp.replace(pq_path)
+        table = pa.Table.from_pandas(part.reset_index(drop=True), preserve_index=False).replace_schema_metadata({})
+        write_parquet_atomic(table, Path(directory) / name)
         similarity, pairs = grouping.mean_within_group_similarity(part)
         plan.append({"name": name, "rows": len(part), "groups": int(part["group_id"].nunique()),
                      "similarity_sum": similarity, "similarity_pairs": pairs})
@@ -198,8 +196,9 @@ def _group_bucket(rows: pd.DataFrame, cfg: Config, directory: str) -> pd.DataFra
 def group_pass(cfg: Config, front: ray.data.Dataset, rows: int, drop: frozenset, directory: Path, key: str) -> dict:
     """Bucket and group every good row; workers write each shard's grouped rows. Returns (and keeps) the plan."""
     plan_file = directory / "plan.json"
-    if plan_file.is_file() and json.loads(plan_file.read_text())["records_hash"] == key:
-        return json.loads(plan_file.read_text())
+    kept = json.loads(plan_file.read_text()) if plan_file.is_file() else {}
+    if kept.get("records_hash") == key:
+        return kept
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     g = cfg.prepare.grouping

@@ -79,15 +79,20 @@ def to_shard_table(rows: pd.DataFrame) -> pa.Table:
     return with_version(table.replace_schema_metadata({}))
 
 
+def write_parquet_atomic(table: pa.Table, path: Path) -> None:
+    """Write ``table`` to ``path`` so that a reader sees the whole file or none (a killed writer leaves a temp file)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
 def write_shard(rows: pd.DataFrame, directory: str | Path, name: str, stats: dict) -> dict:
     """Write one shard (whole groups) atomically and return its manifest entry; runs on the worker that holds it."""
     import ray
 
     directory = Path(directory)
     table = to_shard_table(rows)
-    tmp = directory / f".{name}.{os.getpid()}.tmp"
-    pq.write_table(table, tmp)
-    os.replace(tmp, directory / name)
+    write_parquet_atomic(table, directory / name)
     return {"rows": table.num_rows, "groups": int(rows["group_id"].nunique()), "sha256": file_sha256(directory / name),
             "node": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None, "stats": stats}
 
