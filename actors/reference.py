@@ -5,6 +5,9 @@ import time
 
 import pandas as pd
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from actors.device import assigned_device, model_dtype
 
 from pipeline.stages import (
     active,
@@ -19,16 +22,12 @@ from pipeline.stages import (
 from pipeline.tokenize import pad_token_id
 from training.logprobs import forward_plan, reference_logps, response_logits
 
-CHUNK = 64  # meanfield: sequences per forward pass
-
-
 class _ReferenceActor:
-    def __init__(self, model_dir: str, threads: int = 1):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    def __init__(self, model_dir: str, threads: int = 1, dtype: str = "auto"):
         torch.set_num_threads(max(1, threads))
+        device = assigned_device()
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=model_dtype(dtype, device)).to(device).eval()
         forward_plan(self.model)  # refuses a model it cannot score exactly, before any batch
         self.pad_id = pad_token_id(self.tokenizer, self.model.get_input_embeddings().num_embeddings)
 
@@ -36,22 +35,24 @@ class _ReferenceActor:
 class MeanfieldNegatives(_ReferenceActor):
     """One teacher-forced forward pass per ground truth; ``n`` negatives resample a fraction c of its tokens."""
 
-    def __init__(self, model_dir: str, n: int, fraction: float, seed: int, threads: int = 1):
-        super().__init__(model_dir, threads)
-        self.n, self.fraction, self.seed = n, fraction, seed
+    def __init__(self, model_dir: str, n: int, fraction: float, seed: int, threads: int = 1, dtype: str = "auto",
+                 batch_size: int = 64):
+        super().__init__(model_dir, threads, dtype)
+        self.n, self.fraction, self.seed, self.batch_size = n, fraction, seed, batch_size
 
     @torch.no_grad()
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         started = time.perf_counter()
         rows = [i for i, ok in enumerate(active(batch)) if ok]
         new_ids: list[list[list[int]]] = [[] for _ in range(len(batch))]
-        for chunk in range(0, len(rows), CHUNK):
-            idx = rows[chunk : chunk + CHUNK]
+        for chunk in range(0, len(rows), self.batch_size):
+            idx = rows[chunk : chunk + self.batch_size]
             prompts = [list(batch["prompt_ids"].iloc[i]) for i in idx]
             truths = [list(batch["response_ids"].iloc[i][anchor_index(batch["origins"].iloc[i])]) for i in idx]
             for i, y, logits in zip(idx, truths, response_logits(self.model, prompts, truths, self.pad_id)):
                 gen = torch.Generator().manual_seed(row_seed(self.seed, batch["id"].iloc[i], "meanfield"))
                 y_t = torch.tensor(y)
+                logits = logits.float().cpu()  # sampled with a seeded CPU generator: the same negatives on any device
                 samples = [meanfield_resample(y_t, logits, self.fraction, gen) for _ in range(self.n)]
                 # round(c*T) = 0 for very short responses: nothing would change, so there is no negative to add.
                 new_ids[i] = [ids.tolist() for ids, positions in samples if len(positions)]
@@ -65,8 +66,8 @@ class ReferenceLogps(_ReferenceActor):
     """``ref_logps``: summed reference log-probs of every response, computed as the trainer computes the
     policy's (same tokenization, each prompt packed once with its responses)."""
 
-    def __init__(self, model_dir: str, row_tokens: int, threads: int = 1):
-        super().__init__(model_dir, threads)
+    def __init__(self, model_dir: str, row_tokens: int, threads: int = 1, dtype: str = "auto"):
+        super().__init__(model_dir, threads, dtype)
         self.row_tokens = row_tokens
 
     @torch.no_grad()

@@ -7,6 +7,7 @@ TARGETS = [
     ("k_cost", "k11_vs_k2_cost_ratio", 1.2, False),
     ("generate_vs_hf", "generate_vs_hf_ratio", 2.5, True),
     ("train_memory", "train_worker_rss_ratio", 1.15, False),
+    ("train_memory", "tokens_per_second_vs_whole_dataset", 1.0, True),
     ("prepare_scale", "prepare_driver_rss_ratio", 1.25, False),
     ("prepare_scale", "prepare_seconds_per_krow_ratio", 1.2, False),
     ("grouping_quality", "worst_of_exact", 0.9, True),
@@ -31,9 +32,11 @@ def _sides(report: dict) -> list[str]:
             s = r[side]
             lines.append(f"  generate {side:<12} tokens/s {s['tokens_per_second']:7.0f}  (engine start {s['engine_start_seconds']:.1f} s)"
                          f"  of sampling limit {s['tokens_per_second'] / r['sampling_limit_tokens_per_second']:.1%}")
-    for scale, s in report.get("train_memory", {}).get("per_scale", {}).items():
-        lines.append(f"  train {scale}x data ({s['rows']} rows)  worker peak RSS {s['worker_peak_rss_mb']:6.0f} MB"
-                     f"  tokens/s {s['tokens_per_second']:7.0f}")
+    for side in ("per_scale", "whole_dataset"):
+        for scale, s in report.get("train_memory", {}).get(side, {}).items():
+            name = "addressed" if side == "per_scale" else side
+            lines.append(f"  train {name:<13} {scale}x data ({s['rows']} rows)  worker peak RSS {s['worker_peak_rss_mb']:6.0f} MB"
+                         f"  tokens/s {s['tokens_per_second']:7.0f}")
     for side in ("project", "baseline"):
         r = report.get("prepare_scale", {})
         for rows, s in (r if side == "project" else r.get("baseline", {})).get("per_size", {}).items():

@@ -53,6 +53,11 @@ class ModelConfig(_Section):
     )
     intermediate_size: int = Field(default=384, ge=16, description="Toy model: MLP width.")
     max_length: int = Field(default=128, ge=16, description="Maximum tokens of prompt plus response (also vLLM's max_model_len).")
+    dtype: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto",
+        description="Precision of the models prepare and evaluate run (vLLM, meanfield sampler, reference scorer, reward "
+        "model, embedder): 'auto' is bf16 on a GPU and fp32 on the CPU. Training precision is train.deepspeed.dtype.",
+    )
 
     @model_validator(mode="after")
     def _head_dim(self) -> "ModelConfig":
@@ -67,13 +72,20 @@ class ModelConfig(_Section):
 
 class DeepSpeedConfig(_Section):
     zero_stage: int = Field(default=2, ge=0, le=3, description="DeepSpeed ZeRO stage (0-3).")
-    dtype: Literal["fp32", "bf16"] = Field(default="fp32", description="Training precision.")
+    dtype: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto", description="Training precision: 'auto' is bf16 on GPU workers and fp32 on CPU workers."
+    )
     gradient_clipping: float = Field(default=1.0, ge=0, description="Gradient-norm clipping (0 disables).")
+    gradient_checkpointing: bool = Field(
+        default=False, description="Recompute activations in the backward pass (transformers' gradient checkpointing): "
+        "less memory for long sequences, about a third more compute."
+    )
 
 
 class SFTConfig(_Section):
     num_workers: int = Field(default=2, ge=1, description="Ray Train workers (one CPU each by default).")
     cpus_per_worker: float = Field(default=1, gt=0, description="CPUs reserved per training worker.")
+    gpus_per_worker: float = Field(default=0, ge=0, description="GPUs per training worker (0: CPU workers; on GPUs NCCL, bf16 by default).")
     steps: int = Field(default=700, ge=1, description="Optimizer steps of supervised fine-tuning.")
     batch_size: int = Field(default=32, ge=1, description="Global batch size (sequences per optimizer step, all workers).")
     lr: float = Field(default=3e-3, gt=0, description="Peak learning rate (AdamW, linear warm-up then cosine decay).")
@@ -136,6 +148,13 @@ class GroupingConfig(_Section):
     )
 
 
+class VLLMConfig(_Section):
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1, description="GPU only: fraction of the GPU's memory vLLM may take (weights and KV cache).")
+    tensor_parallel_size: int = Field(default=1, ge=1, description="GPUs one engine shards the model over; prepare.generator_gpus must equal it.")
+    max_num_seqs: int | None = Field(default=None, ge=1, description="Sequences an engine schedules at once (null: vLLM's default).")
+    enforce_eager: bool | None = Field(default=None, description="Run without CUDA graphs (null: eager on the CPU, CUDA graphs on a GPU).")
+
+
 class PrepareConfig(_Section):
     negatives: NegativesConfig = Field(default_factory=NegativesConfig, description="Synthetic negatives added per prompt.")
     reward: str = Field(
@@ -166,6 +185,9 @@ class PrepareConfig(_Section):
         description="Rows per Ray Data batch while tokenizing and embedding prompts; the model stages after grouping "
         "take one shard (shard_groups groups) per batch.",
     )
+    vllm: VLLMConfig = Field(default_factory=VLLMConfig, description="vLLM engine settings of the generator and of evaluation's answers.")
+    embed_batch_size: int = Field(default=64, ge=1, description="Texts per sentence-transformers forward pass.")
+    score_batch_size: int = Field(default=64, ge=1, description="Sequences per forward pass of the meanfield sampler and the reward model.")
     generator_actors: int = Field(default=1, ge=1, description="vLLM generator actors.")
     generator_cpus: float = Field(default=1, gt=0, description="CPUs per vLLM generator actor.")
     generator_gpus: float = Field(default=0, ge=0, description="GPUs per vLLM generator actor (0 on CPU machines).")
@@ -176,7 +198,17 @@ class PrepareConfig(_Section):
     )
     model_actors: int = Field(default=1, ge=1, description="Actors of each stage that owns a small model (embedder, reference scorer, reward model).")
     model_actor_cpus: float = Field(default=0.5, gt=0, description="CPUs per small-model actor.")
-    model_actor_gpus: float = Field(default=0, ge=0, description="GPUs per small-model actor.")
+    model_actor_gpus: float = Field(
+        default=0, ge=0, description="GPUs per small-model actor (fractions such as 0.25 let several share one device)."
+    )
+
+    @model_validator(mode="after")
+    def _tensor_parallel(self) -> "PrepareConfig":
+        tp = self.vllm.tensor_parallel_size
+        if tp > 1 and self.generator_gpus != tp:
+            raise ValueError(f"vllm.tensor_parallel_size={tp} shards the model over {tp} GPUs: set generator_gpus: {tp} "
+                             f"(it is {self.generator_gpus})")
+        return self
 
 
 class LoraConfig(_Section):
@@ -188,10 +220,14 @@ class LoraConfig(_Section):
     )
 
 
+PAIRWISE_LOSSES = ("dpo", "ipo", "hinge", "robust_dpo", "nca_pair")
+
+
 class TrainConfig(_Section):
-    loss: Literal["dpo", "swepo", "rpo", "cpo", "infonca", "nca", "sft"] = Field(
+    loss: Literal["dpo", "ipo", "hinge", "robust_dpo", "nca_pair", "swepo", "rpo", "cpo", "infonca", "nca", "sft"] = Field(
         default="cpo",
-        description="Preference objective (formulas in DESIGN.md), or 'sft': mean token NLL of the anchor alone, "
+        description="Preference objective (formulas in DESIGN.md; ipo, hinge, robust_dpo and nca_pair are the pairwise "
+        "variants of TRL's DPOTrainer, on the pairs train.pairing builds), or 'sft': mean token NLL of the anchor alone, "
         "the control that shows what the same steps give without negatives.",
     )
     beta: float = Field(default=0.1, gt=0, description="Implicit-reward scale beta of every loss.")
@@ -199,6 +235,15 @@ class TrainConfig(_Section):
     swepo_p: float = Field(default=1.0, ge=0, description="SWEPO: power p of |deviation| (0 = unweighted group loss).")
     swepo_weighting: Literal["abs", "signed"] = Field(default="abs", description="SWEPO: log w = alpha*|dev|^p (abs) or alpha*dev (signed).")
     swepo_mode: Literal["k1_vs_k2", "1_vs_k"] = Field(default="k1_vs_k2", description="SWEPO: all above-mean responses positive, or only the best.")
+    pairing: Literal["auto", "anchor", "best_worst", "best_each"] = Field(
+        default="auto",
+        description="Pairwise losses (dpo, ipo, hinge, robust_dpo, nca_pair) and RPO: the pair each prompt contributes. 'anchor': the anchor (the dataset's answer) against the "
+        "response of origin 'rejected', else the lowest-scored other; 'best_worst': the best-scored against the "
+        "worst-scored response (as UltraFeedback binarized; prompts whose responses all score the same are skipped); "
+        "'best_each' (pairwise losses only): the best-scored against every lower-scored response, averaged per prompt "
+        "(DPO x (k-1)); 'auto': best_worst when the shards hold scores, else anchor.",
+    )
+    label_smoothing: float = Field(default=0.1, ge=0, lt=0.5, description="robust_dpo: the assumed rate eps of flipped preference labels.")
     rpo_weighting: Literal["embedding", "uniform", "diagonal"] = Field(default="embedding", description="RPO: weights of the cross-prompt contrasts.")
     rpo_tau: float = Field(default=0.5, gt=0, description="RPO: softmax temperature over prompt similarities.")
     rpo_lambda: float = Field(default=0.8, ge=0, le=1, description="RPO diagonal: weight of a prompt's own pair.")
@@ -233,6 +278,7 @@ class TrainConfig(_Section):
     deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig, description="DeepSpeed settings of the train job.")
     num_workers: int | tuple[int, int] = Field(default=2, description="Training workers, or [min, max] for elastic training.")
     cpus_per_worker: float = Field(default=1, gt=0, description="CPUs per training worker.")
+    gpus_per_worker: float = Field(default=0, ge=0, description="GPUs per training worker (0: CPU workers; on GPUs NCCL, bf16 by default).")
     checkpoint_every: int = Field(default=20, ge=1, description="Save a checkpoint (save_pretrained + DeepSpeed state) every N steps.")
     keep_checkpoints: int = Field(default=2, ge=1, description="Checkpoints kept (the oldest are deleted).")
     max_failures: int = Field(default=3, ge=0, description="Worker failures survived by restoring the latest checkpoint.")
@@ -256,6 +302,9 @@ class TrainConfig(_Section):
                     f"batch_groups={self.batch_groups} must be divisible by workers*micro_groups for every world size "
                     f"(fails for {world} workers x {self.micro_groups})"
                 )
+        if self.pairing == "best_each" and self.loss not in PAIRWISE_LOSSES:
+            raise ValueError(f"pairing=best_each (DPO x (k-1)) is for the pairwise losses {', '.join(PAIRWISE_LOSSES)}, "
+                             f"not {self.loss}: use auto, anchor or best_worst")
         return self
 
 

@@ -57,8 +57,8 @@ from pipeline.stages import (
 from training.logprobs import check_architecture
 
 # Settings that change only how fast records are made, never the records: a resumed run keeps its shards.
-SPEED_KEYS = ("batch_size", "generator_actors", "generator_cpus", "generator_gpus", "generator_cpu_bind",
-              "model_actors", "model_actor_cpus", "model_actor_gpus")
+SPEED_KEYS = ("batch_size", "embed_batch_size", "score_batch_size", "vllm", "generator_actors", "generator_cpus",
+              "generator_gpus", "generator_cpu_bind", "model_actors", "model_actor_cpus", "model_actor_gpus")
 MAX_PARTITIONS, ROWS_PER_ID_PARTITION = 200, 50_000
 FRONT_SCHEMA = pa.schema([
     *CHECKED_SCHEMA, ("prompt_ids", pa.list_(pa.int32())), ("response_ids", pa.list_(pa.list_(pa.int32()))),
@@ -127,22 +127,27 @@ def front_pass(cfg: Config, model_dir: str, tokenizer, directory: Path, key: str
     if done.is_file() and done.read_text() == key:
         return spec
     shutil.rmtree(directory, ignore_errors=True)
-    p = cfg.prepare
-    ds = (
-        ds.map_batches(timed("tokenize", partial(tokenize_records, tokenizer=tokenizer, max_length=cfg.model.max_length,
-                                                 on_overlength=p.on_overlength, templated=templated(cfg, spec, model_dir))),
-                       batch_format="pandas", batch_size=p.batch_size)
-        .map_batches(Embedder, fn_constructor_kwargs={"model_dir": p.embedder_dir, "what": "prompts",
-                                                      "threads": max(1, int(p.model_actor_cpus)), "max_tokens": p.embed_max_tokens},
-                     **_pool(p.model_actors, p.model_actor_cpus, p.model_actor_gpus, p.batch_size))
-        .map_batches(_front_table, batch_format="pandas")
-    )
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    ds.write_parquet(str(tmp))
+    build_front_graph(ds, cfg, tokenizer, templated(cfg, spec, model_dir)).write_parquet(str(tmp))
     tmp.rename(directory)
     done.write_text(key)
     return spec
+
+
+def build_front_graph(ds: ray.data.Dataset, cfg: Config, tokenizer, chat_templated: bool) -> ray.data.Dataset:
+    """Checked source rows -> tokenized -> prompt embeddings (an actor pool) -> the front table."""
+    p = cfg.prepare
+    return (
+        ds.map_batches(timed("tokenize", partial(tokenize_records, tokenizer=tokenizer, max_length=cfg.model.max_length,
+                                                 on_overlength=p.on_overlength, templated=chat_templated)),
+                       batch_format="pandas", batch_size=p.batch_size)
+        .map_batches(Embedder, fn_constructor_kwargs={"model_dir": p.embedder_dir, "what": "prompts",
+                                                      "threads": max(1, int(p.model_actor_cpus)), "max_tokens": p.embed_max_tokens,
+                                                      "batch_size": p.embed_batch_size, "dtype": cfg.model.dtype},
+                     **_pool(p.model_actors, p.model_actor_cpus, p.model_actor_gpus, p.batch_size))
+        .map_batches(_front_table, batch_format="pandas")
+    )
 
 
 def find_duplicates(front: ray.data.Dataset, rows: int) -> list[tuple[int, str]]:
@@ -225,39 +230,51 @@ def group_pass(cfg: Config, front: ray.data.Dataset, rows: int, drop: frozenset,
     return plan
 
 
-def build_main_graph(ds: ray.data.Dataset, cfg: Config, model_dir: str, tokenizer, reward: str) -> ray.data.Dataset:
-    """The model stages over whole shards (one Ray Data block and batch each, so a shard never splits)."""
+def build_main_graph(ds: ray.data.Dataset, cfg: Config, model_dir: str, tokenizer, reward: str,
+                     shard_rows: int) -> ray.data.Dataset:
+    """The model stages over whole shards: each input block is one shard of at least ``shard_rows`` rows.
+
+    Model actors take batches of ``shard_rows`` rows (Ray Data needs a batch size for GPU actors): a block of at
+    least that many rows is one task on its own, sliced into batches whose outputs join again into one block, so
+    a shard reaches the writer whole (the writer checks it)."""
     neg, p = cfg.prepare.negatives, cfg.prepare
     threads = max(1, int(p.model_actor_cpus))
-    small = partial(_pool, p.model_actors, p.model_actor_cpus, p.model_actor_gpus, None)
+    small = partial(_pool, p.model_actors, p.model_actor_cpus, p.model_actor_gpus, shard_rows)
     ds = ds.map_batches(timed("batch", partial(_add_batch_negatives, tokenizer=tokenizer)), batch_format="pandas", batch_size=None)
     if neg.autoregressive:
         if neg.engine == "vllm":
             ds = ds.map_batches(VLLMNegatives, fn_constructor_kwargs={"model_dir": model_dir, "cfg": neg, "seed": cfg.seed,
-                                "max_model_len": cfg.model.max_length, "cpu_bind": p.generator_cpu_bind},
-                                **_pool(p.generator_actors, p.generator_cpus, p.generator_gpus, None))
+                                "max_model_len": cfg.model.max_length, "engine": p.vllm, "dtype": cfg.model.dtype,
+                                "cpu_bind": p.generator_cpu_bind},
+                                **_pool(p.generator_actors, p.generator_cpus, p.generator_gpus, shard_rows))
         else:
             ds = ds.map_batches(HFNegatives, fn_constructor_kwargs={"model_dir": model_dir, "cfg": neg, "seed": cfg.seed,
-                                "max_model_len": cfg.model.max_length, "threads": max(1, int(p.generator_cpus))},
-                                **_pool(p.generator_actors, p.generator_cpus, p.generator_gpus, None))
+                                "max_model_len": cfg.model.max_length, "threads": max(1, int(p.generator_cpus)),
+                                "dtype": cfg.model.dtype},
+                                **_pool(p.generator_actors, p.generator_cpus, p.generator_gpus, shard_rows))
     if neg.meanfield:
         ds = ds.map_batches(MeanfieldNegatives, fn_constructor_kwargs={"model_dir": model_dir, "n": neg.meanfield,
-                            "fraction": neg.meanfield_fraction, "seed": cfg.seed, "threads": threads}, **small())
+                            "fraction": neg.meanfield_fraction, "seed": cfg.seed, "threads": threads,
+                            "dtype": cfg.model.dtype, "batch_size": p.score_batch_size}, **small())
     if neg.truncation:
         ds = ds.map_batches(timed("truncation", partial(_truncate, n=neg.truncation, eos_id=tokenizer.eos_token_id,
                                                           seed=cfg.seed, tokenizer=tokenizer)), batch_format="pandas", batch_size=None)
     if reward.startswith("model:"):
-        ds = ds.map_batches(RewardModelScores, fn_constructor_kwargs={"model_dir": reward[len("model:"):], "threads": threads}, **small())
+        ds = ds.map_batches(RewardModelScores, fn_constructor_kwargs={"model_dir": reward[len("model:"):], "threads": threads,
+                                                                      "batch_size": p.score_batch_size, "dtype": cfg.model.dtype},
+                            **small())
     elif reward not in ("source", "none"):
         ds = ds.map_batches(timed("rewards", partial(score_responses, scorer=load_scorer(reward))), batch_format="pandas", batch_size=None)
     if p.embed_responses:
         ds = ds.map_batches(Embedder, fn_constructor_kwargs={"model_dir": p.embedder_dir, "what": "responses",
-                                                              "threads": threads, "max_tokens": p.embed_max_tokens}, **small())
+                                                              "threads": threads, "max_tokens": p.embed_max_tokens,
+                                                              "batch_size": p.embed_batch_size, "dtype": cfg.model.dtype},
+                            **small())
     ds = ds.map_batches(timed("group_statistics", partial(group_statistics, alpha=p.swepo_alpha, p=p.swepo_p,
                                                           weighting=p.swepo_weighting)), batch_format="pandas", batch_size=None)
     if p.ref_logps:
         ds = ds.map_batches(ReferenceLogps, fn_constructor_kwargs={"model_dir": model_dir, "row_tokens": cfg.pack_row_tokens(),
-                                                                 "threads": threads}, **small())
+                                                                 "threads": threads, "dtype": cfg.model.dtype}, **small())
     return ds
 
 
@@ -340,7 +357,7 @@ def run_prepare(cfg: Config) -> dict:
     if pending:
         ds = ray.data.from_items([{"shard": name} for name in pending], override_num_blocks=len(pending))
         ds = ds.map_batches(_load_grouped, fn_kwargs={"directory": str(work / "grouped")}, batch_format="pandas", batch_size=None)
-        ds = build_main_graph(ds, cfg, model_dir, tokenizer, reward)
+        ds = build_main_graph(ds, cfg, model_dir, tokenizer, reward, min(plan["shards"][n]["rows"] for n in pending))
         ds = ds.map_batches(_write_shards, fn_kwargs={"directory": str(shards_dir),
                                                       "expected": {n: plan["shards"][n]["rows"] for n in pending}},
                             batch_format="pandas", batch_size=None, scheduling_strategy="SPREAD")

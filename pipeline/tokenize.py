@@ -11,7 +11,7 @@ as ``apply_chat_template(..., tokenize=True)`` does, with ``add_special_tokens=F
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +117,11 @@ class Packed:
     response_lengths: torch.Tensor  # [N]
     tokens: int  # sum over responses of len(prompt) + len(response): the unpacked work
     shared: bool = True
+
+    def to(self, device: torch.device) -> "Packed":
+        """The same batch with its tensors on ``device``."""
+        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)
+                                if isinstance(getattr(self, f.name), torch.Tensor)})
 
 
 def _blocks(prompts, responses, row_tokens):

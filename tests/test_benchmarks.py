@@ -33,6 +33,9 @@ def test_smoke_run_reports_both_sides_and_every_ratio(tmp_path):
     assert memory["per_scale"]["8"]["rows"] == 8 * memory["per_scale"]["1"]["rows"]
     assert memory["train_worker_rss_ratio"] == pytest.approx(
         memory["per_scale"]["8"]["worker_peak_rss_mb"] / memory["per_scale"]["1"]["worker_peak_rss_mb"])
+    assert memory["whole_dataset"]["8"]["rows"] == memory["per_scale"]["8"]["rows"]
+    assert memory["tokens_per_second_vs_whole_dataset"] == pytest.approx(
+        memory["per_scale"]["1"]["tokens_per_second"] / memory["whole_dataset"]["1"]["tokens_per_second"])
     for name in ("demo", "alpacaeval_bo16"):
         stages = report["prepare_stages"][name]
         assert stages["bottleneck"] in stages["stages"]

@@ -34,7 +34,7 @@ def _rank(rank: int, world: int, port: int, stage: int, directory: str, mode: st
     tokenizer = tokenizer_like("plain")
     model = build_model("llama", len(tokenizer), attn_implementation="eager")
     config = deepspeed_config(DeepSpeedConfig(zero_stage=stage), micro_batch=1, grad_accum=1, world_size=world,
-                              lr=1e-2, weight_decay=0.0)
+                              lr=1e-2, weight_decay=0.0, device=torch.device("cpu"))
     engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
                                       config=config)
     out = Path(directory)

@@ -15,7 +15,7 @@ CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 def test_shipped_configs_validate(path):
     cfg = load_config(path)
     assert cfg.name == path.stem
-    assert cfg.output_dir == f"runs/{path.stem}"
+    assert cfg.output_dir.endswith(f"runs/{path.stem}")  # cluster_example: on the cluster's shared filesystem
 
 
 def _write(tmp_path, text: str) -> Path:

@@ -51,10 +51,10 @@ def test_saved_model_generates_through_vllm_like_transformers(tiny_model_dir, tm
     script.write_text(textwrap.dedent(f"""
         import json, vllm
         from actors.generator import VLLMNegatives
-        from configs.schema import NegativesConfig
+        from configs.schema import NegativesConfig, VLLMConfig
         if __name__ == "__main__":
             sampler = VLLMNegatives({str(tiny_model_dir)!r}, NegativesConfig(autoregressive=4, max_tokens=8), seed=0,
-                                    max_model_len=128)
+                                    max_model_len=128, engine=VLLMConfig())
             params = vllm.SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
             greedy = [list(o.outputs[0].token_ids) for o in sampler.llm.generate({prompts!r}, params)]
             many = [sampler.tokenizer.encode(f"Compute the sum {{i}} + {{i + 7}}.\\nAnswer: ") for i in range(96)]

@@ -15,7 +15,9 @@ pytestmark = pytest.mark.slow
 SLICE = ["prepare.max_rows=24", "train.steps=2", "train.checkpoint_every=2", "train.batch_groups=2", "train.micro_groups=1",
          "train.heldout_fraction=0.3", "evaluate.max_prompts=4", "evaluate.max_new_tokens=8"]
 TOY = ["sft.steps=10", "task.n_train=400", "task.n_heldout=16"]
-CONFIGS = sorted(p.name for p in (ROOT / "configs").glob("*.yaml") if p.name != "bench.yaml")  # bench: tests/test_benchmarks.py
+# bench: tests/test_benchmarks.py; the GPU layouts: make gpu-check, and their resources in tests/test_devices.py
+CONFIGS = sorted(p.name for p in (ROOT / "configs").glob("*.yaml")
+                 if p.name not in ("bench.yaml", "gpu_single.yaml", "cluster_example.yaml"))
 
 
 @pytest.mark.parametrize("name", CONFIGS)

@@ -130,3 +130,22 @@ def test_rerun_with_other_workers_or_cadence_continues_and_new_math_restarts_nam
     # a new learning rate changes the math: a new run from step 0, and the job says which key differs
     other = _finish(_start_train(out, "train.steps=6", "train.lr=5e-4"))
     assert "train.lr 0.001 -> 0.0005" in other and "starting from step 0" in other and "restored" not in other
+
+
+@pytest.mark.parametrize("precision", [["train.deepspeed.dtype=bf16"], ["train.deepspeed.zero_stage=3"]], ids=["bf16", "zero3"])
+def test_bf16_and_zero3_save_restore_and_export_the_full_model(tiny_copy, precision):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    out = tiny_copy
+    first = _finish(_start_train(out, "train.steps=4", "train.checkpoint_every=2", *precision))
+    assert "restored" not in first
+    again = _finish(_start_train(out, "train.steps=4", "train.checkpoint_every=2", "train.num_workers=1", *precision))
+    assert "[train] restored step 4 (saved by 2 workers, now 1; Adam moments: gathered)" in again
+    report = json.loads((out / "train" / "report.json").read_text())
+    assert report["optimizer_steps"] == 4 and pd.notna(report["final_train_loss"])
+    policy = dict(AutoModelForCausalLM.from_pretrained(out / "train" / "policy").named_parameters())
+    reference = dict(AutoModelForCausalLM.from_pretrained(out / "sft" / "model").named_parameters())
+    assert policy.keys() == reference.keys()
+    assert all(policy[k].shape == reference[k].shape for k in policy)  # ZeRO-3: gathered, not this rank's partition
+    assert any(not torch.allclose(policy[k].float(), reference[k].float()) for k in policy)  # and trained

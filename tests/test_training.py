@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from configs.schema import ConfigError, TrainConfig, load_config
+from training import losses as L
 from training.batches import collate, pack_groups
 from training.objective import implicit_accuracy, length_metric_sums, preference_loss
 from training.train import split_heldout, step_groups
@@ -126,6 +127,58 @@ def test_prompts_whose_negatives_were_all_dropped_are_skipped_not_contrasted_wit
     value.backward()
     assert metrics["skipped_prompts"] == 1 and torch.isfinite(value)
     assert policy.grad[1].abs().sum() == 0  # the single-response prompt takes no part
+
+
+def _batch_where_the_anchor_is_not_the_best():
+    """Per prompt after packing: anchor (ground truth) scored 0.5, then 0.9 and 0.1; in group 0's first prompt all
+    three score the same (no preference to learn)."""
+    rows = _rows()
+    rows["scores"] = [[0.9, 0.5, 0.1]] * len(rows)
+    rows.at[rows.index[0], "scores"] = [0.5, 0.5, 0.5]
+    return collate(pack_groups(rows), pad_id=0, row_tokens=64)
+
+
+def _pair_loss(batch, policy, chosen, rejected, beta=0.1):
+    return L.dpo_loss(policy[:, chosen], policy[:, rejected], batch.ref_logps[:, chosen], batch.ref_logps[:, rejected], beta=beta).losses
+
+
+def test_dpo_pairs_by_score_when_scores_exist():
+    batch = _batch_where_the_anchor_is_not_the_best()
+    policy = batch.ref_logps + torch.tensor([0.3, -0.2, 0.4])
+    counts = batch.gather(torch.full((batch.packed.tokens,), 2.0))
+    auto, metrics = preference_loss(TrainConfig(loss="dpo"), batch, policy, batch.ref_logps, counts)
+    assert metrics["skipped_prompts"] == 1  # the prompt whose responses all score the same
+    assert auto.item() == pytest.approx(float(_pair_loss(batch, policy, 1, 2)[1:].mean()))
+    anchor, metrics = preference_loss(TrainConfig(loss="dpo", pairing="anchor"), batch, policy, batch.ref_logps, counts)
+    lowest_other = torch.cat([_pair_loss(batch, policy, 0, 1)[:1], _pair_loss(batch, policy, 0, 2)[1:]])  # a tie: the first
+    assert metrics["skipped_prompts"] == 0 and anchor.item() == pytest.approx(float(lowest_other.mean()))
+    each, _ = preference_loss(TrainConfig(loss="dpo", pairing="best_each"), batch, policy, batch.ref_logps, counts)
+    per_pair = (_pair_loss(batch, policy, 1, 0) + _pair_loss(batch, policy, 1, 2)) / 2
+    assert each.item() == pytest.approx(float(per_pair[1:].mean()))
+
+
+def test_rpo_pairs_by_score_and_best_each_is_dpo_only(tmp_path):
+    batch = _batch_where_the_anchor_is_not_the_best()
+    policy = (batch.ref_logps + torch.tensor([0.3, -0.2, 0.4])).requires_grad_(True)
+    counts = batch.gather(torch.full((batch.packed.tokens,), 2.0))
+    value, metrics = preference_loss(TrainConfig(loss="rpo"), batch, policy, batch.ref_logps, counts)
+    value.backward()
+    assert metrics["skipped_prompts"] == 1
+    assert policy.grad[1:, 0].abs().sum() == 0 and policy.grad[1:, 1:].abs().min() > 0  # anchor out, best and worst in
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  loss: rpo\n  pairing: best_each\n")
+    with pytest.raises(ConfigError, match="pairing=best_each .DPO x .k-1.. is for the pairwise losses"):
+        load_config(path)
+
+
+def test_pairing_by_score_on_shards_without_scores_is_refused():
+    rows = _rows().assign(scores=None)
+    batch = collate(pack_groups(rows), pad_id=0, row_tokens=64)
+    counts = batch.gather(torch.full((batch.packed.tokens,), 2.0))
+    _, metrics = preference_loss(TrainConfig(loss="dpo"), batch, batch.ref_logps, batch.ref_logps, counts)  # auto: anchor
+    assert metrics["skipped_prompts"] == 0
+    with pytest.raises(ValueError, match="pairing=best_worst needs response scores"):
+        preference_loss(TrainConfig(loss="dpo", pairing="best_worst"), batch, batch.ref_logps, batch.ref_logps, counts)
 
 
 def test_cpo_keeps_the_nll_term_for_prompts_without_negatives():

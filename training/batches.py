@@ -7,7 +7,7 @@ is moved to index 0, which is where CPO expects the ground truth.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import pandas as pd
@@ -74,6 +74,11 @@ class Batch:
     is_rejected: torch.Tensor  # [P, K] origin "rejected"
     group_of_prompt: torch.Tensor  # [P]
     similarity: list[torch.Tensor]  # per group [B, B]
+
+    def to(self, device: torch.device) -> "Batch":
+        """The same batch with its tensors on ``device`` (the training step's; collation runs on the CPU)."""
+        moved = {f.name: getattr(self, f.name).to(device) for f in fields(self) if isinstance(getattr(self, f.name), (torch.Tensor, Packed))}
+        return replace(self, **moved, similarity=[s.to(device) for s in self.similarity])
 
     def gather(self, per_sequence: torch.Tensor) -> torch.Tensor:
         """``[N]`` per-sequence values laid out as ``[P, K]`` (0 where padded)."""

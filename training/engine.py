@@ -5,7 +5,12 @@ import math
 import os
 
 import torch
+from ray.train import ScalingConfig
+from ray.train.torch import TorchConfig
+from transformers import AutoModelForCausalLM
+from transformers.integrations import HfDeepSpeedConfig
 
+from actors.device import model_dtype
 from configs.schema import DeepSpeedConfig
 
 
@@ -17,8 +22,9 @@ def deepspeed_config(
     world_size: int,
     lr: float,
     weight_decay: float,
+    device: torch.device,
 ) -> dict:
-    """A DeepSpeed config: torch AdamW, ZeRO stage and precision from ``ds``.
+    """A DeepSpeed config: torch AdamW, ZeRO stage and precision from ``ds`` (bf16 on ``device`` by the device rule).
 
     No DeepSpeed scheduler: the loops set the learning rate from the step number (:func:`lr_at`), so a
     run restored on a different number of workers keeps its schedule even when optimizer state cannot move.
@@ -29,7 +35,7 @@ def deepspeed_config(
         "train_batch_size": micro_batch * grad_accum * world_size,
         "gradient_clipping": ds.gradient_clipping,
         "zero_optimization": {"stage": ds.zero_stage},
-        "bf16": {"enabled": ds.dtype == "bf16"},
+        "bf16": {"enabled": model_dtype(ds.dtype, device) == torch.bfloat16},
         "optimizer": {
             "type": "AdamW",
             # torch_adam: DeepSpeed's fused CPU Adam needs a compiled op; torch's AdamW just works.
@@ -38,6 +44,30 @@ def deepspeed_config(
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+
+
+def trainer_resources(num_workers: int | tuple[int, int], cpus: float, gpus: float) -> dict:
+    """``TorchTrainer`` arguments for workers of ``cpus`` CPUs and ``gpus`` GPUs each: NCCL between GPU workers,
+    gloo between CPU workers."""
+    return {"scaling_config": ScalingConfig(num_workers=num_workers, use_gpu=gpus > 0,
+                                            resources_per_worker={"CPU": cpus, **({"GPU": gpus} if gpus else {})}),
+            "torch_config": TorchConfig(backend="nccl" if gpus else "gloo")}
+
+
+def load_for_training(model_dir, ds: DeepSpeedConfig, ds_config: dict, device: torch.device):
+    """The model as a training worker starts it: in its training precision, partitioned while it loads under
+    ZeRO-3 (transformers' DeepSpeed integration: no worker ever holds the whole model), activations recomputed
+    in the backward pass with ``ds.gradient_checkpointing``."""
+    zero3 = HfDeepSpeedConfig(ds_config) if ds.zero_stage == 3 else None  # noqa: F841 (active while it lives)
+    return with_checkpointing(AutoModelForCausalLM.from_pretrained(model_dir, dtype=model_dtype(ds.dtype, device)), ds)
+
+
+def with_checkpointing(model, ds: DeepSpeedConfig):
+    """``model`` with activations recomputed in the backward pass when ``ds.gradient_checkpointing`` says so."""
+    if ds.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    return model
 
 
 def lr_at(step: int, total: int, warmup: int, peak: float, floor: float = 0.1) -> float:

@@ -11,8 +11,10 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import ray
 import torch
 
+from actors.generator import VLLMAnswers
 from pipeline import task
 from pipeline.tokenize import chat_renderer, encode_prompt, pad_token_id, user_prompt
 
@@ -48,25 +50,16 @@ def task_scores(prompts: list[str], answers: list[str]) -> dict[str, float]:
     return {"exact_match": sum(exact) / n, "mean_reward": sum(rewards) / n, "slip_rate": sum(slips) / n}
 
 
-def vllm_greedy_answers(model_dir: str | Path, prompt_ids: list[list[int]], max_model_len: int, max_tokens: int,
-                        seed: int, cpus: float = 1, gpus: float = 0) -> list[str]:
-    """Greedy answers to tokenized prompts through a vLLM engine in its own Ray actor (freed afterwards)."""
-    import ray
-
-    from actors.generator import VLLMAnswers
-
-    actor = ray.remote(num_cpus=cpus, num_gpus=gpus or None)(VLLMAnswers).remote(str(model_dir), max_model_len, seed)
+def greedy_answers(model_dir: str | Path, prompt_ids: list[list[int]], cfg) -> list[str]:
+    """Greedy answers to tokenized prompts (the evaluation settings of ``cfg``) through a vLLM engine in its own Ray
+    actor, with the generator's resources and engine settings (freed afterwards)."""
+    p = cfg.prepare
+    actor = ray.remote(num_cpus=p.generator_cpus, num_gpus=p.generator_gpus or None)(VLLMAnswers).remote(
+        str(model_dir), cfg.model.max_length, p.vllm, cfg.seed, cfg.model.dtype)
     try:
-        return ray.get(actor.generate.remote(prompt_ids, max_tokens))
+        return ray.get(actor.generate.remote(prompt_ids, cfg.evaluate.max_new_tokens))
     finally:
         ray.kill(actor)
-
-
-def greedy_answers(model_dir: str | Path, prompt_ids: list[list[int]], cfg) -> list[str]:
-    """Greedy vLLM answers with the evaluation settings of ``cfg``."""
-    return vllm_greedy_answers(model_dir, prompt_ids, max_model_len=cfg.model.max_length,
-                               max_tokens=cfg.evaluate.max_new_tokens, seed=cfg.seed,
-                               cpus=cfg.prepare.generator_cpus, gpus=cfg.prepare.generator_gpus)
 
 
 @torch.no_grad()

@@ -68,7 +68,8 @@ def sequence_logps(
         response_mask: ``[N, L]``, True on response tokens (prompt and padding False).
     Returns: ``[N]`` float32, differentiable w.r.t. the model parameters.
     """
-    attention_mask = attention_mask.long()
+    device = next(model.parameters()).device
+    input_ids, attention_mask, response_mask = input_ids.to(device), attention_mask.to(device).long(), response_mask.to(device)
     # Positions count real tokens only, so left padding does not shift them. RoPE
     # (Llama) is offset-invariant only up to rounding; learned absolute position
     # embeddings (GPT-2) give wrong results without this.
@@ -242,9 +243,9 @@ def block_attention_masks(packed, windows: dict[str, int | None], dtype: torch.d
         if window is not None:
             # Sliding window as the model defines it on one sequence: key position > query position - window.
             distance = packed.position_ids[:, None, :, None] - packed.position_ids[:, None, None, :]
-            eye = torch.eye(allowed.shape[-1], dtype=torch.bool)
+            eye = torch.eye(allowed.shape[-1], dtype=torch.bool, device=allowed.device)
             allowed = (allowed & (distance < window)) | eye
-        masks[layer_type] = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+        masks[layer_type] = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
     return next(iter(masks.values())) if len(masks) == 1 else masks
 
 
@@ -261,7 +262,8 @@ def packed_logps(model: nn.Module, packed, plan: ForwardPlan | None = None) -> T
     plan = plan or forward_plan(lm)
     if packed.shared != plan.share_prompts:
         raise ValueError(f"{plan.describe()}: the batch was packed with share_prompts={packed.shared}")
-    dtype = next(lm.parameters()).dtype
+    weight = next(lm.parameters())
+    dtype, packed = weight.dtype, packed.to(weight.device)
     if packed.shared:
         mask = block_attention_masks(packed, plan.layer_windows, dtype)
     else:
@@ -272,7 +274,8 @@ def packed_logps(model: nn.Module, packed, plan: ForwardPlan | None = None) -> T
         token_logps = _HeadLabelLogps.apply(hidden, lm.get_output_embeddings().weight, packed.labels, HEAD_CHUNK)
     else:
         token_logps = label_logps(model(**inputs).logits[packed.rows, packed.positions], packed.labels)
-    return torch.zeros(len(packed.response_lengths), dtype=token_logps.dtype).index_add(0, packed.sequences, token_logps)
+    return torch.zeros(len(packed.response_lengths), dtype=token_logps.dtype, device=token_logps.device).index_add(
+        0, packed.sequences, token_logps)
 
 
 @torch.no_grad()
@@ -295,5 +298,6 @@ def response_logits(model: nn.Module, prompts: list[list[int]], responses: list[
     ``prompt + response`` rows (its own causal and sliding masks): ``[T_n, V]`` per response, row ``t``
     predicting ``responses[n][t]``."""
     t = pad_sequences(prompts, responses, pad_id)
-    logits = model(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).logits
+    device = next(model.parameters()).device
+    logits = model(input_ids=t["input_ids"].to(device), attention_mask=t["attention_mask"].to(device)).logits
     return [row[len(p) - 1 : len(p) - 1 + len(r)] for p, r, row in zip(prompts, responses, logits)]

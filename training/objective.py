@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from configs.schema import TrainConfig
+from configs.schema import PAIRWISE_LOSSES, TrainConfig
 from training import losses as L
 from training.batches import Batch
 
@@ -14,15 +14,14 @@ LENGTH_BAND = 0.1  # length-controlled accuracy: pairs whose token counts differ
 
 
 def _rejected_index(batch: Batch) -> Tensor:
-    """Per prompt, the response DPO and RPO contrast with the anchor (index 0): origin 'rejected', else the
-    lowest-scored other response, else the first other response. Prompts without one are invalid (see
-    :func:`has_negative`)."""
+    """Per prompt, the response contrasted with the anchor (index 0) under ``pairing: anchor``: origin 'rejected',
+    else the lowest-scored other response, else the first other response."""
     others = batch.mask.clone()
     others[:, 0] = False
     if batch.scores is not None:
         fallback = batch.scores.masked_fill(~others, float("inf")).argmin(-1)
     else:
-        fallback = torch.ones(batch.mask.shape[0], dtype=torch.long)
+        fallback = torch.ones(batch.mask.shape[0], dtype=torch.long, device=batch.mask.device)
     has_rejected = batch.is_rejected.any(-1)
     return torch.where(has_rejected, batch.is_rejected.float().argmax(-1), fallback).clamp(max=batch.mask.shape[1] - 1)
 
@@ -33,6 +32,47 @@ def has_negative(batch: Batch) -> Tensor:
     return batch.mask.sum(-1) >= 2
 
 
+def pairing_of(tc: TrainConfig, batch: Batch) -> str:
+    """The pairing in effect: ``auto`` is ``best_worst`` on scored shards, else ``anchor``."""
+    if tc.pairing == "auto":
+        return "best_worst" if batch.scores is not None else "anchor"
+    if tc.pairing != "anchor" and batch.scores is None:
+        raise ValueError(f"train.pairing={tc.pairing} needs response scores; the shards have none (set prepare.reward "
+                         "or train.pairing: anchor)")
+    return tc.pairing
+
+
+def pair_indices(tc: TrainConfig, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
+    """``([P] chosen, [P] rejected, [P] valid)`` response indices of the pair each prompt contributes to DPO and RPO
+    (``best_each`` pairs the same chosen with every lower-scored response: see :func:`_best_each`).
+    A prompt without two responses, or whose best and worst responses score the same, is not valid."""
+    if pairing_of(tc, batch) == "anchor":
+        return (torch.zeros(batch.mask.shape[0], dtype=torch.long, device=batch.mask.device), _rejected_index(batch),
+                has_negative(batch))
+    best = batch.scores.masked_fill(~batch.mask, float("-inf"))
+    worst = batch.scores.masked_fill(~batch.mask, float("inf"))
+    # argmax takes the first of equal maxima: on a tie the anchor stays chosen
+    return best.argmax(-1), worst.argmin(-1), best.amax(-1) > worst.amin(-1)
+
+
+def pairwise_loss(tc: TrainConfig):
+    """The pairwise loss ``train.loss`` names, as ``fn(policy_chosen, policy_rejected, ref_chosen, ref_rejected)``."""
+    if tc.loss == "robust_dpo":
+        return lambda *logps: L.robust_dpo_loss(*logps, beta=tc.beta, label_smoothing=tc.label_smoothing)
+    fn = {"dpo": L.dpo_loss, "ipo": L.ipo_loss, "hinge": L.hinge_loss, "nca_pair": L.nca_pair_loss}[tc.loss]
+    return lambda *logps: fn(*logps, beta=tc.beta)
+
+
+def _best_each(tc: TrainConfig, batch: Batch, policy: Tensor, ref: Tensor) -> L.LossOutput:
+    """DPO x (k-1): per prompt, the mean pairwise loss of the best-scored response against each lower-scored one."""
+    scores = batch.scores.masked_fill(~batch.mask, float("inf"))
+    best = batch.scores.masked_fill(~batch.mask, float("-inf")).argmax(-1, keepdim=True)
+    lower = batch.mask & (scores < scores.gather(1, best))
+    out = pairwise_loss(tc)(policy.gather(1, best).expand_as(policy), policy, ref.gather(1, best).expand_as(ref), ref)
+    n = lower.sum(-1).clamp(min=1)
+    return L.LossOutput((out.losses * lower).sum(-1) / n, lower.any(-1), {"margin": (out.metrics["margin"] * lower).sum(-1) / n})
+
+
 def implicit_accuracy(rewards: Tensor, batch: Batch, pairs: Tensor | None = None) -> tuple[float, int]:
     """(correct, pairs) over response pairs ordered by label: scores when present, else anchor above the rest;
     ``pairs`` (``[P, K, K]``) restricts the count to some pairs.
@@ -41,7 +81,7 @@ def implicit_accuracy(rewards: Tensor, batch: Batch, pairs: Tensor | None = None
     ``TIE`` are a tie: the stored reference log-probs come from another batch layout than the policy's,
     which moves float32 sums by ~1e-5 and would otherwise turn exact ties into coin flips.
     """
-    labels = batch.scores if batch.scores is not None else (torch.arange(batch.mask.shape[1]) == 0).float().expand_as(rewards)
+    labels = batch.scores if batch.scores is not None else (torch.arange(batch.mask.shape[1], device=rewards.device) == 0).float().expand_as(rewards)
     better = (labels.unsqueeze(-1) > labels.unsqueeze(-2)) & batch.mask.unsqueeze(-1) & batch.mask.unsqueeze(-2)
     if pairs is not None:
         better &= pairs
@@ -66,7 +106,7 @@ def length_metric_sums(rewards: Tensor, batch: Batch, token_counts: Tensor) -> d
     lc_correct, lc_pairs = implicit_accuracy(rewards, batch, similar)
     top = rewards.masked_fill(~mask, float("-inf")).argmax(-1)
     return {"length_corr_sum": float(corr.sum()), "length_corr_prompts": int(spread.sum()), "lc_correct": lc_correct,
-            "lc_pairs": lc_pairs, "top_tokens_sum": float(n[torch.arange(len(top)), top].sum()), "top_prompts": len(top)}
+            "lc_pairs": lc_pairs, "top_tokens_sum": float(n[torch.arange(len(top), device=top.device), top].sum()), "top_prompts": len(top)}
 
 
 def implicit_logps(tc: TrainConfig, policy: Tensor, ref: Tensor, token_counts: Tensor) -> tuple[Tensor, Tensor]:
@@ -96,20 +136,24 @@ def preference_loss(tc: TrainConfig, batch: Batch, policy: Tensor, ref: Tensor, 
         raise ValueError("train.cpo_ranked needs the similarity ranks the prepare job stores for rows with a ground truth; "
                          "these shards have none")
     P = policy.shape[0]
-    rows = torch.arange(P)
+    rows = torch.arange(P, device=policy.device)
     anchor_nll = -policy[:, 0] / token_counts[:, 0].clamp(min=1)  # mean token NLL of the ground truth
     policy, ref = implicit_logps(tc, policy, ref, token_counts)
-    if tc.loss == "dpo":
-        rej = _rejected_index(batch)
-        out = L.dpo_loss(policy[rows, 0], policy[rows, rej], ref[rows, 0], ref[rows, rej], beta=tc.beta)
+    contrastable = has_negative(batch)
+    if tc.loss in PAIRWISE_LOSSES and pairing_of(tc, batch) == "best_each":
+        out = _best_each(tc, batch, policy, ref)
+    elif tc.loss in PAIRWISE_LOSSES:
+        chosen, rej, contrastable = pair_indices(tc, batch)
+        out = pairwise_loss(tc)(policy[rows, chosen], policy[rows, rej], ref[rows, chosen], ref[rows, rej])
     elif tc.loss == "swepo":
         out = L.swepo_loss(policy, ref, batch.scores, batch.mask, beta=tc.beta, alpha=tc.swepo_alpha, p=tc.swepo_p,
                            weighting=tc.swepo_weighting, mode=tc.swepo_mode)
     elif tc.loss == "rpo":
-        out = _rpo(tc, batch, policy, ref)
+        chosen, rej, contrastable = pair_indices(tc, batch)
+        out = _rpo(tc, batch, policy, ref, chosen, rej, contrastable)
     elif tc.loss == "sft":
         # The comparisons' control: the same steps on the anchors alone, no negatives.
-        out = L.LossOutput(anchor_nll, torch.ones(P, dtype=torch.bool), {})
+        out = L.LossOutput(anchor_nll, torch.ones(P, dtype=torch.bool, device=policy.device), {})
     elif tc.loss == "cpo":
         nll = anchor_nll if tc.cpo_alpha_mle else None
         out = L.cpo_loss(policy, ref, beta=tc.beta, order=batch.order if tc.cpo_ranked else None, mask=batch.mask,
@@ -119,7 +163,7 @@ def preference_loss(tc: TrainConfig, batch: Batch, policy: Tensor, ref: Tensor, 
         out = fn(policy, ref, batch.scores, beta=tc.beta, temperature=tc.temperature, mask=batch.mask)
     # Every contrastive term needs a negative; CPO's NLL term does not, so those prompts keep it.
     keeps_nll = tc.loss == "sft" or (tc.loss == "cpo" and tc.cpo_alpha_mle > 0)
-    valid = out.valid & (has_negative(batch) | keeps_nll)
+    valid = out.valid & (contrastable | keeps_nll)
     loss = (out.losses * valid).sum() / valid.sum().clamp(min=1)
     rewards = tc.beta * (policy - ref).detach()
     correct, pairs = implicit_accuracy(rewards, batch)
@@ -130,25 +174,24 @@ def preference_loss(tc: TrainConfig, batch: Batch, policy: Tensor, ref: Tensor, 
     return loss, metrics
 
 
-def _rpo(tc: TrainConfig, batch: Batch, policy: Tensor, ref: Tensor) -> L.LossOutput:
-    """RPO per contrast group; paired rows are prompts, unpaired columns are every negative of the group."""
-    rej = _rejected_index(batch)
-    usable = has_negative(batch)
+def _rpo(tc: TrainConfig, batch: Batch, policy: Tensor, ref: Tensor, chosen: Tensor, rej: Tensor, usable: Tensor) -> L.LossOutput:
+    """RPO per contrast group on each prompt's pair (``[P]`` indices, ``usable`` where valid); paired rows are
+    prompts, unpaired columns are every response of the group but its prompt's chosen one."""
     outs = []
     for g, sim in enumerate(batch.similarity):
         rows = (batch.group_of_prompt == g).nonzero().flatten()
         if tc.rpo_paired:
             # A prompt without a negative has no rejected column to offer, and no contrast of its own.
             pairs = usable[rows].unsqueeze(0) & usable[rows].unsqueeze(1)
-            pairs |= ~usable[rows].unsqueeze(1) & torch.eye(len(rows), dtype=torch.bool)  # keep every row non-empty
-            out = L.rpo_loss(policy[rows, 0], policy[rows, rej[rows]], ref[rows, 0], ref[rows, rej[rows]],
+            pairs |= ~usable[rows].unsqueeze(1) & torch.eye(len(rows), dtype=torch.bool, device=rows.device)  # keep every row non-empty
+            out = L.rpo_loss(policy[rows, chosen[rows]], policy[rows, rej[rows]], ref[rows, chosen[rows]], ref[rows, rej[rows]],
                              similarity=sim, beta=tc.beta, tau=tc.rpo_tau, weighting=tc.rpo_weighting, lam=tc.rpo_lambda,
                              mask=pairs)
         else:
             neg = batch.mask[rows].clone()
-            neg[:, 0] = False
+            neg[torch.arange(len(rows), device=rows.device), chosen[rows]] = False
             owner, col = neg.nonzero(as_tuple=True)
-            out = L.rpo_loss(policy[rows, 0], policy[rows[owner], col], ref[rows, 0], ref[rows[owner], col],
+            out = L.rpo_loss(policy[rows, chosen[rows]], policy[rows[owner], col], ref[rows, chosen[rows]], ref[rows[owner], col],
                              similarity=sim[:, owner], beta=tc.beta, tau=tc.rpo_tau, weighting=tc.rpo_weighting,
                              lam=tc.rpo_lambda)
         outs.append(out)

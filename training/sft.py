@@ -10,14 +10,14 @@ from pathlib import Path
 import deepspeed
 import ray
 import ray.train
-from ray.train import Checkpoint, RunConfig, ScalingConfig
+from ray.train import Checkpoint, RunConfig
 from ray.train.torch import TorchTrainer
 from transformers import AutoTokenizer, LlamaForCausalLM
 
 from configs.schema import Config
 from pipeline import task
 from pipeline.tokenize import encode_prompt, encode_response, pad_sequences
-from training.engine import deepspeed_config, lr_at, set_lr, set_worker_threads
+from training.engine import deepspeed_config, lr_at, set_lr, set_worker_threads, trainer_resources, with_checkpointing
 from training.logprobs import response_token_counts, sequence_logps
 from training.evaluation import greedy_generate_hf, task_scores
 from training.model import build_model, build_tokenizer, is_saved_model
@@ -42,8 +42,9 @@ def sft_worker_loop(loop_config: dict) -> None:
         world_size=world,
         lr=cfg.sft.lr,
         weight_decay=cfg.sft.weight_decay,
+        device=ray.train.torch.get_device(),
     )
-    model = build_model(cfg.model, tokenizer, cfg.seed)
+    model = with_checkpointing(build_model(cfg.model, tokenizer, cfg.seed), cfg.sft.deepspeed)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
 
     shard = ray.train.get_dataset_shard("train")
@@ -128,9 +129,7 @@ def run_sft(cfg: Config) -> dict:
     trainer = TorchTrainer(
         sft_worker_loop,
         train_loop_config={"config": cfg.model_dump(mode="json"), "tokenizer_dir": str(tokenizer_dir.resolve())},
-        scaling_config=ScalingConfig(
-            num_workers=cfg.sft.num_workers, use_gpu=False, resources_per_worker={"CPU": cfg.sft.cpus_per_worker}
-        ),
+        **trainer_resources(cfg.sft.num_workers, cfg.sft.cpus_per_worker, cfg.sft.gpus_per_worker),
         datasets={"train": dataset},
         run_config=RunConfig(name=f"{cfg.name}-sft", storage_path=str(storage)),
     )

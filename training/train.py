@@ -26,16 +26,17 @@ import ray
 import ray.train
 import torch
 import torch.distributed as dist
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig
 from ray.train.torch import TorchTrainer
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from actors.device import model_dtype
 from configs.schema import Config
 from pipeline.shards import MANIFEST, verified_shard_files
 from pipeline.tokenize import pad_token_id
 from training import checkpointing, run_identity
 from training.batches import Batch, collate
-from training.engine import deepspeed_config, lr_at, set_lr, set_worker_threads
+from training.engine import deepspeed_config, load_for_training, lr_at, set_lr, set_worker_threads, trainer_resources
 from training.group_reader import GroupReader, Prefetcher
 from training.logprobs import ForwardPlan, check_architecture, forward_plan, packed_logps
 from training.lora import export_merged, with_lora
@@ -93,9 +94,9 @@ SATURATED_GRAD = 1e-7
 _LISTWISE = ("Likely cause: within each prompt the implicit rewards of positives and negatives are farther apart than "
              "the softmax resolves (beta x |log-prob ratio| of summed log-probs); lower train.beta or set "
              "train.reward_normalization: mean.")
+_PAIRWISE = "Likely cause: every pair's margin is far past the sigmoid's knee; lower train.beta."
 SATURATION_CAUSE = {"swepo": _LISTWISE, "infonca": _LISTWISE, "nca": _LISTWISE, "cpo": _LISTWISE,
-                    "dpo": "Likely cause: every pair's margin is far past the sigmoid's knee; lower train.beta.",
-                    "rpo": "Likely cause: every pair's margin is far past the sigmoid's knee; lower train.beta."}
+                    **{loss: _PAIRWISE for loss in ("dpo", "robust_dpo", "nca_pair", "rpo")}}
 
 
 def _ratios(total: dict) -> dict[str, float]:
@@ -119,7 +120,8 @@ def heldout_metrics(engine, ref_model, batches: list[tuple[bool, Batch]], cfg: C
 
 
 def _all_sum(values: list[float], op=dist.ReduceOp.SUM) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64)
+    """Sums (or ``op``) over the ranks, on the device the process group reduces on (NCCL: the worker's GPU)."""
+    t = torch.tensor(values, dtype=torch.float64, device=ray.train.torch.get_device() if dist.is_initialized() else None)
     if dist.is_initialized():
         dist.all_reduce(t, op=op)
     return t.tolist()
@@ -139,23 +141,24 @@ def train_worker_loop(lc: dict) -> None:
     job_dir = Path(lc["job_dir"])
     tokenizer = AutoTokenizer.from_pretrained(lc["policy_dir"])
 
-    reader = GroupReader(lc["shard_files"], tc.max_responses)
+    device = ray.train.torch.get_device()
+    reader = lc["reader"](lc["shard_files"], tc.max_responses)
     train_ids, held_ids = split_heldout(reader.group_ids, tc.heldout_fraction, cfg.seed)
 
     per_worker = tc.batch_groups // world
     accum = per_worker // tc.micro_groups
-    model = AutoModelForCausalLM.from_pretrained(lc["policy_dir"], dtype=torch.float32)
+    ds_config = deepspeed_config(tc.deepspeed, micro_batch=tc.micro_groups, grad_accum=accum, world_size=world,
+                                 lr=tc.lr, weight_decay=tc.weight_decay, device=device)
+    model = load_for_training(lc["policy_dir"], tc.deepspeed, ds_config, device)
     if tc.lora:
         model = with_lora(model, tc.lora)
-    ds_config = deepspeed_config(tc.deepspeed, micro_batch=tc.micro_groups, grad_accum=accum, world_size=world,
-                                 lr=tc.lr, weight_decay=tc.weight_decay)
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in trainable)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=trainable, config=ds_config)
     plan = forward_plan(engine.module)  # after initialize: ZeRO-3 partitions the head's weight away
     pad_id = pad_token_id(tokenizer, engine.module.get_input_embeddings().num_embeddings)
     row_tokens = cfg.pack_row_tokens()
-    heldout = [(ids is not None, collate(reader.read(ids or held_ids[:1]), pad_id, row_tokens, plan.share_prompts))
+    heldout = [(ids is not None, collate(reader.read(ids or held_ids[:1]), pad_id, row_tokens, plan.share_prompts).to(device))
                for ids in heldout_share(held_ids, rank, world, tc.micro_groups)]
 
     def step_batches(step: int) -> tuple[list[int], list[Batch]]:
@@ -166,7 +169,8 @@ def train_worker_loop(lc: dict) -> None:
                       for m in range(accum)]
     ref_model = None
     if tc.reference == "live":
-        ref_model = AutoModelForCausalLM.from_pretrained(lc["policy_dir"], dtype=torch.float32).eval().requires_grad_(False)
+        ref_model = AutoModelForCausalLM.from_pretrained(lc["policy_dir"], dtype=model_dtype(tc.deepspeed.dtype, device))
+        ref_model = ref_model.to(device).eval().requires_grad_(False)
 
     start, acc_start = 0, None
     checkpoint = ray.train.get_checkpoint()
@@ -205,6 +209,7 @@ def train_worker_loop(lc: dict) -> None:
         mine, batches = prefetch.get(step, step + 1 if step + 1 < tc.steps else None)
         sums: Counter = Counter()
         for batch in batches:
+            batch = batch.to(device)
             policy, ref, counts = _sequence_values(engine, ref_model, batch, tc.reference == "live", plan)
             loss, metrics = preference_loss(tc, batch, policy, ref, counts)
             engine.backward(loss)
@@ -272,8 +277,10 @@ def _checkpoint(engine, tokenizer, rank: int, world: int, step: int, acc_start: 
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
 
 
-def run_train(cfg: Config, job: str = "train") -> dict:
-    """Train ``cfg.train.loss``; results go to ``<output_dir>/<job>`` (the comparison uses one job dir per method)."""
+def run_train(cfg: Config, job: str = "train", reader: type = GroupReader) -> dict:
+    """Train ``cfg.train.loss``; results go to ``<output_dir>/<job>`` (the comparison uses one job dir per method).
+    ``reader(shard_files, max_responses)`` is how workers get their groups (``group_ids``, ``read(ids)``); the
+    memory benchmark passes the whole-dataset loader this one replaced, to measure both in one run."""
     started = time.perf_counter()
     tc = cfg.train
     policy = cfg.policy_dir()
@@ -298,9 +305,9 @@ def run_train(cfg: Config, job: str = "train") -> dict:
     trainer = TorchTrainer(
         train_worker_loop,
         train_loop_config={"config": cfg.model_dump(mode="json"), "policy_dir": str(policy.resolve()),
-                           "job_dir": str(job_dir), "shard_files": files},
-        scaling_config=ScalingConfig(num_workers=tuple(tc.num_workers) if isinstance(tc.num_workers, (list, tuple)) else tc.num_workers,
-                                     use_gpu=False, resources_per_worker={"CPU": tc.cpus_per_worker}),
+                           "job_dir": str(job_dir), "shard_files": files, "reader": reader},
+        **trainer_resources(tuple(tc.num_workers) if isinstance(tc.num_workers, (list, tuple)) else tc.num_workers,
+                            tc.cpus_per_worker, tc.gpus_per_worker),
         run_config=RunConfig(name=run_identity.run_name(cfg, job, settings), storage_path=str(storage),
                              checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints),
                              failure_config=FailureConfig(max_failures=tc.max_failures)),
