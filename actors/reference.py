@@ -66,9 +66,9 @@ class ReferenceLogps(_ReferenceActor):
     """``ref_logps``: summed reference log-probs of every response, computed as the trainer computes the
     policy's (same tokenization, each prompt packed once with its responses)."""
 
-    def __init__(self, model_dir: str, row_tokens: int, threads: int = 1, dtype: str = "auto"):
+    def __init__(self, model_dir: str, row_tokens: int, threads: int = 1, dtype: str = "auto", prompts_per_pass: int = 16):
         super().__init__(model_dir, threads, dtype)
-        self.row_tokens = row_tokens
+        self.row_tokens, self.prompts_per_pass = row_tokens, prompts_per_pass
 
     @torch.no_grad()
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
@@ -80,7 +80,8 @@ class ReferenceLogps(_ReferenceActor):
         rows = list(per_row.items())
         values = reference_logps(  # prompt-major, as flat_responses orders them
             self.model, [list(batch["prompt_ids"].iloc[i]) for i, _ in rows],
-            [[list(batch["response_ids"].iloc[i][j]) for j in js] for i, js in rows], self.pad_id, self.row_tokens)
+            [[list(batch["response_ids"].iloc[i][j]) for j in js] for i, js in rows], self.pad_id, self.row_tokens,
+            self.prompts_per_pass)
         out = batch.copy()
         out["ref_logps"] = regroup(batch, positions, values)
         out = as_lists(out)

@@ -188,6 +188,9 @@ class PrepareConfig(_Section):
     vllm: VLLMConfig = Field(default_factory=VLLMConfig, description="vLLM engine settings of the generator and of evaluation's answers.")
     embed_batch_size: int = Field(default=64, ge=1, description="Texts per sentence-transformers forward pass.")
     score_batch_size: int = Field(default=64, ge=1, description="Sequences per forward pass of the meanfield sampler and the reward model.")
+    reference_batch_prompts: int = Field(
+        default=16, ge=1, description="Prompts (each packed with all its responses) per forward pass of the reference scorer."
+    )
     generator_actors: int = Field(default=1, ge=1, description="vLLM generator actors.")
     generator_cpus: float = Field(default=1, gt=0, description="CPUs per vLLM generator actor.")
     generator_gpus: float = Field(default=0, ge=0, description="GPUs per vLLM generator actor (0 on CPU machines).")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from configs.schema import field_reference
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     print("| key | default | meaning |\n| --- | --- | --- |")
     for key, default, description in field_reference():
         print(f"| `{key}` | `{default}` | {description} |")

@@ -57,7 +57,7 @@ from pipeline.stages import (
 from training.logprobs import check_architecture
 
 # Settings that change only how fast records are made, never the records: a resumed run keeps its shards.
-SPEED_KEYS = ("batch_size", "embed_batch_size", "score_batch_size", "vllm", "generator_actors", "generator_cpus",
+SPEED_KEYS = ("batch_size", "embed_batch_size", "score_batch_size", "reference_batch_prompts", "vllm", "generator_actors", "generator_cpus",
               "generator_gpus", "generator_cpu_bind", "model_actors", "model_actor_cpus", "model_actor_gpus")
 MAX_PARTITIONS, ROWS_PER_ID_PARTITION = 200, 50_000
 FRONT_SCHEMA = pa.schema([
@@ -274,7 +274,8 @@ def build_main_graph(ds: ray.data.Dataset, cfg: Config, model_dir: str, tokenize
                                                           weighting=p.swepo_weighting)), batch_format="pandas", batch_size=None)
     if p.ref_logps:
         ds = ds.map_batches(ReferenceLogps, fn_constructor_kwargs={"model_dir": model_dir, "row_tokens": cfg.pack_row_tokens(),
-                                                                 "threads": threads, "dtype": cfg.model.dtype}, **small())
+                                                                 "threads": threads, "dtype": cfg.model.dtype,
+                                                                 "prompts_per_pass": p.reference_batch_prompts}, **small())
     return ds
 
 

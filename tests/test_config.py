@@ -84,3 +84,17 @@ def test_own_model_skips_the_toy_shape_rules_and_lora_validates(tmp_path):
         load_config(ROOT / "configs/tiny.yaml", ["train.lora.dropout=1.5"])
     with pytest.raises(FileNotFoundError, match="model.policy_dir"):
         load_config(ROOT / "configs/tiny.yaml", [f"model.policy_dir={tmp_path}"]).policy_dir()
+
+
+def test_the_installed_command_runs_the_jobs():
+    import subprocess
+    import sys
+
+    calign = Path(sys.executable).with_name("calign")
+    assert calign.is_file(), "the package installs the calign command (pyproject [project.scripts])"
+    helped = subprocess.run([calign, "--help"], capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0 and all(job in helped.stdout for job in ("prepare", "train", "evaluate", "run", "gpu-check"))
+    doc = subprocess.run([calign, "config"], capture_output=True, text=True, timeout=120)
+    assert doc.returncode == 0 and "| `train.pairing` |" in doc.stdout
+    wrong = subprocess.run([calign, "fit"], capture_output=True, text=True, timeout=120)
+    assert wrong.returncode == 2 and "usage: calign <job>" in wrong.stderr

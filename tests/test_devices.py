@@ -155,3 +155,14 @@ def test_gpu_check_without_a_gpu_says_so_and_exits_0():
 
     proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "no GPU here" in proc.stdout and "nothing to check" in proc.stdout
+
+
+def test_gradient_checkpointing_is_switched_on_by_the_config(tiny_model_dir):
+    from configs.schema import DeepSpeedConfig
+    from training.engine import load_for_training
+
+    off = load_for_training(tiny_model_dir, DeepSpeedConfig(), {}, CPU)
+    on = load_for_training(tiny_model_dir, DeepSpeedConfig(gradient_checkpointing=True), {}, CPU)
+    assert not off.is_gradient_checkpointing and on.is_gradient_checkpointing and not on.config.use_cache
+    assert next(on.parameters()).dtype == torch.float32  # auto on the CPU
+    assert next(load_for_training(tiny_model_dir, DeepSpeedConfig(dtype="bf16"), {}, CPU).parameters()).dtype == torch.bfloat16

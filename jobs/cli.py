@@ -1,0 +1,35 @@
+"""``calign <job> --config FILE [--set KEY=VALUE ...]``: the command the package installs; ``calign train ...`` is
+``python -m jobs.train ...``."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+JOBS = {
+    "sft": ("jobs.sft", "train (or reuse) the toy reference model"),
+    "prepare": ("jobs.prepare", "build the preference shards (Ray Data)"),
+    "train": ("jobs.train", "train the policy (Ray Train + DeepSpeed)"),
+    "evaluate": ("jobs.evaluate", "score the reference and the policy on held-out data"),
+    "run": ("jobs.run", "sft -> prepare -> train -> evaluate"),
+    "compare": ("jobs.compare", "every method from the same reference, shards and budget"),
+    "config": ("jobs.config_doc", "print every config field with its default and meaning"),
+    "gpu-check": ("benchmarks.gpu_check", "configs/gpu_single.yaml end to end on this machine's GPU, per-stage throughput"),
+}
+
+
+def usage() -> str:
+    return "usage: calign <job> --config FILE [--set KEY=VALUE ...]\n\njobs:\n" + "\n".join(
+        f"  {name:<10} {what}" for name, (_, what) in JOBS.items())
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in JOBS:
+        print(usage(), file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    importlib.import_module(JOBS[argv[0]][0]).main(argv[1:])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
