@@ -14,7 +14,7 @@ from pipeline.shards import read_shards
 from tests.conftest import run_job
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
-MARGIN = 0.1  # held-out implicit-reward accuracy gained by training (measured: see the train test)
+MARGIN = 0.08  # held-out implicit-reward accuracy gained by training (measured +0.114: see the train test)
 
 
 @pytest.fixture(scope="module")
@@ -93,19 +93,19 @@ def test_prepare_resumes_and_reproduces_the_same_shards(run_dir, prepare_report)
     assert pq.read_table(shards / sorted(before)[0]).num_rows > 0
 
 
-TRAIN = ["train.steps=12", "train.checkpoint_every=6"]
+TRAIN = ["train.loss=swepo", "train.steps=24", "train.lr=3e-3", "train.checkpoint_every=12"]
 
 
 def test_training_learns_what_the_rewards_say(run_dir, prepare_report):
-    """Seeded: CPO moves held-out implicit-reward accuracy (pairs ordered by the task's reward, on groups never
-    trained on) from 0.5 well above it. With the loss's sign flipped it falls below 0.5 and this fails."""
+    """Seeded: SWEPO moves held-out implicit-reward accuracy (pairs ordered by the task's reward, on groups never
+    trained on) from 0.5 to 0.614; with the loss's sign flipped it falls to 0.333 and this fails (checked once)."""
     report = run_job("train", run_dir, *TRAIN)
-    assert report["loss"] == "cpo" and report["optimizer_steps"] == 12
+    assert report["loss"] == "swepo" and report["optimizer_steps"] == 24
     assert report["heldout_accuracy_start"] == pytest.approx(0.5)  # the policy starts as the reference
     assert report["heldout_accuracy_end"] >= report["heldout_accuracy_start"] + MARGIN
     assert (run_dir / "train" / "policy" / "config.json").is_file()
     lines = (run_dir / "train" / "metrics.csv").read_text().splitlines()
-    assert lines[0].startswith("step,loss,accuracy") and len(lines) == 13
+    assert lines[0].startswith("step,loss,accuracy") and len(lines) == 25
     assert list((run_dir / "train" / "tensorboard").glob("events.out.tfevents.*"))
 
 
