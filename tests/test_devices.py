@@ -161,8 +161,8 @@ def test_gradient_checkpointing_is_switched_on_by_the_config(tiny_model_dir):
     from configs.schema import DeepSpeedConfig
     from training.engine import load_for_training
 
-    off = load_for_training(tiny_model_dir, DeepSpeedConfig(), {}, CPU)
-    on = load_for_training(tiny_model_dir, DeepSpeedConfig(gradient_checkpointing=True), {}, CPU)
+    off = load_for_training(tiny_model_dir, DeepSpeedConfig(), CPU)
+    on = load_for_training(tiny_model_dir, DeepSpeedConfig(gradient_checkpointing=True), CPU)
     assert not off.is_gradient_checkpointing and on.is_gradient_checkpointing and not on.config.use_cache
     assert next(on.parameters()).dtype == torch.float32  # auto on the CPU
-    assert next(load_for_training(tiny_model_dir, DeepSpeedConfig(dtype="bf16"), {}, CPU).parameters()).dtype == torch.bfloat16
+    assert next(load_for_training(tiny_model_dir, DeepSpeedConfig(dtype="bf16"), CPU).parameters()).dtype == torch.bfloat16

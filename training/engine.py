@@ -8,7 +8,6 @@ import torch
 from ray.train import ScalingConfig
 from ray.train.torch import TorchConfig
 from transformers import AutoModelForCausalLM
-from transformers.integrations import HfDeepSpeedConfig
 
 from actors.device import model_dtype
 from configs.schema import DeepSpeedConfig
@@ -54,11 +53,9 @@ def trainer_resources(num_workers: int | tuple[int, int], cpus: float, gpus: flo
             "torch_config": TorchConfig(backend="nccl" if gpus else "gloo")}
 
 
-def load_for_training(model_dir, ds: DeepSpeedConfig, ds_config: dict, device: torch.device):
-    """The model as a training worker starts it: in its training precision, partitioned while it loads under
-    ZeRO-3 (transformers' DeepSpeed integration: no worker ever holds the whole model), activations recomputed
-    in the backward pass with ``ds.gradient_checkpointing``."""
-    zero3 = HfDeepSpeedConfig(ds_config) if ds.zero_stage == 3 else None  # noqa: F841 (active while it lives)
+def load_for_training(model_dir, ds: DeepSpeedConfig, device: torch.device):
+    """The model as a training worker starts it: in its training precision (DeepSpeed partitions it under ZeRO-3
+    when the engine starts), activations recomputed in the backward pass with ``ds.gradient_checkpointing``."""
     return with_checkpointing(AutoModelForCausalLM.from_pretrained(model_dir, dtype=model_dtype(ds.dtype, device)), ds)
 
 

@@ -149,7 +149,7 @@ def train_worker_loop(lc: dict) -> None:
     accum = per_worker // tc.micro_groups
     ds_config = deepspeed_config(tc.deepspeed, micro_batch=tc.micro_groups, grad_accum=accum, world_size=world,
                                  lr=tc.lr, weight_decay=tc.weight_decay, device=device)
-    model = load_for_training(lc["policy_dir"], tc.deepspeed, ds_config, device)
+    model = load_for_training(lc["policy_dir"], tc.deepspeed, device)
     if tc.lora:
         model = with_lora(model, tc.lora)
     trainable = [p for p in model.parameters() if p.requires_grad]
