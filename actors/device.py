@@ -21,10 +21,16 @@ def assigned_device() -> torch.device:
     return device_for(ray.get_gpu_ids() if ray.is_initialized() else [])  # outside Ray: no assignment, the CPU
 
 
+def load_on_device(auto_class, model_dir: str, dtype: str, device: torch.device | None = None):
+    """``auto_class.from_pretrained(model_dir)`` in the rule's precision, on ``device`` (default: this actor's)."""
+    device = device or assigned_device()
+    return auto_class.from_pretrained(model_dir, dtype=model_dtype(dtype, device)).to(device)
+
+
 def model_dtype(setting: str, device: torch.device) -> torch.dtype:
     """``setting`` 'auto' is bf16 on an accelerator and fp32 on the CPU; 'bf16' and 'fp32' are taken as said."""
     if setting == "auto":
-        return torch.bfloat16 if device.type != "cpu" else torch.float32
+        return torch.bfloat16 if device.type != CPU.type else torch.float32
     return {"bf16": torch.bfloat16, "fp32": torch.float32}[setting]
 
 

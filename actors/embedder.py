@@ -9,7 +9,6 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from actors.device import assigned_device, model_dtype
-
 from pipeline.stages import active, as_lists
 
 

@@ -8,7 +8,7 @@ import pandas as pd
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from actors.device import assigned_device, model_dtype, vllm_dtype
+from actors.device import CPU, assigned_device, load_on_device, vllm_dtype
 from configs.schema import NegativesConfig, VLLMConfig
 from pipeline.stages import active, append_negatives, as_lists, row_seed
 from pipeline.tokenize import pad_token_id
@@ -17,7 +17,7 @@ from pipeline.tokenize import pad_token_id
 def vllm_engine_args(engine: VLLMConfig, dtype: str, device: torch.device) -> dict:
     """``vllm.LLM`` arguments for a process on ``device`` (the device rule's): precision by ``model.dtype``, CUDA
     graphs on a GPU and eager on the CPU unless ``engine.enforce_eager`` says otherwise, and the GPU settings."""
-    on_gpu = device.type != torch.device("cpu").type
+    on_gpu = device.type != CPU.type
     args = {"dtype": vllm_dtype(dtype, device), "tensor_parallel_size": engine.tensor_parallel_size,
             "enforce_eager": (not on_gpu) if engine.enforce_eager is None else engine.enforce_eager}
     if on_gpu:
@@ -111,9 +111,8 @@ class HFNegatives(_Sampler):
         super().__init__(cfg, seed, max_model_len)
         torch.set_num_threads(threads)
         started = time.perf_counter()
-        self.device = assigned_device()
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=model_dtype(dtype, self.device)).to(self.device).eval()
+        self.model = load_on_device(AutoModelForCausalLM, model_dir, dtype).eval()
         self.start_seconds = time.perf_counter() - started
 
     @torch.no_grad()
@@ -122,7 +121,7 @@ class HFNegatives(_Sampler):
         for p, s in zip(prompt_ids, seeds):
             torch.manual_seed(s)  # per-prompt seed: same samples whatever the batch holds
             out = self.model.generate(
-                torch.tensor([p], device=self.device),
+                torch.tensor([p], device=self.model.device),
                 do_sample=True,
                 num_return_sequences=self.cfg.autoregressive,
                 temperature=self.cfg.temperature,

@@ -7,8 +7,7 @@ import pandas as pd
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from actors.device import assigned_device, model_dtype
-
+from actors.device import load_on_device
 from pipeline.stages import (
     active,
     anchor_index,
@@ -25,9 +24,8 @@ from training.logprobs import forward_plan, reference_logps, response_logits
 class _ReferenceActor:
     def __init__(self, model_dir: str, threads: int = 1, dtype: str = "auto"):
         torch.set_num_threads(max(1, threads))
-        device = assigned_device()
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=model_dtype(dtype, device)).to(device).eval()
+        self.model = load_on_device(AutoModelForCausalLM, model_dir, dtype).eval()
         forward_plan(self.model)  # refuses a model it cannot score exactly, before any batch
         self.pad_id = pad_token_id(self.tokenizer, self.model.get_input_embeddings().num_embeddings)
 

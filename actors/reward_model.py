@@ -7,20 +7,17 @@ import pandas as pd
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from actors.device import assigned_device, model_dtype
-
+from actors.device import load_on_device
 from pipeline.stages import as_lists, flat_responses, regroup
 
 
 class RewardModelScores:
     def __init__(self, model_dir: str, threads: int = 1, batch_size: int = 32, dtype: str = "auto"):
         torch.set_num_threads(max(1, threads))
-        self.device = assigned_device()
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            model_dir, dtype=model_dtype(dtype, self.device)).to(self.device).eval()
+        self.model = load_on_device(AutoModelForSequenceClassification, model_dir, dtype).eval()
         # The model finds each text's last token by its pad id: without one it refuses batches of more than one.
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
         if self.model.config.num_labels != 1:
@@ -34,7 +31,7 @@ class RewardModelScores:
         values: list[float] = []
         for c in range(0, len(texts), self.batch_size):
             enc = self.tokenizer(texts[c : c + self.batch_size], return_tensors="pt", padding=True, truncation=True)
-            values += self.model(**enc.to(self.device)).logits[:, 0].float().tolist()
+            values += self.model(**enc.to(self.model.device)).logits[:, 0].float().tolist()
         return values
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:

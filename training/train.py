@@ -30,7 +30,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig
 from ray.train.torch import TorchTrainer
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from actors.device import model_dtype
+from actors.device import load_on_device
 from configs.schema import Config
 from pipeline.shards import MANIFEST, verified_shard_files
 from pipeline.tokenize import pad_token_id
@@ -169,8 +169,7 @@ def train_worker_loop(lc: dict) -> None:
                       for m in range(accum)]
     ref_model = None
     if tc.reference == "live":
-        ref_model = AutoModelForCausalLM.from_pretrained(lc["policy_dir"], dtype=model_dtype(tc.deepspeed.dtype, device))
-        ref_model = ref_model.to(device).eval().requires_grad_(False)
+        ref_model = load_on_device(AutoModelForCausalLM, lc["policy_dir"], tc.deepspeed.dtype, device).eval().requires_grad_(False)
 
     start, acc_start = 0, None
     checkpoint = ray.train.get_checkpoint()
