@@ -292,7 +292,7 @@ class TrainConfig(_Section):
     )
     reference: Literal["shards", "live"] = Field(default="shards", description="Reference log-probs from the prepared shards, or from a live frozen model.")
     heldout_fraction: float = Field(default=0.1, gt=0, lt=1, description="Fraction of contrast groups held out for implicit-reward accuracy.")
-    log_every: int = Field(default=5, ge=1, description="Print metrics every N steps (TensorBoard and CSV get every step).")
+    log_every: int = Field(default=5, ge=1, description="Write a full metrics line to the job's log every N steps (the console shows progress; trackers and metrics.csv get every step).")
 
     @model_validator(mode="after")
     def _workers(self) -> "TrainConfig":
@@ -330,6 +330,17 @@ class RayConfig(_Section):
     )
 
 
+class TrackingConfig(_Section):
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default=["tensorboard"],
+        description="Where training scalars (every step), held-out metrics (every checkpoint and the end) and the config "
+                    "go: tensorboard (<output_dir>/<job>/tensorboard), mlflow (pip install '.[mlflow]'), wandb (pip install "
+                    "'.[wandb]', offline unless WANDB_MODE says otherwise).",
+    )
+    mlflow_uri: str | None = Field(default=None, description="MLflow tracking URI (null: a local file store, <output_dir>/mlruns).")
+    wandb_project: str | None = Field(default=None, description="W&B project (null: the run name); runs go under <output_dir>/<job>/wandb.")
+
+
 class Config(_Section):
     name: str = Field(default="", description="Run name; defaults to the config file's stem.")
     output_dir: str = Field(default="", description="Where jobs write results; defaults to runs/<name>.")
@@ -342,6 +353,7 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig, description="The preference training job.")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="The evaluate job.")
     ray: RayConfig = Field(default_factory=RayConfig, description="Ray cluster settings.")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Experiment trackers that receive the metrics.")
 
     def section_hash(self, *sections: str) -> str:
         """A stable hash of the named sections (plus the seed), used to decide whether an artifact can be reused."""

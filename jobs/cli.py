@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from jobs.common import run_cli
+
 JOBS = {
     "sft": ("jobs.sft", "train (or reuse) the toy reference model"),
     "prepare": ("jobs.prepare", "build the preference shards (Ray Data)"),
@@ -17,8 +19,12 @@ JOBS = {
 }
 
 
+# Jobs whose console shows only the user's lines (the rest in <output_dir>/<job>/logs/).
+CONSOLE_JOBS = {"sft", "prepare", "train", "evaluate", "run", "compare"}
+
+
 def usage() -> str:
-    return "usage: calign <job> --config FILE [--set KEY=VALUE ...]\n\njobs:\n" + "\n".join(
+    return "usage: calign <job> --config FILE [--set KEY=VALUE ...] [--verbose]\n\njobs:\n" + "\n".join(
         f"  {name:<10} {what}" for name, (_, what) in JOBS.items())
 
 
@@ -27,7 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in JOBS:
         print(usage(), file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    importlib.import_module(JOBS[argv[0]][0]).main(argv[1:])
+    main = importlib.import_module(JOBS[argv[0]][0]).main
+    if argv[0] in CONSOLE_JOBS:
+        run_cli(argv[0], main, argv[1:])
+    else:
+        main(argv[1:])
     return 0
 
 

@@ -1,4 +1,4 @@
-"""What every job entry point does: parse arguments, load the config, start Ray, write the report."""
+"""What every job entry point does: parse arguments, load the config, open the console, start Ray, write the report."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from configs.schema import Config, ConfigError, load_config
+from jobs import console
 
 
 def parse_config(job: str, argv: list[str] | None = None) -> Config:
@@ -17,6 +18,7 @@ def parse_config(job: str, argv: list[str] | None = None) -> Config:
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field, e.g. --set sft.lr=1e-3"
     )
+    parser.add_argument("--verbose", action="store_true", help="show library logs (vLLM, Ray, transformers) on the console too")
     args = parser.parse_args(argv)
     try:
         return load_config(args.config, args.set)
@@ -37,8 +39,38 @@ def init_ray(cfg: Config) -> None:
     # address="local": a new cluster of our own, never a head that happens to run on this machine.
     kwargs = {"address": address} if address else {"address": "local", "num_cpus": cfg.ray.num_cpus, "include_dashboard": False}
     ray.init(log_to_driver=True, **kwargs)
-    # Ray Data's progress bars redraw constantly in non-terminal logs; one line per update is enough.
-    ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
+    # Under the console, Ray Data logs its progress every 30 s and the console condenses it to one line; elsewhere
+    # its bars redraw constantly in non-terminal logs.
+    ray.data.DataContext.get_current().enable_progress_bars = console.active() is not None or sys.stderr.isatty()
+
+
+def start_line(cfg: Config, job: str) -> str:
+    """One line with the settings a user checks first."""
+    model = cfg.model.policy_dir or "the toy model"
+    parts = {
+        "sft": f"toy reference model: {cfg.sft.steps} steps, lr {cfg.sft.lr:g}, {cfg.sft.num_workers} workers",
+        "prepare": f"source {cfg.data.source or 'embedded task'}, negatives " + ", ".join(
+            f"{k} {getattr(cfg.prepare.negatives, k)}" for k in ("autoregressive", "meanfield", "truncation", "batch")
+            if getattr(cfg.prepare.negatives, k)) + f"; grouping {cfg.prepare.grouping.method}",
+        "train": f"{cfg.train.loss} on {model}: {cfg.train.steps} steps, lr {cfg.train.lr:g}, beta {cfg.train.beta:g}, "
+                 f"{cfg.train.num_workers} workers" + (", LoRA" if cfg.train.lora else ""),
+        "evaluate": f"reference {model} vs the trained policy",
+        "run": " -> ".join(["sft"] * (not cfg.own_model) + ["prepare", f"train {cfg.train.loss}", "evaluate"]) + f" on {model}",
+    }
+    return f"[{job}] {cfg.name}: {parts.get(job, model)}; output {cfg.job_dir(job)}"
+
+
+def run_cli(job: str, main, argv: list[str] | None = None) -> None:
+    """The command-line form of a job: its console (``jobs/console.py``; ``--verbose`` shows everything), a start
+    line, and exit status 1 after printing the error and the path of the full log."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    cfg = parse_config(job, argv)
+    try:
+        with console.Console(cfg.job_dir(job) / "logs", job, verbose="--verbose" in argv) as out:
+            print(start_line(cfg, job) + f"; full log {out.log_path}", flush=True)
+            main(argv)
+    except Exception:
+        raise SystemExit(1) from None
 
 
 def write_report(cfg: Config, job: str, figures: dict) -> Path:

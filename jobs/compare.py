@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from jobs.common import init_ray, parse_config, write_report
+from jobs import console
+from jobs.common import init_ray, parse_config, run_cli, write_report
 from pipeline.graph import run_prepare
 from training import plots
 from training.evaluation import answer_scorer, greedy_answers, heldout_margins, heldout_prompts, task_eval
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
     header = "| method | " + " | ".join(table.columns) + " |\n|" + " --- |" * (len(table.columns) + 1) + "\n"
     (out / "table.md").write_text(header + "".join(
         f"| {name} | " + " | ".join(f"{v:.3f}" for v in row) + " |\n" for name, row in table.iterrows()))
-    print(table.to_string(float_format=lambda v: f"{v:.3f}"))
+    console.show(table.to_string(float_format=lambda v: f"{v:.3f}"))
     report = {"methods": {k: {kk: float(vv) for kk, vv in v.items()} for k, v in rows.items()},
               "steps_per_method": cfg.train.steps, "plot": str(plot), "table": str(out / "table.md")}
     write_report(cfg, "compare", report)
@@ -70,4 +71,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli("compare", main)

@@ -1,7 +1,8 @@
 """Reference vs trained policy on held-out data: ``python -m jobs.evaluate --config configs/demo.yaml``."""
 from __future__ import annotations
 
-from jobs.common import init_ray, parse_config, write_report
+from jobs import console
+from jobs.common import init_ray, parse_config, run_cli, write_report
 from training.evaluation import run_evaluate
 
 
@@ -25,9 +26,9 @@ def main(argv: list[str] | None = None) -> dict:
     init_ray(cfg)
     report = run_evaluate(cfg)
     write_report(cfg, "evaluate", report)
-    print(comparison_table(report))
+    console.show(comparison_table(report))
     return report
 
 
 if __name__ == "__main__":
-    main()
+    run_cli("evaluate", main)

@@ -8,8 +8,8 @@ from __future__ import annotations
 import sys
 import time
 
-from jobs import evaluate, prepare, sft, train
-from jobs.common import init_ray, parse_config, write_report
+from jobs import console, evaluate, prepare, sft, train
+from jobs.common import init_ray, parse_config, run_cli, start_line, write_report
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -21,11 +21,15 @@ def main(argv: list[str] | None = None) -> dict:
     for name, job in (("sft", sft), ("prepare", prepare), ("train", train), ("evaluate", evaluate)):
         if name == "sft" and cfg.own_model:
             continue
-        print(f"\n===== {name} =====", flush=True)
+        out = console.active()  # each stage's complete log in its own job directory
+        log = f"; full log {out.log_to(cfg.job_dir(name) / 'logs', name)}" if out is not None else ""
+        print(f"\n{start_line(cfg, name)}{log}", flush=True)
         reports[name] = job.main(argv)
     wall = time.perf_counter() - started
-    print(f"\n===== {cfg.name}: reference vs {cfg.train.loss} policy ({wall / 60:.1f} min) =====")
-    print(evaluate.comparison_table(reports["evaluate"]))
+    if console.active() is not None:
+        console.active().log_to(cfg.job_dir("run") / "logs", "run")
+    console.show(f"\n===== {cfg.name}: reference vs {cfg.train.loss} policy ({wall / 60:.1f} min) =====\n"
+                 + evaluate.comparison_table(reports["evaluate"]))
     headline = ("reference_exact_match", "policy_exact_match", "win_rate", "reference_implicit_accuracy", "policy_implicit_accuracy")
     write_report(cfg, "run", {"wall_seconds": wall, "stages": {k: str(cfg.job_dir(k) / "report.json") for k in reports},
                               **{k: reports["evaluate"][k] for k in headline if k in reports["evaluate"]}})
@@ -33,4 +37,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli("run", main)

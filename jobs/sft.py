@@ -3,7 +3,7 @@
 With ``model.policy_dir`` (your own model) there is nothing to train: the job says so and exits."""
 from __future__ import annotations
 
-from jobs.common import init_ray, parse_config, write_report
+from jobs.common import init_ray, parse_config, run_cli, write_report
 from training.sft import run_sft
 
 
@@ -23,4 +23,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli("sft", main)

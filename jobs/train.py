@@ -1,7 +1,7 @@
 """Train the policy on prepared shards: ``python -m jobs.train --config configs/demo.yaml``."""
 from __future__ import annotations
 
-from jobs.common import init_ray, parse_config, write_report
+from jobs.common import init_ray, parse_config, run_cli, write_report
 from training.train import run_train
 
 
@@ -16,4 +16,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli("train", main)

@@ -30,8 +30,8 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return path
 
 
-def run_job(job: str, out: Path, *overrides: str, config: str = "configs/tiny.yaml") -> dict:
-    """Run ``python -m jobs.<job>`` as a user would and return its report."""
+def run_job_console(job: str, out: Path, *overrides: str, config: str = "configs/tiny.yaml") -> tuple[dict, str]:
+    """Run ``python -m jobs.<job>`` as a user would; its report and what its console showed."""
     import json
     import subprocess
     import sys
@@ -39,8 +39,16 @@ def run_job(job: str, out: Path, *overrides: str, config: str = "configs/tiny.ya
     sets = [arg for o in (f"output_dir={out}", *overrides) for arg in ("--set", o)]
     proc = subprocess.run([sys.executable, "-m", f"jobs.{job}", "--config", config, *sets], cwd=ROOT,
                           capture_output=True, text=True, timeout=1500)
-    assert proc.returncode == 0, f"{job} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
-    return json.loads((out / job / "report.json").read_text())
+    if proc.returncode != 0:
+        log = out / job / "logs" / f"{job}.log"
+        raise AssertionError(f"{job} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}\n"
+                             + (f"end of {log}:\n{log.read_text()[-6000:]}" if log.is_file() else ""))
+    return json.loads((out / job / "report.json").read_text()), proc.stdout
+
+
+def run_job(job: str, out: Path, *overrides: str, config: str = "configs/tiny.yaml") -> dict:
+    """Run ``python -m jobs.<job>`` as a user would and return its report."""
+    return run_job_console(job, out, *overrides, config=config)[0]
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import torch
 from transformers import LlamaForCausalLM
 
 from pipeline.shards import read_shards
-from tests.conftest import run_job
+from tests.conftest import run_job, run_job_console
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 MARGIN = 0.08  # held-out implicit-reward accuracy gained by training (measured +0.114: see the train test)
@@ -93,20 +93,76 @@ def test_prepare_resumes_and_reproduces_the_same_shards(run_dir, prepare_report)
     assert pq.read_table(shards / sorted(before)[0]).num_rows > 0
 
 
-TRAIN = ["train.loss=swepo", "train.steps=24", "train.lr=3e-3", "train.checkpoint_every=12"]
+TRAIN = ["train.loss=swepo", "train.steps=24", "train.lr=3e-3", "train.checkpoint_every=12",
+         "tracking.report_to=[tensorboard,mlflow,wandb]"]
 
 
 def test_training_learns_what_the_rewards_say(run_dir, prepare_report):
     """Seeded: SWEPO moves held-out implicit-reward accuracy (pairs ordered by the task's reward, on groups never
     trained on) from 0.5 to 0.614; with the loss's sign flipped it falls to 0.333 and this fails (checked once)."""
-    report = run_job("train", run_dir, *TRAIN)
+    report, console = run_job_console("train", run_dir, *TRAIN)
     assert report["loss"] == "swepo" and report["optimizer_steps"] == 24
     assert report["heldout_accuracy_start"] == pytest.approx(0.5)  # the policy starts as the reference
     assert report["heldout_accuracy_end"] >= report["heldout_accuracy_start"] + MARGIN
     assert (run_dir / "train" / "policy" / "config.json").is_file()
     lines = (run_dir / "train" / "metrics.csv").read_text().splitlines()
     assert lines[0].startswith("step,loss,accuracy") and len(lines) == 25
-    assert list((run_dir / "train" / "tensorboard").glob("events.out.tfevents.*"))
+    # The console: the start line, progress lines (step 1, every tenth, the end), the report; library chatter in the log.
+    shown = console.splitlines()
+    assert shown[0].startswith("[train] tiny: swepo on the toy model: 24 steps") and len(shown) <= 25, console
+    assert [line for line in shown if "24/24 steps" in line and line.startswith("[train] [####")], console
+    assert all(line.startswith("[train] ") for line in shown), console
+    log = (run_dir / "train" / "logs" / "train.log").read_text()
+    assert "RayTrainWorker" in log and "train: step 20 loss" in log
+
+
+def _wandb_records(path: Path) -> list:
+    """The records of an offline W&B run file (LevelDB log blocks of protobuf records, after a 7-byte header)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, pos, pending, records = path.read_bytes(), 7, b"", []
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:  # a block's tail too short for a header is padding
+            pos += 32768 - pos % 32768
+            continue
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        pending += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a whole record, or the last piece of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+def test_trackers_hold_the_heldout_accuracy_tensorboard_mlflow_and_wandb(run_dir, prepare_report):
+    if not (run_dir / "train" / "policy" / "config.json").is_file():
+        run_job("train", run_dir, *TRAIN)
+    end = json.loads((run_dir / "train" / "report.json").read_text())["heldout_accuracy_end"]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "train" / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("heldout/accuracy")][-1] == (24, pytest.approx(end, abs=1e-6))
+    assert len(events.Scalars("train/loss")) == 24
+
+    import os
+
+    from mlflow.tracking import MlflowClient
+
+    os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
+    client = MlflowClient((run_dir / "mlruns").resolve().as_uri())
+    run_id = (run_dir / "train" / "mlflow_run_id").read_text()
+    history = client.get_metric_history(run_id, "heldout/accuracy")
+    assert [m.step for m in history] == [0, 12, 24] and history[-1].value == pytest.approx(end, abs=1e-6)
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+    (run_file,) = (run_dir / "train" / "wandb").glob("offline-run-*/run-*.wandb")
+    rows = [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
+            for r in _wandb_records(run_file) if r.WhichOneof("record_type") == "history"]
+    held = [(row["_step"], row["heldout/accuracy"]) for row in rows if "heldout/accuracy" in row]
+    assert held[-1] == (24, pytest.approx(end, abs=1e-6)) and len([r for r in rows if "train/loss" in r]) == 24
 
 
 def test_evaluate_scores_reference_and_policy_and_draws_the_plots(run_dir, prepare_report):

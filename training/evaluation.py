@@ -17,6 +17,7 @@ import torch
 from actors.generator import VLLMAnswers
 from pipeline import task
 from pipeline.tokenize import chat_renderer, encode_prompt, pad_token_id, user_prompt
+from training.progress import Progress
 
 
 @torch.no_grad()
@@ -177,11 +178,13 @@ def answer_lengths(reference: Path, ref_answers: list[str], pol_answers: list[st
     return {"reference_mean_answer_tokens": mean(ref_answers), "policy_mean_answer_tokens": mean(pol_answers)}
 
 
-def _task_report(cfg, reference: Path, policy: Path, out: Path) -> tuple[dict, dict[str, tuple[float, float]]]:
+def _task_report(cfg, reference: Path, policy: Path, out: Path, progress: Progress) -> tuple[dict, dict[str, tuple[float, float]]]:
     _, heldout = task.splits(cfg.seed, cfg.task)
     prompts = [r["prompt"] for r in heldout]
     ref_answers, ref_scores = task_eval(reference, cfg)
+    progress.update(3, done="reference answers")
     pol_answers, pol_scores = task_eval(policy, cfg)
+    progress.update(4, done="policy answers")
     by_family: dict[str, dict[str, float]] = {}
     for family in sorted({r["family"] for r in heldout}):
         idx = [i for i, r in enumerate(heldout) if r["family"] == family]
@@ -212,22 +215,26 @@ def run_evaluate(cfg, policy: Path | None = None, job: str = "evaluate") -> dict
     policy = Path(policy or cfg.job_dir("train") / "policy")
     if not (policy / "config.json").is_file():
         raise FileNotFoundError(f"trained policy {policy} not found: run `python -m jobs.train` first")
+    scorer = answer_scorer(cfg) if cfg.data.source else None
+    progress = Progress("evaluate", 4 if scorer or not cfg.data.source else 2, "parts")
     ref_acc, _ = heldout_margins(reference, cfg)
+    progress.update(1, done="reference implicit rewards")
     pol_acc, margins = heldout_margins(policy, cfg)
+    progress.update(2, done="policy implicit rewards")
     report = {"reference_dir": str(reference), "policy_dir": str(policy),
               "reference_implicit_accuracy": ref_acc, "policy_implicit_accuracy": pol_acc}
     bars = {"implicit acc.": (ref_acc, pol_acc)}
     if not cfg.data.source:
-        task_report, task_bars = _task_report(cfg, reference, policy, out)
+        task_report, task_bars = _task_report(cfg, reference, policy, out, progress)
         report.update(task_report)
         bars.update(task_bars)
     else:
         report.update(heldout_implicit_accuracy=pol_acc, reference_heldout_implicit_accuracy=ref_acc)
-        scorer = answer_scorer(cfg)
         if scorer is None:
             report["reward_eval"] = f"skipped: prepare.reward={cfg.prepare.reward!r} cannot score new answers"
         else:
             report.update(reward_eval(cfg, reference, policy, scorer, out))
+            progress.update(4, done="answers of both scored")
             bars.update({"mean reward": (report["reference_mean_reward"], report["policy_mean_reward"])})
     figures = {}
     metrics_csv = policy.parent / "metrics.csv"  # the train job writes <job_dir>/policy beside <job_dir>/metrics.csv

@@ -21,8 +21,9 @@ from training.engine import deepspeed_config, lr_at, set_lr, set_worker_threads,
 from training.logprobs import response_token_counts, sequence_logps
 from training.evaluation import greedy_generate_hf, task_scores
 from training.model import build_model, build_tokenizer, is_saved_model
+from training.progress import Progress
 
-LOG_EVERY = 25
+LOG_EVERY = 25  # the loss shown is the mean of the last LOG_EVERY steps
 FINGERPRINT_FILE = "sft_fingerprint.txt"
 
 
@@ -49,6 +50,7 @@ def sft_worker_loop(loop_config: dict) -> None:
 
     shard = ray.train.get_dataset_shard("train")
     step, tokens, started, losses = 0, 0, time.perf_counter(), []
+    progress = Progress("sft", cfg.sft.steps, "steps")
     for batch in shard.iter_batches(batch_size=micro, batch_format="numpy", drop_last=True):
         set_lr(engine, lr_at(step, cfg.sft.steps, cfg.sft.warmup_steps, cfg.sft.lr))
         t = pad_sequences(list(batch["prompt_ids"]), list(batch["response_ids"]), tokenizer.pad_token_id)
@@ -59,13 +61,10 @@ def sft_worker_loop(loop_config: dict) -> None:
         step += 1
         tokens += int(t["attention_mask"].sum()) * world
         losses.append(loss.item())
-        if rank == 0 and (step % LOG_EVERY == 0 or step == cfg.sft.steps):
-            elapsed = time.perf_counter() - started
-            print(
-                f"[sft] step {step}/{cfg.sft.steps} loss {sum(losses[-LOG_EVERY:]) / len(losses[-LOG_EVERY:]):.4f} "
-                f"lr {lr_at(step, cfg.sft.steps, cfg.sft.warmup_steps, cfg.sft.lr):.2e} tokens/s {tokens / elapsed:.0f}",
-                flush=True,
-            )
+        if rank == 0:
+            progress.update(step, loss=f"{sum(losses[-LOG_EVERY:]) / len(losses[-LOG_EVERY:]):.4f}",
+                            lr=f"{lr_at(step, cfg.sft.steps, cfg.sft.warmup_steps, cfg.sft.lr):.2e}",
+                            **{"tok/s": f"{tokens / (time.perf_counter() - started):.0f}"})
         if step >= cfg.sft.steps:
             break
     if step < cfg.sft.steps:

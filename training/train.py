@@ -41,6 +41,8 @@ from training.group_reader import GroupReader, Prefetcher
 from training.logprobs import ForwardPlan, check_architecture, forward_plan, packed_logps
 from training.lora import export_merged, with_lora
 from training.objective import preference_loss
+from training.progress import Progress
+from training.trackers import Trackers, check_installed
 
 
 
@@ -183,11 +185,12 @@ def train_worker_loop(lc: dict) -> None:
     if acc_start is None:
         acc_start = heldout_metrics(engine, ref_model, heldout, cfg, plan)["accuracy"]
 
-    writer = None
+    trackers = progress = None
     if rank == 0:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(job_dir / "tensorboard"), purge_step=start)
+        trackers = Trackers(cfg, lc["job"], job_dir, resume_step=start)
+        if not start:
+            trackers.log({"heldout/accuracy": acc_start}, 0)
+        progress = Progress("train", tc.steps, "steps", start=start)
         print(f"[train] {plan.describe()}; {n_trainable:,} trainable parameters" + (" (LoRA)" if tc.lora else ""), flush=True)
         print(f"[train] {tc.loss}: {len(train_ids)} training groups, {len(held_ids)} held out; {world} workers x "
               f"{accum} micro-batches of {tc.micro_groups} groups; steps {start}..{tc.steps}; "
@@ -227,20 +230,25 @@ def train_worker_loop(lc: dict) -> None:
             "worker_peak_rss_mb": _all_sum([peak_rss_mb()], op=dist.ReduceOp.MAX)[0],
         }
         if rank == 0:
-            _log(job_dir, writer, row, tc.log_every)
+            _log(job_dir, trackers, row, tc.log_every)
+            progress.update(row["step"], loss=f"{row['loss']:.4f}", acc=f"{row['accuracy']:.3f}",
+                            **{"tok/s": f"{row['tokens_per_second']:.0f}"})
             if not saturated and row["grad_norm"] < SATURATED_GRAD and total["prompts"] > total["skipped_prompts"]:
                 saturated = True
                 print(f"[train] step {row['step']}: loss {row['loss']:.4g} with gradient norm {row['grad_norm']:.1e}: the "
                       f"loss is saturated, so these steps teach nothing. " + SATURATION_CAUSE.get(tc.loss, ""), flush=True)
         done = step + 1 == tc.steps
         if (step + 1) % tc.checkpoint_every == 0 or done:
-            extra = {f"heldout_{k}_end": v for k, v in heldout_metrics(engine, ref_model, heldout, cfg, plan).items()} if done else {}
+            held = heldout_metrics(engine, ref_model, heldout, cfg, plan)
+            if rank == 0:
+                trackers.log({f"heldout/{k}": v for k, v in held.items()}, step + 1)
+            extra = {f"heldout_{k}_end": v for k, v in held.items()} if done else {}
             _checkpoint(engine, tokenizer, rank, world, step + 1, acc_start, {**row, **extra, "heldout_accuracy_start": acc_start,
                                                                             "trainable_parameters": n_trainable})
     prefetch.close()
     data_log.close()
-    if writer:
-        writer.close()
+    if trackers:
+        trackers.close()
 
 
 def _truncate_metrics(path: Path, start: int) -> None:
@@ -253,7 +261,7 @@ def _truncate_metrics(path: Path, start: int) -> None:
             kept.to_csv(path, index=False)
 
 
-def _log(job_dir: Path, writer, row: dict, log_every: int) -> None:
+def _log(job_dir: Path, trackers: Trackers, row: dict, log_every: int) -> None:
     path = job_dir / "metrics.csv"
     new = not path.exists()
     with open(path, "a", newline="") as f:
@@ -261,11 +269,9 @@ def _log(job_dir: Path, writer, row: dict, log_every: int) -> None:
         if new:
             w.writeheader()
         w.writerow(row)
-    for key, value in row.items():
-        if key != "step":
-            writer.add_scalar(f"train/{key}", value, row["step"])
-    if row["step"] % log_every == 0 or row["step"] == 1:
-        print(f"[train] step {row['step']} loss {row['loss']:.4f} acc {row['accuracy']:.3f} grad {row['grad_norm']:.3f} "
+    trackers.log({f"train/{k}": v for k, v in row.items() if k != "step"}, row["step"])
+    if row["step"] % log_every == 0 or row["step"] == 1:  # the log's line; the console shows progress
+        print(f"train: step {row['step']} loss {row['loss']:.4f} acc {row['accuracy']:.3f} grad {row['grad_norm']:.3f} "
               f"lr {row['lr']:.2e} tok/s {row['tokens_per_second']:.0f}", flush=True)
 
 
@@ -284,6 +290,7 @@ def run_train(cfg: Config, job: str = "train", reader: type = GroupReader) -> di
     tc = cfg.train
     policy = cfg.policy_dir()
     check_architecture(AutoConfig.from_pretrained(policy))  # before any work: a model that cannot be scored exactly
+    check_installed(cfg.tracking.report_to)
     job_dir = cfg.job_dir(job).resolve()
     job_dir.mkdir(parents=True, exist_ok=True)
     # Workers read their own groups from the shard files (training/group_reader.py); no row passes through here.
@@ -304,7 +311,7 @@ def run_train(cfg: Config, job: str = "train", reader: type = GroupReader) -> di
     trainer = TorchTrainer(
         train_worker_loop,
         train_loop_config={"config": cfg.model_dump(mode="json"), "policy_dir": str(policy.resolve()),
-                           "job_dir": str(job_dir), "shard_files": files, "reader": reader},
+                           "job_dir": str(job_dir), "job": job, "shard_files": files, "reader": reader},
         **trainer_resources(tuple(tc.num_workers) if isinstance(tc.num_workers, (list, tuple)) else tc.num_workers,
                             tc.cpus_per_worker, tc.gpus_per_worker),
         run_config=RunConfig(name=run_identity.run_name(cfg, job, settings), storage_path=str(storage),
