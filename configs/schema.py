@@ -32,6 +32,11 @@ class TaskConfig(_Section):
     )
     n_train: int = Field(default=6000, ge=10, description="Number of training prompts generated.")
     n_heldout: int = Field(default=300, ge=10, description="Number of held-out prompts (never in the training set).")
+    n_validation: int = Field(
+        default=0, ge=0,
+        description="Training prompts carved off as a validation split before any training (neither SFT nor preference "
+        "data sees them); evaluate.split: validation scores on them. Studies choose settings there, never on the held-out test.",
+    )
     demonstrator_error: float = Field(
         default=0.0, ge=0, le=1,
         description="Probability that a training prompt's response is the demonstrator's typical slip instead of the answer "
@@ -312,6 +317,9 @@ class TrainConfig(_Section):
 
 
 class EvaluateConfig(_Section):
+    split: Literal["heldout", "validation"] = Field(
+        default="heldout", description="Embedded task: score answers on the held-out test prompts or on the validation split (task.n_validation)."
+    )
     max_new_tokens: int = Field(default=24, ge=1, description="Greedy tokens generated per held-out prompt by jobs.evaluate (vLLM).")
     max_prompts: int = Field(
         default=200, ge=1, description="User data: held-out prompts answered by both models for the mean reward and win rate."

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 from configs.schema import Config, ConfigError, load_config
@@ -60,17 +61,23 @@ def start_line(cfg: Config, job: str) -> str:
     return f"[{job}] {cfg.name}: {parts.get(job, model)}; output {cfg.job_dir(job)}"
 
 
-def run_cli(job: str, main, argv: list[str] | None = None) -> None:
+def run_cli(job: str, main, argv: list[str] | None = None, locate=None) -> None:
     """The command-line form of a job: its console (``jobs/console.py``; ``--verbose`` shows everything), a start
-    line, and exit status 1 after printing the error and the path of the full log."""
+    line, and exit status 1 after printing the error and the path of the full log. ``locate(argv)`` gives the log
+    directory and the start line (default: from the run config)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    cfg = parse_config(job, argv)
+    log_dir, start = (locate or partial(_run_config_place, job))(argv)
     try:
-        with console.Console(cfg.job_dir(job) / "logs", job, verbose="--verbose" in argv) as out:
-            print(start_line(cfg, job) + f"; full log {out.log_path}", flush=True)
+        with console.Console(log_dir, job, verbose="--verbose" in argv) as out:
+            print(f"{start}; full log {out.log_path}", flush=True)
             main(argv)
     except Exception:
         raise SystemExit(1) from None
+
+
+def _run_config_place(job: str, argv: list[str]) -> tuple[Path, str]:
+    cfg = parse_config(job, argv)
+    return cfg.job_dir(job) / "logs", start_line(cfg, job)
 
 
 def write_report(cfg: Config, job: str, figures: dict) -> Path:

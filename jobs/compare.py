@@ -12,9 +12,7 @@ from jobs import console
 from jobs.common import init_ray, parse_config, run_cli, write_report
 from pipeline.graph import run_prepare
 from training import plots
-from training.evaluation import answer_scorer, greedy_answers, heldout_margins, heldout_prompts, task_eval
-from training.sft import run_sft
-from training.train import run_train
+from training.evaluation import answer_scores, heldout_margins
 
 METHODS = ("dpo", "swepo", "rpo", "cpo", "infonca", "nca", "sft")
 # The control row: the same steps on the dataset answers (the anchors) alone, so a method's gain over the
@@ -22,34 +20,25 @@ METHODS = ("dpo", "swepo", "rpo", "cpo", "infonca", "nca", "sft")
 LABELS = {"sft": "sft control (dataset answers only)"}
 
 
-def _answer_scores(cfg, model_dir) -> dict[str, float]:
-    """Scores of a model's greedy held-out answers: task metrics on the embedded task, the configured reward on
-    the user's data (none when no reward can score new answers)."""
-    if not cfg.data.source:
-        return task_eval(model_dir, cfg)[1]
-    scorer = answer_scorer(cfg)
-    if scorer is None:
-        return {}
-    prompts, ids = heldout_prompts(cfg)
-    rewards = scorer(prompts, greedy_answers(model_dir, ids, cfg))
-    return {"mean_reward": sum(rewards) / len(rewards)}
-
-
 def main(argv: list[str] | None = None) -> dict:
+    # DeepSpeed logs on import: imported here, once the console routes output to the job's log
+    from training.sft import run_sft
+    from training.train import run_train
+
     cfg = parse_config("compare", argv)
     init_ray(cfg)
     if not cfg.own_model:
         run_sft(cfg)
     run_prepare(cfg)
     out = cfg.job_dir("compare")
-    ref = _answer_scores(cfg, cfg.policy_dir())
+    ref = answer_scores(cfg, cfg.policy_dir())
     ref_accuracy = heldout_margins(cfg.policy_dir(), cfg)[0]
     rows = {"reference": {**ref, "implicit_accuracy_start": ref_accuracy, "implicit_accuracy": ref_accuracy, "train_seconds": 0.0}}
     for method in METHODS:
         c = cfg.model_copy(deep=True)
         c.train.loss = method
         trained = run_train(c, job=f"compare/{method}")
-        scores = _answer_scores(c, trained["policy_dir"])
+        scores = answer_scores(c, trained["policy_dir"])
         rows[LABELS.get(method, method)] = {
             **scores, "implicit_accuracy_start": trained["heldout_accuracy_start"],
             "implicit_accuracy": trained["heldout_accuracy_end"], "train_seconds": trained["wall_seconds"]}

@@ -4,10 +4,12 @@ With ``model.policy_dir`` (your own model) there is nothing to train: the job sa
 from __future__ import annotations
 
 from jobs.common import init_ray, parse_config, run_cli, write_report
-from training.sft import run_sft
 
 
 def main(argv: list[str] | None = None) -> dict:
+    # DeepSpeed logs on import: imported here, once the console routes output to the job's log
+    from training.sft import run_sft
+
     cfg = parse_config("sft", argv)
     if cfg.own_model:
         print(f"[sft] model.policy_dir={cfg.model.policy_dir}: your own model is the reference; no toy model to train")

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 from jobs.common import init_ray, parse_config, run_cli, write_report
-from training.train import run_train
 
 
 def main(argv: list[str] | None = None) -> dict:
+    # DeepSpeed logs on import: imported here, once the console routes output to the job's log
+    from training.train import run_train
+
     cfg = parse_config("train", argv)
     init_ray(cfg)
     report = run_train(cfg)

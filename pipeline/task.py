@@ -184,5 +184,22 @@ def generate(
 
 
 def splits(seed: int, spec) -> tuple[list[dict], list[dict]]:
-    """:func:`generate` with the fields of a ``configs.schema.TaskConfig``."""
-    return generate(seed, spec.n_train, spec.n_heldout, spec.families, spec.demonstrator_error)
+    """:func:`generate` with the fields of a ``configs.schema.TaskConfig``: (training rows, held-out rows). The last
+    ``spec.n_validation`` training rows are not among the training rows (see :func:`validation`)."""
+    train, heldout = generate(seed, spec.n_train, spec.n_heldout, spec.families, spec.demonstrator_error)
+    return train[: len(train) - spec.n_validation], heldout
+
+
+def validation(seed: int, spec) -> list[dict]:
+    """The validation split: training prompts carved off before any training, with their exact answers."""
+    if not spec.n_validation:
+        raise ValueError("task.n_validation is 0: there is no validation split to score on")
+    if spec.n_validation >= spec.n_train:
+        raise ValueError(f"task.n_validation ({spec.n_validation}) must be below task.n_train ({spec.n_train})")
+    train, _ = generate(seed, spec.n_train, spec.n_heldout, spec.families, spec.demonstrator_error)
+    return [{**row, "response": solve(row["prompt"])} for row in train[len(train) - spec.n_validation :]]
+
+
+def scored_split(seed: int, spec, split: str) -> list[dict]:
+    """The prompts (with exact answers) that ``evaluate.split`` names."""
+    return validation(seed, spec) if split == "validation" else splits(seed, spec)[1]

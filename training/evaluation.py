@@ -104,13 +104,13 @@ def heldout_margins(model_dir: str | Path, cfg) -> tuple[float, dict[str, list[f
 
 
 def task_prompt_ids(cfg, model_dir: str | Path) -> tuple[list[str], list[list[int]]]:
-    """The held-out task prompts and their token ids as the model sees them (its chat template when one applies)."""
+    """The task prompts of ``evaluate.split`` (held-out by default) and their token ids as the model sees them (its
+    chat template when one applies)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     render = chat_renderer(tokenizer, cfg.data.chat_template)
-    _, heldout = task.splits(cfg.seed, cfg.task)
-    prompts = [r["prompt"] for r in heldout]
+    prompts = [r["prompt"] for r in task.scored_split(cfg.seed, cfg.task, cfg.evaluate.split)]
     return prompts, [encode_prompt(tokenizer, *user_prompt(p, render)) for p in prompts]
 
 
@@ -119,6 +119,19 @@ def task_eval(model_dir: str | Path, cfg) -> tuple[list[str], dict[str, float]]:
     prompts, ids = task_prompt_ids(cfg, model_dir)
     answers = greedy_answers(model_dir, ids, cfg)
     return answers, task_scores(prompts, answers)
+
+
+def answer_scores(cfg, model_dir: str | Path) -> dict[str, float]:
+    """Scores of a model's greedy answers: task metrics on the embedded task (``evaluate.split``), the configured
+    reward on held-out prompts of the user's data (none when no reward can score new answers)."""
+    if not cfg.data.source:
+        return task_eval(model_dir, cfg)[1]
+    scorer = answer_scorer(cfg)
+    if scorer is None:
+        return {}
+    prompts, ids = heldout_prompts(cfg)
+    rewards = scorer(prompts, greedy_answers(model_dir, ids, cfg))
+    return {"mean_reward": sum(rewards) / len(rewards)}
 
 
 def answer_scorer(cfg) -> Callable[[list[str], list[str]], list[float]] | None:
@@ -179,7 +192,7 @@ def answer_lengths(reference: Path, ref_answers: list[str], pol_answers: list[st
 
 
 def _task_report(cfg, reference: Path, policy: Path, out: Path, progress: Progress) -> tuple[dict, dict[str, tuple[float, float]]]:
-    _, heldout = task.splits(cfg.seed, cfg.task)
+    heldout = task.scored_split(cfg.seed, cfg.task, cfg.evaluate.split)
     prompts = [r["prompt"] for r in heldout]
     ref_answers, ref_scores = task_eval(reference, cfg)
     progress.update(3, done="reference answers")

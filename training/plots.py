@@ -1,4 +1,4 @@
-"""PNG figures of a run: training curves, reward-margin histograms, before/after bars."""
+"""PNG figures of a run: training curves, reward-margin histograms, before/after bars, a study's intervals."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -69,3 +69,21 @@ def method_bars(table: pd.DataFrame, columns: tuple[str, str], out: Path, title:
     return _paired_bars(list(table.index), list(table[columns[0]]), list(table[columns[1]]),
                         tuple(f"held-out {c.replace('_', ' ')}" for c in columns), out, title, (8, 4),
                         tick_rotation=20)  # eight method names run into each other level
+
+
+def interval_bars(rows: list[dict], metric: str, out: Path, title: str) -> Path:
+    """A study's rows (``training/study_stats.summary_rows``): one bar per method, its mean and 95% interval."""
+    shown = [r for r in rows if metric in r]
+    means = [r[metric][0] for r in shown]
+    errors = [0.0 if r[metric][1] != r[metric][1] else r[metric][1] for r in shown]  # NaN (one seed): no bar
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(shown) + 2), 4))
+    bars = ax.bar(range(len(shown)), means, yerr=errors, capsize=4, color="tab:blue", alpha=0.8)
+    ax.bar_label(bars, fmt="%.3f", fontsize=8, padding=6)
+    ax.set_xticks(range(len(shown)), [r["method"] for r in shown], rotation=20, ha="right")
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -1,0 +1,90 @@
+"""A method study's YAML (``configs/studies/<name>.yaml``), typed like a run config (``configs/schema.py``).
+
+Every run of a study is the ``base`` run config with ``set``, then the method's ``set``, then one point of the
+method's ``grid`` applied as ``--set`` overrides; its seed, output directory and evaluation split are the study's.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from configs.schema import Config, ConfigError, _format_errors, _Section, load_config
+
+
+class StudyMethod(_Section):
+    name: str = Field(description="Row name in the study's table (a method, or a variant of one).")
+    set: dict[str, Any] = Field(default_factory=dict, description="Dotted config keys this method sets, e.g. {train.loss: dpo}.")
+    grid: dict[str, list[Any]] = Field(
+        default_factory=dict,
+        description="Dotted key -> values tried on the validation split (every combination); the best is run on every seed.",
+    )
+
+
+class StudyConfig(_Section):
+    name: str = Field(default="", description="Study name; defaults to the file's stem.")
+    base: str = Field(description="The run config every run starts from (a path, relative to the project root).")
+    output_dir: str = Field(default="", description="Where the study writes; defaults to runs/studies/<name>.")
+    set: dict[str, Any] = Field(default_factory=dict, description="Dotted config keys set for every run of the study.")
+    seeds: list[int] = Field(default=[0, 1, 2], min_length=1, description="Seeds of the final runs: each has its own task data, initialisation and sampling.")
+    validation_prompts: int = Field(default=120, ge=10, description="Training prompts carved off as the validation split (task.n_validation) for the grid.")
+    select_by: Literal["exact_match", "mean_reward", "implicit_accuracy"] = Field(
+        default="exact_match", description="The validation metric that chooses each method's grid point (higher is better)."
+    )
+    control: str | None = Field(default="sft", description="The method whose runs are the control of the paired differences (null: none).")
+    methods: list[StudyMethod] = Field(min_length=1, description="The rows of the study.")
+    quick: dict[str, Any] = Field(
+        default_factory=dict, description="--quick: one seed, the first grid point of each method, and these dotted keys set."
+    )
+
+    @model_validator(mode="after")
+    def _names(self) -> StudyConfig:
+        names = [m.name for m in self.methods]
+        if len(set(names)) != len(names) or "reference" in names:
+            raise ValueError(f"method names must be unique and not 'reference': {names}")
+        if self.control is not None and self.control not in names:
+            raise ValueError(f"control {self.control!r} is not one of the methods {names}")
+        return self
+
+
+def overrides(*layers: dict[str, Any]) -> list[str]:
+    """``--set`` strings of the layers, later layers winning."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged.update(layer)
+    return [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}" for k, v in merged.items()]
+
+
+def run_config(study: StudyConfig, method: StudyMethod, point: dict[str, Any], seed: int, quick: bool) -> Config:
+    """The run config of one study run (before the study places its output)."""
+    layers = [study.set, method.set, point, {"seed": seed, "task.n_validation": study.validation_prompts}]
+    if quick:
+        layers.insert(1, study.quick)
+    return load_config(study.base, overrides(*layers))
+
+
+def load_study(path: str | Path) -> StudyConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"study file not found: {path}")
+    try:
+        study = StudyConfig.model_validate(yaml.safe_load(path.read_text()) or {})
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, str(path))) from None
+    study.name = study.name or path.stem
+    study.output_dir = study.output_dir or str(Path("runs") / "studies" / study.name)
+    for method in study.methods:  # every key and value checked before the first run
+        for point in grid_points(method.grid):
+            run_config(study, method, point, study.seeds[0], quick=False)
+            run_config(study, method, point, study.seeds[0], quick=True)
+    return study
+
+
+def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the grid's values, the first key varying slowest."""
+    points: list[dict[str, Any]] = [{}]
+    for key, values in grid.items():
+        points = [{**p, key: v} for p in points for v in values]
+    return points

@@ -1,0 +1,121 @@
+"""A method study (``python -m jobs.study --config configs/studies/<name>.yaml``).
+
+1. Per method, every point of its grid is trained at the first seed and scored on the validation split (training
+   prompts carved off before any training, ``task.n_validation``); the best point by ``select_by`` is kept.
+2. Every method at its chosen point is trained on every seed and scored on the held-out test split, beside the
+   seed's reference model.
+3. The table gives each metric's mean ± 95% interval over seeds and paired differences against the reference and
+   the control; a plot shows the intervals.
+
+Each seed has its own task data, reference model and sampling. Runs that share data share it on disk: per seed one
+reference model, per distinct data settings one prepare; every run's scores are kept, so a study resumes where it
+stopped.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from configs.schema import Config
+from configs.study import StudyConfig, StudyMethod, grid_points, run_config
+from pipeline.graph import run_prepare
+from training import plots, study_stats
+from training.evaluation import answer_scores, heldout_margins
+from training.sft import run_sft
+from training.train import run_train
+
+
+def point_name(point: dict) -> str:
+    return ",".join(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in point.items()) or "default"
+
+
+def _place(cfg: Config, root: Path, seed: int) -> Config:
+    """Point ``cfg`` at the seed's shared reference model and the prepare of its data settings."""
+    seed_dir = root / f"seed{seed}"
+    data_dir = seed_dir / f"data-{cfg.section_hash('task', 'model', 'sft', 'data', 'prepare')}"
+    sft_dir = seed_dir / f"sft-{cfg.section_hash('task', 'model', 'sft')}"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    sft_dir.mkdir(parents=True, exist_ok=True)
+    if not (data_dir / "sft").exists():
+        os.symlink(os.path.relpath(sft_dir, data_dir), data_dir / "sft")
+    cfg.output_dir = str(data_dir)
+    return cfg
+
+
+def _data_ready(cfg: Config) -> None:
+    if not cfg.own_model:
+        run_sft(cfg)  # reused when the seed's reference exists
+    run_prepare(cfg)  # reused when these shards exist
+
+
+def _scores(cfg: Config, model_dir: Path, split: str) -> dict:
+    cfg.evaluate.split = split
+    return answer_scores(cfg, model_dir)
+
+
+def run_one(study: StudyConfig, method: StudyMethod, point: dict, seed: int, split: str, root: Path, quick: bool) -> dict:
+    """Train one method at one grid point and seed and score it on ``split``; kept in its job dir's scores.json."""
+    cfg = _place(run_config(study, method, point, seed, quick), root, seed)
+    job = f"{'grid' if split == 'validation' else 'final'}/{method.name}/{point_name(point)}"
+    kept = cfg.job_dir(job) / "scores.json"
+    if kept.is_file():
+        return json.loads(kept.read_text())
+    _data_ready(cfg)
+    started = time.perf_counter()
+    trained = run_train(cfg, job=job)
+    scores = {**_scores(cfg, Path(trained["policy_dir"]), split), "implicit_accuracy": trained["heldout_accuracy_end"],
+              "train_seconds": trained["wall_seconds"], "seconds": time.perf_counter() - started}
+    kept.write_text(json.dumps(scores, indent=2))
+    print(f"[study] {method.name} ({point_name(point)}, seed {seed}, {split}): "
+          + ", ".join(f"{k} {v:.3f}" for k, v in scores.items() if k in study_stats.METRICS), flush=True)
+    return scores
+
+
+def reference_scores(study: StudyConfig, seed: int, root: Path, quick: bool) -> dict:
+    """The seed's reference model on the held-out test split (its implicit accuracy is 0.5 by construction)."""
+    method = study.methods[0]
+    cfg = _place(run_config(study, method, grid_points(method.grid)[0], seed, quick), root, seed)
+    kept = Path(cfg.output_dir) / "reference_scores.json"
+    if kept.is_file():
+        return json.loads(kept.read_text())
+    _data_ready(cfg)
+    scores = {**_scores(cfg, cfg.policy_dir(), "heldout"), "implicit_accuracy": heldout_margins(cfg.policy_dir(), cfg)[0]}
+    kept.write_text(json.dumps(scores, indent=2))
+    return scores
+
+
+def run_study(study: StudyConfig, quick: bool = False) -> dict:
+    started = time.perf_counter()
+    root = Path(study.output_dir) / ("quick" if quick else "full")
+    seeds = study.seeds[:1] if quick else study.seeds
+    chosen, validation = {}, {}
+    for method in study.methods:
+        points = grid_points(method.grid)[:1] if quick else grid_points(method.grid)
+        if len(points) > 1:
+            scores = {point_name(p): run_one(study, method, p, seeds[0], "validation", root, quick) for p in points}
+            best = study_stats.choose(scores, study.select_by)
+            validation[method.name] = scores
+            print(f"[study] {method.name}: chose {best} ({study.select_by} {scores[best][study.select_by]:.3f} on validation)", flush=True)
+            chosen[method.name] = points[list(scores).index(best)]
+        else:
+            chosen[method.name] = points[0]
+    final: dict[str, dict[int, dict]] = {"reference": {}}
+    for seed in seeds:
+        final["reference"][seed] = reference_scores(study, seed, root, quick)
+        for method in study.methods:
+            final.setdefault(method.name, {})[seed] = run_one(study, method, chosen[method.name], seed, "heldout", root, quick)
+    rows = study_stats.summary_rows(final, study.control)
+    metrics = tuple(m for m in study_stats.METRICS if any(m in row for row in rows))
+    table = study_stats.markdown(rows, metrics)
+    wall = time.perf_counter() - started
+    (root / "table.md").write_text(table + "\n")
+    plot = plots.interval_bars(rows, metrics[0], root / "study.png",
+                               f"{study.name}: held-out {metrics[0]}, mean and 95% interval over {len(seeds)} seed(s)")
+    report = {"study": study.name, "quick": quick, "seeds": seeds, "wall_seconds": wall,
+              "chosen": {m: point_name(p) for m, p in chosen.items()}, "validation": validation,
+              "final": {m: {str(s): v for s, v in by_seed.items()} for m, by_seed in final.items()},
+              "rows": rows, "table": str(root / "table.md"), "plot": str(plot)}
+    (root / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    return report

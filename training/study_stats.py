@@ -1,0 +1,73 @@
+"""The arithmetic of a method study: 95% intervals over seeds, paired differences, and the grid's choice."""
+from __future__ import annotations
+
+import math
+
+from scipy import stats
+
+METRICS = ("exact_match", "mean_reward", "slip_rate", "implicit_accuracy")
+
+
+def interval(values: list[float]) -> tuple[float, float]:
+    """(mean, half-width of the two-sided 95% Student-t interval); the half-width is NaN for one value."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, math.nan
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+
+
+def paired(method: dict[int, dict], baseline: dict[int, dict], metric: str) -> tuple[float, float] | None:
+    """Interval of the per-seed difference method − baseline, over the seeds both have."""
+    seeds = sorted(s for s in method if s in baseline and metric in method[s] and metric in baseline[s])
+    if not seeds:
+        return None
+    return interval([method[s][metric] - baseline[s][metric] for s in seeds])
+
+
+def choose(scores: dict[str, dict], metric: str) -> str:
+    """The grid point with the highest validation ``metric`` (the first such point on ties)."""
+    missing = [name for name, s in scores.items() if metric not in s]
+    if missing:
+        raise ValueError(f"grid points {missing} have no {metric!r} to choose by")
+    return max(scores, key=lambda name: (scores[name][metric], -list(scores).index(name)))
+
+
+def summary_rows(final: dict[str, dict[int, dict]], control: str | None) -> list[dict]:
+    """One row per method (``reference`` first): mean ± interval of each metric over seeds, and paired differences
+    against the reference and the control."""
+    baselines = {"reference": final.get("reference"), "control": final.get(control) if control else None}
+    rows = []
+    for method, by_seed in final.items():
+        row: dict = {"method": method, "seeds": len(by_seed)}
+        for metric in METRICS:
+            values = [s[metric] for s in by_seed.values() if metric in s]
+            if not values:
+                continue
+            row[metric] = interval(values)
+            for name, baseline in baselines.items():
+                diff = paired(by_seed, baseline, metric) if baseline is not None and baseline is not by_seed else None
+                if diff is not None:
+                    row[f"{metric}_vs_{name}"] = diff
+        rows.append(row)
+    return rows
+
+
+def cell(value: tuple[float, float] | None, signed: bool = False) -> str:
+    if value is None:
+        return "–"
+    mean, half = value
+    text = f"{mean:+.3f}" if signed else f"{mean:.3f}"
+    return text if math.isnan(half) else f"{text} ± {half:.3f}"
+
+
+def markdown(rows: list[dict], metrics: tuple[str, ...]) -> str:
+    """The study table: each metric's mean ± 95% interval, then its paired differences."""
+    columns = [(m, m, False) for m in metrics] + [
+        (f"{m}_vs_{b}", f"{m} − {b}", True) for m in metrics[:1] for b in ("reference", "control")]
+    lines = ["| method | seeds | " + " | ".join(title for _, title, _ in columns) + " |",
+             "| --- | --- |" + " --- |" * len(columns)]
+    for row in rows:
+        lines.append(f"| {row['method']} | {row['seeds']} | " + " | ".join(cell(row.get(key), signed) for key, _, signed in columns) + " |")
+    return "\n".join(lines)
