@@ -33,7 +33,7 @@ class StudyConfig(_Section):
     select_by: Literal["exact_match", "mean_reward", "implicit_accuracy"] = Field(
         default="exact_match", description="The validation metric that chooses each method's grid point (higher is better)."
     )
-    control: str | None = Field(default="sft", description="The method whose runs are the control of the paired differences (null: none).")
+    control: str | None = Field(default=None, description="The method whose runs are the control of the paired differences, e.g. sft (null: none).")
     methods: list[StudyMethod] = Field(min_length=1, description="The rows of the study.")
     quick: dict[str, Any] = Field(
         default_factory=dict, description="--quick: one seed, the first grid point of each method, and these dotted keys set."

@@ -195,9 +195,9 @@ def _task_report(cfg, reference: Path, policy: Path, out: Path, progress: Progre
     heldout = task.scored_split(cfg.seed, cfg.task, cfg.evaluate.split)
     prompts = [r["prompt"] for r in heldout]
     ref_answers, ref_scores = task_eval(reference, cfg)
-    progress.update(3, done="reference answers")
+    progress.update(3, finished="reference answers")
     pol_answers, pol_scores = task_eval(policy, cfg)
-    progress.update(4, done="policy answers")
+    progress.update(4, finished="policy answers")
     by_family: dict[str, dict[str, float]] = {}
     for family in sorted({r["family"] for r in heldout}):
         idx = [i for i, r in enumerate(heldout) if r["family"] == family]
@@ -231,9 +231,9 @@ def run_evaluate(cfg, policy: Path | None = None, job: str = "evaluate") -> dict
     scorer = answer_scorer(cfg) if cfg.data.source else None
     progress = Progress("evaluate", 4 if scorer or not cfg.data.source else 2, "parts")
     ref_acc, _ = heldout_margins(reference, cfg)
-    progress.update(1, done="reference implicit rewards")
+    progress.update(1, finished="reference implicit rewards")
     pol_acc, margins = heldout_margins(policy, cfg)
-    progress.update(2, done="policy implicit rewards")
+    progress.update(2, finished="policy implicit rewards")
     report = {"reference_dir": str(reference), "policy_dir": str(policy),
               "reference_implicit_accuracy": ref_acc, "policy_implicit_accuracy": pol_acc}
     bars = {"implicit acc.": (ref_acc, pol_acc)}
@@ -247,7 +247,7 @@ def run_evaluate(cfg, policy: Path | None = None, job: str = "evaluate") -> dict
             report["reward_eval"] = f"skipped: prepare.reward={cfg.prepare.reward!r} cannot score new answers"
         else:
             report.update(reward_eval(cfg, reference, policy, scorer, out))
-            progress.update(4, done="answers of both scored")
+            progress.update(4, finished="answers of both scored")
             bars.update({"mean reward": (report["reference_mean_reward"], report["policy_mean_reward"])})
     figures = {}
     metrics_csv = policy.parent / "metrics.csv"  # the train job writes <job_dir>/policy beside <job_dir>/metrics.csv

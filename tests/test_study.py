@@ -1,0 +1,139 @@
+"""The study's config, arithmetic and validation split; the runner itself on the tiny config (slow)."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from scipy import stats
+
+from configs.schema import ConfigError, load_config
+from configs.study import grid_points, load_study, run_config
+from pipeline import task
+from tests.conftest import ROOT
+from training import study_stats
+
+STUDIES = sorted((ROOT / "configs" / "studies").glob("*.yaml"))
+
+
+def test_interval_is_the_student_t_interval():
+    mean, half = study_stats.interval([0.2, 0.4, 0.9])
+    sd = math.sqrt(((0.2 - 0.5) ** 2 + (0.4 - 0.5) ** 2 + (0.9 - 0.5) ** 2) / 2)
+    assert mean == pytest.approx(0.5) and half == pytest.approx(stats.t.ppf(0.975, 2) * sd / math.sqrt(3))
+    assert half == pytest.approx(0.8957, abs=1e-4)  # 4.3027 x 0.36056 / 1.73205
+    assert math.isnan(study_stats.interval([0.3])[1])
+
+
+def test_paired_differences_use_the_seeds_both_have():
+    method = {0: {"exact_match": 0.5}, 1: {"exact_match": 0.7}, 2: {"exact_match": 0.6}}
+    reference = {0: {"exact_match": 0.4}, 1: {"exact_match": 0.5}}
+    mean, half = study_stats.paired(method, reference, "exact_match")
+    assert mean == pytest.approx(0.15) and half == pytest.approx(stats.t.ppf(0.975, 1) * (0.1 / math.sqrt(2)) / math.sqrt(2))
+
+
+def test_summary_rows_compare_with_reference_and_control_but_not_themselves():
+    final = {"reference": {0: {"exact_match": 0.1}, 1: {"exact_match": 0.2}},
+             "dpo": {0: {"exact_match": 0.3}, 1: {"exact_match": 0.5}},
+             "sft": {0: {"exact_match": 0.2}, 1: {"exact_match": 0.2}}}
+    rows = {r["method"]: r for r in study_stats.summary_rows(final, control="sft")}
+    assert rows["dpo"]["exact_match_vs_reference"][0] == pytest.approx(0.25)
+    assert rows["dpo"]["exact_match_vs_control"][0] == pytest.approx(0.2)
+    assert "exact_match_vs_reference" not in rows["reference"] and "exact_match_vs_control" not in rows["sft"]
+    table = study_stats.markdown(list(rows.values()), ("exact_match",))
+    assert "| dpo | 2 | 0.400 ± " in table and "| +0.250 ± " in table
+
+
+def test_choose_takes_the_best_validation_point_and_the_first_on_ties():
+    scores = {"lr=1e-4": {"exact_match": 0.2}, "lr=3e-4": {"exact_match": 0.4}, "lr=1e-3": {"exact_match": 0.4}}
+    assert study_stats.choose(scores, "exact_match") == "lr=3e-4"
+    with pytest.raises(ValueError, match="mean_reward"):
+        study_stats.choose(scores, "mean_reward")
+
+
+def test_grid_points_are_every_combination():
+    points = grid_points({"train.lr": [1e-4, 3e-4], "train.beta": [0.1, 0.3, 1.0]})
+    assert len(points) == 6 and points[0] == {"train.lr": 1e-4, "train.beta": 0.1} and points[-1] == {"train.lr": 3e-4, "train.beta": 1.0}
+    assert grid_points({}) == [{}]
+
+
+def test_validation_prompts_are_carved_from_training_and_never_trained_on():
+    cfg = load_config(ROOT / "configs/tiny.yaml", ["task.n_validation=40"])
+    plain = load_config(ROOT / "configs/tiny.yaml")
+    train, heldout = task.splits(cfg.seed, cfg.task)
+    everything, same_heldout = task.splits(plain.seed, plain.task)
+    validation = task.validation(cfg.seed, cfg.task)
+    assert len(train) == len(everything) - 40 and len(validation) == 40 and heldout == same_heldout
+    assert {r["prompt"] for r in train} | {r["prompt"] for r in validation} == {r["prompt"] for r in everything}
+    assert not {r["prompt"] for r in validation} & ({r["prompt"] for r in train} | {r["prompt"] for r in heldout})
+    assert all(task.exact_match(r["prompt"], r["response"]) for r in validation)  # exact answers, never the slip
+    assert task.scored_split(cfg.seed, cfg.task, "heldout") == heldout
+    with pytest.raises(ValueError, match="n_validation is 0"):
+        task.validation(plain.seed, plain.task)
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=[p.stem for p in STUDIES])
+def test_shipped_studies_load_and_every_run_config_validates(path):
+    study = load_study(path)  # validates every method x grid point, quick and full
+    assert study.methods and study.output_dir == f"runs/studies/{path.stem}"
+    assert (ROOT / study.base).is_file()
+
+
+def test_a_wrong_key_in_a_study_is_named(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(json.dumps({"base": "configs/tiny.yaml", "methods": [{"name": "dpo", "set": {"train.los": "dpo"}}]}))
+    with pytest.raises(ConfigError, match="train.los"):
+        load_study(path)
+    path.write_text(json.dumps({"base": "configs/tiny.yaml", "methods": [{"name": "dpo", "sett": {}}]}))
+    with pytest.raises(ConfigError, match="methods.0.sett"):
+        load_study(path)
+
+
+def test_run_config_layers_study_method_point_and_seed(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(json.dumps({"base": "configs/tiny.yaml", "set": {"train.steps": 6}, "seeds": [3],
+                                "quick": {"train.steps": 2}, "validation_prompts": 30,
+                                "methods": [{"name": "dpo", "set": {"train.loss": "dpo"}, "grid": {"train.lr": [1e-4, 1e-3]}}]}))
+    study = load_study(path)
+    full = run_config(study, study.methods[0], {"train.lr": 1e-3}, 3, quick=False)
+    quick = run_config(study, study.methods[0], {"train.lr": 1e-3}, 3, quick=True)
+    assert (full.train.loss, full.train.lr, full.train.steps, full.seed, full.task.n_validation) == ("dpo", 1e-3, 6, 3, 30)
+    assert quick.train.steps == 2
+
+
+@pytest.mark.slow
+def test_a_tiny_study_chooses_on_validation_runs_every_seed_and_resumes(tmp_path):
+    """The runner for real (SFT, prepare, train, evaluate per run) on the tiny config: 2 seeds, a grid of 2."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "tiny_study.yaml"
+    path.write_text(json.dumps({
+        "base": "configs/tiny.yaml", "output_dir": str(tmp_path / "out"), "seeds": [0, 1], "validation_prompts": 24,
+        "set": {"train.steps": 4, "train.checkpoint_every": 4, "evaluate.max_new_tokens": 8}, "control": "sft",
+        "methods": [{"name": "dpo", "set": {"train.loss": "dpo"}, "grid": {"train.lr": [1.0e-4, 1.0e-3]}},
+                    {"name": "sft", "set": {"train.loss": "sft"}}]}))
+
+    def study() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "jobs.study", "--config", str(path)], cwd=ROOT, capture_output=True,
+                              text=True, timeout=3000)
+
+    proc = study()
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "full" / "report.json").read_text())
+    assert set(report["validation"]["dpo"]) == {"lr=0.0001", "lr=0.001"} and "sft" not in report["validation"]
+    assert report["chosen"]["dpo"] == study_stats.choose(report["validation"]["dpo"], "exact_match")
+    assert set(report["final"]) == {"reference", "dpo", "sft"} and all(set(v) == {"0", "1"} for v in report["final"].values())
+    rows = {r["method"]: r for r in report["rows"]}
+    # each row's interval is over its two seeds' held-out scores, and the paired differences over the same seeds
+    dpo = [report["final"]["dpo"][s]["exact_match"] for s in ("0", "1")]
+    assert rows["dpo"]["exact_match"] == pytest.approx(list(study_stats.interval(dpo)))
+    ref = [report["final"]["reference"][s]["exact_match"] for s in ("0", "1")]
+    assert rows["dpo"]["exact_match_vs_reference"][0] == pytest.approx(sum(dpo) / 2 - sum(ref) / 2)
+    assert "exact_match_vs_control" in rows["dpo"] and "| dpo | 2 |" in (tmp_path / "out" / "full" / "table.md").read_text()
+    assert (tmp_path / "out" / "full" / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the seeds differ in data: their references are different models
+    seeds = {s: next((tmp_path / "out" / "full" / f"seed{s}").glob("sft-*")) for s in (0, 1)}
+    assert (seeds[0] / "model" / "model.safetensors").read_bytes() != (seeds[1] / "model" / "model.safetensors").read_bytes()
+    again = study()  # every run's scores are kept: nothing is trained again
+    assert again.returncode == 0 and "[study] dpo (" not in again.stdout and json.loads(
+        (tmp_path / "out" / "full" / "report.json").read_text())["final"] == report["final"]
