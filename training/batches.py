@@ -39,13 +39,13 @@ def _prompt_record(row, max_responses: int | None) -> dict:
     where = {old: new for new, old in enumerate(perm)}
     rank, ref = _list_or_none(row.get("rank")), _list_or_none(row.get("ref_logps"))
     return {
-        "prompt_ids": [int(t) for t in row["prompt_ids"]],
-        "response_ids": [[int(t) for t in row["response_ids"][i]] for i in perm],
+        "prompt_ids": np.asarray(row["prompt_ids"], dtype=np.int64).tolist(),
+        "response_ids": [np.asarray(row["response_ids"][i], dtype=np.int64).tolist() for i in perm],
         "origins": [origins[i] for i in perm],
         "scores": None if scores is None else [scores[i] for i in perm],
-        "ref_logps": None if ref is None else [float(ref[i]) for i in perm],
+        "ref_logps": None if ref is None else np.asarray(ref, dtype=np.float64)[perm].tolist(),
         "rank": None if rank is None else [where[int(i)] for i in rank if int(i) in where],
-        "similarity": [float(x) for x in row["group_similarity"]],
+        "similarity": np.asarray(row["group_similarity"], dtype=np.float64).tolist(),
     }
 
 
@@ -54,7 +54,7 @@ def pack_groups(rows: pd.DataFrame, max_responses: int | None = None) -> list[di
     ``max_responses``, each prompt keeps its anchor and the first others up to that many."""
     groups = []
     for gid, part in rows.sort_values(["group_id", "group_position"]).groupby("group_id", sort=True):
-        members = [_prompt_record(r, max_responses) for _, r in part.iterrows()]
+        members = [_prompt_record(r, max_responses) for r in part.to_dict("records")]
         if len(members) != int(part["group_size"].iloc[0]):
             raise ValueError(f"contrast group {gid} is split: {len(members)} of {int(part['group_size'].iloc[0])} prompts present")
         groups.append({"group_id": int(gid), "members": members})
