@@ -242,6 +242,8 @@ def train_worker_loop(lc: dict) -> None:
             held = heldout_metrics(engine, ref_model, heldout, cfg, plan)
             if rank == 0:
                 trackers.log({f"heldout/{k}": v for k, v in held.items()}, step + 1)
+                print(f"[train] checkpoint at step {step + 1}: held-out implicit-reward accuracy {held['accuracy']:.3f}, "
+                      f"length-controlled {held['lc_accuracy']:.3f}", flush=True)
             extra = {f"heldout_{k}_end": v for k, v in held.items()} if done else {}
             _checkpoint(engine, tokenizer, rank, world, step + 1, acc_start, {**row, **extra, "heldout_accuracy_start": acc_start,
                                                                             "trainable_parameters": n_trainable})
