@@ -62,19 +62,24 @@ class _Router:
 
 
 class RayDataProgress(logging.Handler):
-    """Condenses each of Ray Data's multi-line progress reports into one ``[prepare]`` line."""
+    """Condenses each of Ray Data's multi-line progress reports into one ``[prepare]`` line, for datasets that
+    run longer than ``quiet_seconds`` (Ray Data reports each one as it starts)."""
 
-    def __init__(self, tag: str):
+    def __init__(self, tag: str, quiet_seconds: float = float(RAY_DATA_PROGRESS_SECONDS)):
         super().__init__(logging.INFO)
-        self.tag = tag
+        self.tag, self.quiet_seconds = tag, quiet_seconds
         self._parts: list[str] = []
+        self._dataset, self._started = "", 0.0
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage().strip()
         if message.startswith("======= Running Dataset"):
+            dataset = message.split(":", 1)[-1].strip(" =")
+            if dataset != self._dataset:
+                self._dataset, self._started = dataset, record.created
             self._parts = []
         elif message.startswith("====="):
-            if self._parts:
+            if self._parts and record.created - self._started >= self.quiet_seconds:
                 print(f"[{self.tag}] rows: " + " · ".join(self._parts), flush=True)
             self._parts = []
         else:

@@ -4,14 +4,15 @@ from __future__ import annotations
 from jobs import console
 from jobs.common import init_ray, parse_config, run_cli, write_report
 from pipeline.graph import run_prepare
-from pipeline.report import summary_table
+from pipeline.report import summary_lines, summary_table
 
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config("prepare", argv)
     init_ray(cfg)
     report = run_prepare(cfg)
-    console.show(summary_table(report))
+    print(summary_table(report), flush=True)  # the whole table in the job's log
+    console.show(summary_lines(report))
     write_report(cfg, "prepare", report)
     return report
 

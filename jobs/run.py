@@ -23,13 +23,13 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         out = console.active()  # each stage's complete log in its own job directory
         log = f"; full log {out.log_to(cfg.job_dir(name) / 'logs', name)}" if out is not None else ""
-        print(f"\n{start_line(cfg, name)}{log}", flush=True)
+        print(f"{start_line(cfg, name)}{log}", flush=True)
         reports[name] = job.main(argv)
     wall = time.perf_counter() - started
     if console.active() is not None:
         console.active().log_to(cfg.job_dir("run") / "logs", "run")
-    console.show(f"\n===== {cfg.name}: reference vs {cfg.train.loss} policy ({wall / 60:.1f} min) =====\n"
-                 + evaluate.comparison_table(reports["evaluate"]))
+    print(evaluate.comparison_table(reports["evaluate"]), flush=True)  # shown by the evaluate stage; the log keeps it here
+    console.show(f"===== {cfg.name}: reference vs {cfg.train.loss} policy, {wall / 60:.1f} min: the table above =====")
     headline = ("reference_exact_match", "policy_exact_match", "win_rate", "reference_implicit_accuracy", "policy_implicit_accuracy")
     write_report(cfg, "run", {"wall_seconds": wall, "stages": {k: str(cfg.job_dir(k) / "report.json") for k in reports},
                               **{k: reports["evaluate"][k] for k in headline if k in reports["evaluate"]}})

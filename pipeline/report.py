@@ -122,3 +122,16 @@ def summary_table(report: dict) -> str:
         lines.append(f"{'generation tokens/s':<28}{report['generation_tokens_per_second']:>12.1f}")
     lines.append(f"{'wall seconds':<28}{report['wall_seconds']:>12.1f}")
     return "\n".join(lines)
+
+
+def summary_lines(report: dict) -> str:
+    """The console's short form of :func:`summary_table`: what went in and out, and every skipped row's reason."""
+    responses = ", ".join(f"{k} {v}" for k, v in sorted(report["responses_by_origin"].items()))
+    lines = [f"[prepare] {report['rows_in']} rows in, {report['rows_out']} out -> {report['groups']} contrast groups in "
+             f"{report['shards']} shards, {report['wall_seconds']:.0f} s; responses: {responses}"]
+    if report["skipped"]:
+        lines.append("[prepare] skipped rows: " + ", ".join(f"{k} {v}" for k, v in sorted(report["skipped"].items()))
+                     + " (reasons and examples in report.json)")
+    if report["truncated_responses"]:
+        lines.append(f"[prepare] {report['truncated_responses']} responses truncated to model.max_length")
+    return "\n".join(lines)

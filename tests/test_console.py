@@ -26,11 +26,20 @@ def test_user_lines_are_told_from_library_lines_whatever_ray_prefixes_them_with(
 def test_ray_data_progress_reports_become_one_line(capsys):
     import logging
 
-    handler = RayDataProgress("prepare")
-    for message in ("======= Running Dataset: dataset_1 =======", "Total Progress: 120/300",
-                    "Active & requested resources: 1/2 CPU, 0.0B/1.0GiB object store", "", "ReadRange: 300/300",
-                    "MapBatches(Embedder): 120/?", "==================================="):
-        handler.emit(logging.LogRecord("ray.data", logging.INFO, __file__, 0, message, None, None))
+    handler = RayDataProgress("prepare", quiet_seconds=30)
+
+    def report(at: float, done: int) -> None:
+        for message in ("======= Running Dataset: dataset_1 =======", f"Total Progress: {done}/300",
+                        "Active & requested resources: 1/2 CPU, 0.0B/1.0GiB object store", "", "ReadRange: 300/300",
+                        "MapBatches(Embedder): 120/?", "==================================="):
+            record = logging.LogRecord("ray.data", logging.INFO, __file__, 0, message, None, None)
+            record.created = at
+            handler.emit(record)
+
+    report(1000.0, 0)  # the report of a dataset as it starts: not shown
+    report(1010.0, 60)
+    assert capsys.readouterr().out == ""
+    report(1031.0, 120)  # running for 31 s: one line
     assert capsys.readouterr().out == "[prepare] rows: total 120/300 · ReadRange 300/300 · MapBatches(Embedder) 120/?\n"
 
 
