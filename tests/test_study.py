@@ -43,9 +43,11 @@ def test_summary_rows_compare_with_reference_and_control_but_not_themselves():
     assert "| dpo | 2 | 0.400 ± " in table and "| +0.250 ± " in table
 
 
-def test_choose_takes_the_best_validation_point_and_the_first_on_ties():
+def test_choose_takes_the_best_validation_point_then_the_tie_break_then_the_first():
     scores = {"lr=1e-4": {"exact_match": 0.2}, "lr=3e-4": {"exact_match": 0.4}, "lr=1e-3": {"exact_match": 0.4}}
     assert study_stats.choose(scores, "exact_match") == "lr=3e-4"
+    scores["lr=1e-3"]["mean_reward"] = 0.1
+    assert study_stats.choose(scores, "exact_match") == "lr=1e-3"
     with pytest.raises(ValueError, match="mean_reward"):
         study_stats.choose(scores, "mean_reward")
 

@@ -26,12 +26,13 @@ def paired(method: dict[int, dict], baseline: dict[int, dict], metric: str) -> t
     return interval([method[s][metric] - baseline[s][metric] for s in seeds])
 
 
-def choose(scores: dict[str, dict], metric: str) -> str:
-    """The grid point with the highest validation ``metric`` (the first such point on ties)."""
+def choose(scores: dict[str, dict], metric: str, tie_break: str = "mean_reward") -> str:
+    """The grid point with the highest validation ``metric``; on ties the highest ``tie_break``, then the first."""
     missing = [name for name, s in scores.items() if metric not in s]
     if missing:
         raise ValueError(f"grid points {missing} have no {metric!r} to choose by")
-    return max(scores, key=lambda name: (scores[name][metric], -list(scores).index(name)))
+    order = list(scores)
+    return max(scores, key=lambda name: (scores[name][metric], scores[name].get(tie_break, 0.0), -order.index(name)))
 
 
 def summary_rows(final: dict[str, dict[int, dict]], control: str | None) -> list[dict]:
