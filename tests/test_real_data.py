@@ -54,5 +54,5 @@ def test_a_bad_row_stops_prepare_with_the_readers_error(tiny_run, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "jobs.prepare", "--config", "configs/tiny.yaml",
                            *[a for s in sets for a in ("--set", s)]], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode != 0
-    raised = [line for line in proc.stderr.splitlines() if line.startswith("pipeline.sources.SourceError: ")]
+    raised = [line for line in proc.stderr.splitlines() if line.startswith("[prepare] failed: SourceError: ")]
     assert raised and "ultrafeedback_binarized_1200.jsonl.gz row 479, field 'rejected': response is empty" in raised[-1]
