@@ -51,7 +51,8 @@ class GroupReader:
         if f in self._cache:
             self._cache.move_to_end(f)
         else:
-            table = pq.read_table(self.files[f])
+            # one thread: Arrow's pool would decode on every core, beside this and the other workers' steps
+            table = pq.read_table(self.files[f], use_threads=False)
             check_schema_version(table)
             self._cache[f] = table
             while len(self._cache) > 1 and sum(t.nbytes for t in self._cache.values()) > CACHE_BYTES:
@@ -65,7 +66,8 @@ class GroupReader:
             for gid in sorted(set(group_ids), key=lambda g: self.where[g][:2]):
                 f, start, rows = self.where[gid]
                 parts[gid] = self._shard(f).slice(start, rows)
-        groups = {g["group_id"]: g for g in pack_groups(pa.concat_tables(parts.values()).to_pandas(), self.max_responses)}
+        rows = pa.concat_tables(parts.values()).to_pandas(use_threads=False)
+        groups = {g["group_id"]: g for g in pack_groups(rows, self.max_responses)}
         return [groups[g] for g in group_ids]
 
 
