@@ -133,6 +133,7 @@ def test_a_tiny_study_chooses_on_validation_runs_every_seed_and_resumes(tmp_path
     assert rows["dpo"]["exact_match_vs_reference"][0] == pytest.approx(sum(dpo) / 2 - sum(ref) / 2)
     assert "exact_match_vs_control" in rows["dpo"] and "| dpo | 2 |" in (tmp_path / "out" / "full" / "table.md").read_text()
     assert (tmp_path / "out" / "full" / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert proc.stdout.count("100% 40/40 steps") == 2, proc.stdout  # one SFT per seed, reused by all its runs
     # the seeds differ in data: their references are different models
     seeds = {s: next((tmp_path / "out" / "full" / f"seed{s}").glob("sft-*")) for s in (0, 1)}
     assert (seeds[0] / "model" / "model.safetensors").read_bytes() != (seeds[1] / "model" / "model.safetensors").read_bytes()
