@@ -79,6 +79,7 @@ def interval_bars(rows: list[dict], metric: str, out: Path, title: str) -> Path:
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(shown) + 2), 4))
     bars = ax.bar(range(len(shown)), means, yerr=errors, capsize=4, color="tab:blue", alpha=0.8)
     ax.bar_label(bars, fmt="%.3f", fontsize=8, padding=6)
+    ax.set_ylim(0, 1.15 * max((m + e for m, e in zip(means, errors)), default=1.0) or 1.0)  # room for the labels
     ax.set_xticks(range(len(shown)), [r["method"] for r in shown], rotation=20, ha="right")
     ax.set_ylabel(metric.replace("_", " "))
     ax.set_title(title, fontsize=10)
