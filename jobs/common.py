@@ -67,10 +67,17 @@ def run_cli(job: str, main, argv: list[str] | None = None, locate=None) -> None:
     directory and the start line (default: from the run config)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     log_dir, start = (locate or partial(_run_config_place, job))(argv)
+    import ray
+
     try:
         with console.Console(log_dir, job, verbose="--verbose" in argv) as out:
             print(f"{start}; full log {out.log_path}", flush=True)
-            main(argv)
+            try:
+                main(argv)
+            finally:
+                # Ray forwards workers' output from a thread of its own: stopped here, a late line still goes to the
+                # log instead of reaching the console after it closes.
+                ray.shutdown()
     except Exception:
         raise SystemExit(1) from None
 
