@@ -140,3 +140,20 @@ def test_a_tiny_study_chooses_on_validation_runs_every_seed_and_resumes(tmp_path
     again = study()  # every run's scores are kept: nothing is trained again
     assert again.returncode == 0 and "[study] dpo (" not in again.stdout and json.loads(
         (tmp_path / "out" / "full" / "report.json").read_text())["final"] == report["final"]
+
+
+@pytest.mark.slow
+def test_the_library_sft_keeps_its_report_so_a_second_call_reuses_the_model(tmp_path):
+    """A study (or compare) calls training.sft.run_sft, not the job: it reused nothing before the report was kept."""
+    import ray
+
+    from training.sft import run_sft
+
+    cfg = load_config(ROOT / "configs/tiny.yaml", [f"output_dir={tmp_path}", "sft.steps=2", "ray.num_cpus=2"])
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    try:
+        first = run_sft(cfg)
+        again = run_sft(cfg)
+    finally:
+        ray.shutdown()
+    assert not first["reused"] and again["reused"] and again["model_dir"] == first["model_dir"]

@@ -138,7 +138,7 @@ def run_sft(cfg: Config) -> dict:
     (model_dir / FINGERPRINT_FILE).write_text(fingerprint)
     scores = evaluate_reference(cfg, model_dir)
     n_params = sum(p.numel() for p in LlamaForCausalLM.from_pretrained(model_dir).parameters())
-    return {
+    report = {
         "model_dir": str(model_dir),
         "parameters": n_params,
         "heldout_exact_match": scores["exact_match"],
@@ -149,3 +149,6 @@ def run_sft(cfg: Config) -> dict:
         "reused": False,
         **{k: result.metrics.get(k) for k in ("steps", "final_loss", "train_tokens_per_second")},
     }
+    # Kept beside the model whoever called (jobs.sft adds its own fields): the reuse check above needs it.
+    report_path.write_text(json.dumps(report, indent=2, default=str))
+    return report

@@ -46,9 +46,7 @@ def _place(cfg: Config, root: Path, seed: int) -> Config:
 
 def _data_ready(cfg: Config) -> None:
     if not cfg.own_model:
-        sft = run_sft(cfg)  # reused when the seed's reference and its report exist
-        if not sft.get("reused"):
-            (cfg.job_dir("sft") / "report.json").write_text(json.dumps(sft, indent=2, default=str))
+        run_sft(cfg)  # reused when the seed's reference exists
     run_prepare(cfg)  # reused when these shards exist
 
 
