@@ -27,6 +27,11 @@ class StudyConfig(_Section):
     name: str = Field(default="", description="Study name; defaults to the file's stem.")
     base: str = Field(description="The run config every run starts from (a path, relative to the project root).")
     output_dir: str = Field(default="", description="Where the study writes; defaults to runs/studies/<name>.")
+    cache_dir: str = Field(
+        default="runs/studies/cache",
+        description="Per seed, the reference models and prepared shards of the study's data settings; studies sharing "
+        "it share those (the runs themselves stay in output_dir).",
+    )
     set: dict[str, Any] = Field(default_factory=dict, description="Dotted config keys set for every run of the study.")
     seeds: list[int] = Field(default=[0, 1, 2], min_length=1, description="Seeds of the final runs: each has its own task data, initialisation and sampling.")
     validation_prompts: int = Field(default=120, ge=10, description="Training prompts carved off as the validation split (task.n_validation) for the grid.")

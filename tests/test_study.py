@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 from scipy import stats
@@ -12,6 +13,7 @@ from configs.study import grid_points, load_study, run_config
 from pipeline import task
 from tests.conftest import ROOT
 from training import study_stats
+from training.study import place_run
 
 STUDIES = sorted((ROOT / "configs" / "studies").glob("*.yaml"))
 
@@ -102,6 +104,21 @@ def test_run_config_layers_study_method_point_and_seed(tmp_path):
     assert quick.train.steps == 2
 
 
+def test_studies_sharing_a_cache_share_reference_and_shards_but_not_runs(tmp_path):
+    def placed(study: str, seed: int, *sets: str):
+        cfg = load_config(ROOT / "configs/tiny.yaml", [f"seed={seed}", *sets])
+        return Path(place_run(cfg, tmp_path / study, tmp_path / "cache", seed).output_dir)
+
+    a, b = placed("a", 0), placed("b", 0)
+    assert a != b and a.parent.parent == tmp_path / "a"
+    assert (a / "sft").resolve() == (b / "sft").resolve() and (a / "prepare").resolve() == (b / "prepare").resolve()
+    assert (a / "sft").resolve().parent == tmp_path / "cache" / "seed0"
+    other_prepare = placed("a", 0, "prepare.max_rows=17")
+    assert (other_prepare / "sft").resolve() == (a / "sft").resolve()
+    assert (other_prepare / "prepare").resolve() != (a / "prepare").resolve()
+    assert (placed("a", 1) / "sft").resolve() != (a / "sft").resolve()
+
+
 @pytest.mark.slow
 def test_a_tiny_study_chooses_on_validation_runs_every_seed_and_resumes(tmp_path):
     """The runner for real (SFT, prepare, train, evaluate per run) on the tiny config: 2 seeds, a grid of 2."""
@@ -110,7 +127,8 @@ def test_a_tiny_study_chooses_on_validation_runs_every_seed_and_resumes(tmp_path
 
     path = tmp_path / "tiny_study.yaml"
     path.write_text(json.dumps({
-        "base": "configs/tiny.yaml", "output_dir": str(tmp_path / "out"), "seeds": [0, 1], "validation_prompts": 24,
+        "base": "configs/tiny.yaml", "output_dir": str(tmp_path / "out"), "cache_dir": str(tmp_path / "cache"),
+        "seeds": [0, 1], "validation_prompts": 24,
         "set": {"train.steps": 4, "train.checkpoint_every": 4, "evaluate.max_new_tokens": 8}, "control": "sft",
         "methods": [{"name": "dpo", "set": {"train.loss": "dpo"}, "grid": {"train.lr": [1.0e-4, 1.0e-3]}},
                     {"name": "sft", "set": {"train.loss": "sft"}}]}))
@@ -135,7 +153,7 @@ def test_a_tiny_study_chooses_on_validation_runs_every_seed_and_resumes(tmp_path
     assert (tmp_path / "out" / "full" / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert proc.stdout.count("100% 40/40 steps") == 2, proc.stdout  # one SFT per seed, reused by all its runs
     # the seeds differ in data: their references are different models
-    seeds = {s: next((tmp_path / "out" / "full" / f"seed{s}").glob("sft-*")) for s in (0, 1)}
+    seeds = {s: next((tmp_path / "cache" / f"seed{s}").glob("sft-*")) for s in (0, 1)}
     assert (seeds[0] / "model" / "model.safetensors").read_bytes() != (seeds[1] / "model" / "model.safetensors").read_bytes()
     again = study()  # every run's scores are kept: nothing is trained again
     assert again.returncode == 0 and "[study] dpo (" not in again.stdout and json.loads(

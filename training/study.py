@@ -8,8 +8,8 @@
    the control; a plot shows the intervals.
 
 Each seed has its own task data, reference model and sampling. Runs that share data share it on disk: per seed one
-reference model, per distinct data settings one prepare; every run's scores are kept, so a study resumes where it
-stopped.
+reference model, per distinct data settings one prepare (in ``cache_dir``, shared by every study that uses the
+same settings); every run's scores are kept in the study's own directory, so a study resumes where it stopped.
 """
 from __future__ import annotations
 
@@ -31,16 +31,18 @@ def point_name(point: dict) -> str:
     return ",".join(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in point.items()) or "default"
 
 
-def _place(cfg: Config, root: Path, seed: int) -> Config:
-    """Point ``cfg`` at the seed's shared reference model and the prepare of its data settings."""
-    seed_dir = root / f"seed{seed}"
-    data_dir = seed_dir / f"data-{cfg.section_hash('task', 'model', 'sft', 'data', 'prepare')}"
-    sft_dir = seed_dir / f"sft-{cfg.section_hash('task', 'model', 'sft')}"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    sft_dir.mkdir(parents=True, exist_ok=True)
-    if not (data_dir / "sft").exists():
-        os.symlink(os.path.relpath(sft_dir, data_dir), data_dir / "sft")
-    cfg.output_dir = str(data_dir)
+def place_run(cfg: Config, root: Path, cache: Path, seed: int) -> Config:
+    """Point ``cfg`` at a run directory of the study whose ``sft`` and ``prepare`` are the seed's shared reference
+    model and the shards of its data settings, in the cache."""
+    shared = cache / f"seed{seed}"
+    data = cfg.section_hash("task", "model", "sft", "data", "prepare")
+    run_dir = root / f"seed{seed}" / f"data-{data}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for job, target in (("sft", shared / f"sft-{cfg.section_hash('task', 'model', 'sft')}"), ("prepare", shared / f"prepare-{data}")):
+        target.mkdir(parents=True, exist_ok=True)
+        if not (run_dir / job).exists():
+            os.symlink(os.path.relpath(target, run_dir), run_dir / job)
+    cfg.output_dir = str(run_dir)
     return cfg
 
 
@@ -56,8 +58,8 @@ def _scores(cfg: Config, model_dir: Path, split: str) -> dict:
 
 
 def run_one(study: StudyConfig, method: StudyMethod, point: dict, seed: int, split: str, root: Path, quick: bool) -> dict:
-    """Train one method at one grid point and seed and score it on ``split``; kept in its job dir's scores.json."""
-    cfg = _place(run_config(study, method, point, seed, quick), root, seed)
+    """Train one method at one grid point and seed and score it on ``split``; kept in its run dir's scores.json."""
+    cfg = place_run(run_config(study, method, point, seed, quick), root, Path(study.cache_dir), seed)
     job = f"{'grid' if split == 'validation' else 'final'}/{method.name}/{point_name(point)}"
     kept = cfg.job_dir(job) / "scores.json"
     if kept.is_file():
@@ -76,7 +78,7 @@ def run_one(study: StudyConfig, method: StudyMethod, point: dict, seed: int, spl
 def reference_scores(study: StudyConfig, seed: int, root: Path, quick: bool) -> dict:
     """The seed's reference model on the held-out test split (its implicit accuracy is 0.5 by construction)."""
     method = study.methods[0]
-    cfg = _place(run_config(study, method, grid_points(method.grid)[0], seed, quick), root, seed)
+    cfg = place_run(run_config(study, method, grid_points(method.grid)[0], seed, quick), root, Path(study.cache_dir), seed)
     kept = Path(cfg.output_dir) / "reference_scores.json"
     if kept.is_file():
         return json.loads(kept.read_text())
