@@ -23,6 +23,12 @@ class StudyMethod(_Section):
     )
 
 
+class StudyClaim(_Section):
+    claim: str = Field(description="A paper's claim in words, e.g. 'SWEPO > DPO x (k-1)'.")
+    better: str = Field(description="The method the claim says is better (a method name of the study).")
+    than: str = Field(description="The method it is compared with, seed by seed.")
+
+
 class StudyConfig(_Section):
     name: str = Field(default="", description="Study name; defaults to the file's stem.")
     base: str = Field(description="The run config every run starts from (a path, relative to the project root).")
@@ -40,6 +46,10 @@ class StudyConfig(_Section):
     )
     control: str | None = Field(default=None, description="The method whose runs are the control of the paired differences, e.g. sft (null: none).")
     methods: list[StudyMethod] = Field(min_length=1, description="The rows of the study.")
+    claims: list[StudyClaim] = Field(
+        default_factory=list,
+        description="Paired comparisons the study answers: holds when the 95% interval of better − than on select_by lies above 0.",
+    )
     quick: dict[str, Any] = Field(
         default_factory=dict, description="--quick: one seed, the first grid point of each method, and these dotted keys set."
     )
@@ -51,6 +61,10 @@ class StudyConfig(_Section):
             raise ValueError(f"method names must be unique and not 'reference': {names}")
         if self.control is not None and self.control not in names:
             raise ValueError(f"control {self.control!r} is not one of the methods {names}")
+        for claim in self.claims:
+            unknown = [n for n in (claim.better, claim.than) if n not in names]
+            if unknown:
+                raise ValueError(f"claim {claim.claim!r} names {unknown}, not among the methods {names}")
         return self
 
 

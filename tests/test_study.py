@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from configs.schema import ConfigError, load_config
-from configs.study import grid_points, load_study, run_config
+from configs.study import StudyClaim, grid_points, load_study, run_config
 from pipeline import task
 from tests.conftest import ROOT
 from training import study_stats
@@ -43,6 +43,31 @@ def test_summary_rows_compare_with_reference_and_control_but_not_themselves():
     assert "exact_match_vs_reference" not in rows["reference"] and "exact_match_vs_control" not in rows["sft"]
     table = study_stats.markdown(list(rows.values()), ("exact_match",))
     assert "| dpo | 2 | 0.400 ± " in table and "| +0.250 ± " in table
+
+
+def test_a_claim_holds_only_when_its_interval_lies_above_zero():
+    better = {0: {"exact_match": 0.30}, 1: {"exact_match": 0.32}, 2: {"exact_match": 0.34}}
+    consistent = {s: {"exact_match": v["exact_match"] - 0.1} for s, v in better.items()}
+    noisy = {0: {"exact_match": 0.10}, 1: {"exact_match": 0.50}, 2: {"exact_match": 0.30}}
+    final = {"a": better, "b": consistent, "c": noisy, "one": {0: {"exact_match": 0.1}}}
+
+    def claim(b: str, t: str) -> dict:
+        return study_stats.claim_rows(final, [StudyClaim(claim="x", better=b, than=t)], "exact_match")[0]
+
+    assert claim("a", "b")["verdict"] == "holds" and claim("a", "b")["exact_match"][0] == pytest.approx(0.1)
+    assert claim("b", "a")["verdict"] == "reversed"
+    assert claim("a", "c")["verdict"].startswith("not shown")
+    assert claim("a", "one")["verdict"] == "one seed: no interval"
+    table = study_stats.claims_markdown([claim("a", "b")], ("exact_match",), "exact_match")
+    assert "| x (a − b) | +0.100 ± 0.000 | holds |" in table
+
+
+def test_a_claim_naming_an_unknown_method_is_refused(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(json.dumps({"base": "configs/tiny.yaml", "methods": [{"name": "dpo"}, {"name": "swepo"}],
+                                "claims": [{"claim": "SWEPO > DPO", "better": "swepo", "than": "dop"}]}))
+    with pytest.raises(ConfigError, match="'dop'"):
+        load_study(path)
 
 
 def test_choose_takes_the_best_validation_point_then_the_tie_break_then_the_first():
@@ -131,7 +156,8 @@ def test_a_tiny_study_chooses_on_validation_runs_every_seed_and_resumes(tmp_path
         "seeds": [0, 1], "validation_prompts": 24,
         "set": {"train.steps": 4, "train.checkpoint_every": 4, "evaluate.max_new_tokens": 8}, "control": "sft",
         "methods": [{"name": "dpo", "set": {"train.loss": "dpo"}, "grid": {"train.lr": [1.0e-4, 1.0e-3]}},
-                    {"name": "sft", "set": {"train.loss": "sft"}}]}))
+                    {"name": "sft", "set": {"train.loss": "sft"}}],
+        "claims": [{"claim": "DPO > SFT", "better": "dpo", "than": "sft"}]}))
 
     def study() -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "jobs.study", "--config", str(path)], cwd=ROOT, capture_output=True,
@@ -150,6 +176,9 @@ def test_a_tiny_study_chooses_on_validation_runs_every_seed_and_resumes(tmp_path
     ref = [report["final"]["reference"][s]["exact_match"] for s in ("0", "1")]
     assert rows["dpo"]["exact_match_vs_reference"][0] == pytest.approx(sum(dpo) / 2 - sum(ref) / 2)
     assert "exact_match_vs_control" in rows["dpo"] and "| dpo | 2 |" in (tmp_path / "out" / "full" / "table.md").read_text()
+    dpo_vs_sft = [report["final"]["dpo"][s]["exact_match"] - report["final"]["sft"][s]["exact_match"] for s in ("0", "1")]
+    assert report["claims"][0]["exact_match"] == pytest.approx(list(study_stats.interval(dpo_vs_sft)))
+    assert "| DPO > SFT (dpo − sft) |" in (tmp_path / "out" / "full" / "table.md").read_text()
     assert (tmp_path / "out" / "full" / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert proc.stdout.count("100% 40/40 steps") == 2, proc.stdout  # one SFT per seed, reused by all its runs
     # the seeds differ in data: their references are different models

@@ -111,6 +111,9 @@ def run_study(study: StudyConfig, quick: bool = False) -> dict:
     rows = study_stats.summary_rows(final, study.control)
     metrics = tuple(m for m in study_stats.METRICS if any(m in row for row in rows))
     table = study_stats.markdown(rows, metrics)
+    claims = study_stats.claim_rows(final, study.claims, study.select_by)
+    if claims:
+        table += "\n\nPaired differences over seeds, mean ± 95% interval:\n\n" + study_stats.claims_markdown(claims, metrics, study.select_by)
     wall = time.perf_counter() - started
     (root / "table.md").write_text(table + "\n")
     plot = plots.interval_bars(rows, metrics[0], root / "study.png",
@@ -118,6 +121,6 @@ def run_study(study: StudyConfig, quick: bool = False) -> dict:
     report = {"study": study.name, "quick": quick, "seeds": seeds, "wall_seconds": wall,
               "chosen": {m: point_name(p) for m, p in chosen.items()}, "validation": validation,
               "final": {m: {str(s): v for s, v in by_seed.items()} for m, by_seed in final.items()},
-              "rows": rows, "table": str(root / "table.md"), "plot": str(plot)}
+              "rows": rows, "claims": claims, "table": str(root / "table.md"), "plot": str(plot)}
     (root / "report.json").write_text(json.dumps(report, indent=2, default=str))
     return report

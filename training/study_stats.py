@@ -55,6 +55,39 @@ def summary_rows(final: dict[str, dict[int, dict]], control: str | None) -> list
     return rows
 
 
+def verdict(diff: tuple[float, float] | None) -> str:
+    """Whether a paired difference (better − than) shows the claim: its 95% interval above 0, below 0, or across."""
+    if diff is None:
+        return "no common seeds"
+    low, high = diff[0] - diff[1], diff[0] + diff[1]
+    if math.isnan(diff[1]):
+        return "one seed: no interval"
+    return "holds" if low > 0 else "reversed" if high < 0 else "not shown (interval spans 0)"
+
+
+def claim_rows(final: dict[str, dict[int, dict]], claims: list, metric: str) -> list[dict]:
+    """Per claim: the paired differences better − than of every metric and the verdict on ``metric``."""
+    rows = []
+    for claim in claims:
+        row: dict = {"claim": claim.claim, "better": claim.better, "than": claim.than}
+        for name in METRICS:
+            diff = paired(final[claim.better], final[claim.than], name)
+            if diff is not None:
+                row[name] = diff
+        row["verdict"] = verdict(row.get(metric))
+        rows.append(row)
+    return rows
+
+
+def claims_markdown(rows: list[dict], metrics: tuple[str, ...], metric: str) -> str:
+    lines = ["| claim (better − than) | " + " | ".join(metrics) + f" | verdict ({metric}) |",
+             "| --- |" + " --- |" * (len(metrics) + 1)]
+    for row in rows:
+        lines.append(f"| {row['claim']} ({row['better']} − {row['than']}) | "
+                     + " | ".join(cell(row.get(m), signed=True) for m in metrics) + f" | {row['verdict']} |")
+    return "\n".join(lines)
+
+
 def cell(value: tuple[float, float] | None, signed: bool = False) -> str:
     if value is None:
         return "–"
