@@ -49,16 +49,29 @@ def _prompt_record(row, max_responses: int | None) -> dict:
     }
 
 
-def pack_groups(rows: pd.DataFrame, max_responses: int | None = None) -> list[dict]:
-    """One dict per contrast group (members in group order), from per-prompt shard rows; with
+# what packing reads of a shard row: GroupReader converts only these columns
+PACKED_COLUMNS = ("group_id", "group_position", "group_size", "origins", "scores", "prompt_ids", "response_ids",
+                  "rank", "ref_logps", "group_similarity")
+
+
+def pack_records(records: list[dict], max_responses: int | None = None) -> list[dict]:
+    """One dict per contrast group (members in group order, groups by id), from per-prompt shard records; with
     ``max_responses``, each prompt keeps its anchor and the first others up to that many."""
+    by_group: dict[int, list[dict]] = {}
+    for record in records:
+        by_group.setdefault(int(record["group_id"]), []).append(record)
     groups = []
-    for gid, part in rows.sort_values(["group_id", "group_position"]).groupby("group_id", sort=True):
-        members = [_prompt_record(r, max_responses) for r in part.to_dict("records")]
-        if len(members) != int(part["group_size"].iloc[0]):
-            raise ValueError(f"contrast group {gid} is split: {len(members)} of {int(part['group_size'].iloc[0])} prompts present")
-        groups.append({"group_id": int(gid), "members": members})
+    for gid in sorted(by_group):
+        part = sorted(by_group[gid], key=lambda r: int(r["group_position"]))
+        if len(part) != int(part[0]["group_size"]):
+            raise ValueError(f"contrast group {gid} is split: {len(part)} of {int(part[0]['group_size'])} prompts present")
+        groups.append({"group_id": gid, "members": [_prompt_record(r, max_responses) for r in part]})
     return groups
+
+
+def pack_groups(rows: pd.DataFrame, max_responses: int | None = None) -> list[dict]:
+    """:func:`pack_records` of a frame of shard rows."""
+    return pack_records(rows.to_dict("records"), max_responses)
 
 
 @dataclass
