@@ -44,6 +44,10 @@ class StudyConfig(_Section):
     select_by: Literal["exact_match", "mean_reward", "implicit_accuracy"] = Field(
         default="exact_match", description="The validation metric that chooses each method's grid point (higher is better)."
     )
+    choose_method: bool = Field(
+        default=False,
+        description="Also score single-point methods on the validation split and name the best method there (a demo's default).",
+    )
     control: str | None = Field(default=None, description="The method whose runs are the control of the paired differences, e.g. sft (null: none).")
     methods: list[StudyMethod] = Field(min_length=1, description="The rows of the study.")
     claims: list[StudyClaim] = Field(

@@ -157,7 +157,7 @@ def test_a_tiny_study_chooses_on_validation_runs_every_seed_and_resumes(tmp_path
         "set": {"train.steps": 4, "train.checkpoint_every": 4, "evaluate.max_new_tokens": 8}, "control": "sft",
         "methods": [{"name": "dpo", "set": {"train.loss": "dpo"}, "grid": {"train.lr": [1.0e-4, 1.0e-3]}},
                     {"name": "sft", "set": {"train.loss": "sft"}}],
-        "claims": [{"claim": "DPO > SFT", "better": "dpo", "than": "sft"}]}))
+        "claims": [{"claim": "DPO > SFT", "better": "dpo", "than": "sft"}], "choose_method": True}))
 
     def study() -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "jobs.study", "--config", str(path)], cwd=ROOT, capture_output=True,
@@ -166,8 +166,10 @@ def test_a_tiny_study_chooses_on_validation_runs_every_seed_and_resumes(tmp_path
     proc = study()
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "full" / "report.json").read_text())
-    assert set(report["validation"]["dpo"]) == {"lr=0.0001", "lr=0.001"} and "sft" not in report["validation"]
+    assert set(report["validation"]["dpo"]) == {"lr=0.0001", "lr=0.001"} and set(report["validation"]["sft"]) == {"default"}
     assert report["chosen"]["dpo"] == study_stats.choose(report["validation"]["dpo"], "exact_match")
+    at_chosen = {m: report["validation"][m][p] for m, p in report["chosen"].items()}
+    assert report["best_method"] == study_stats.choose(at_chosen, "exact_match")
     assert set(report["final"]) == {"reference", "dpo", "sft"} and all(set(v) == {"0", "1"} for v in report["final"].values())
     rows = {r["method"]: r for r in report["rows"]}
     # each row's interval is over its two seeds' held-out scores, and the paired differences over the same seeds
@@ -185,8 +187,9 @@ def test_a_tiny_study_chooses_on_validation_runs_every_seed_and_resumes(tmp_path
     seeds = {s: next((tmp_path / "cache" / f"seed{s}").glob("sft-*")) for s in (0, 1)}
     assert (seeds[0] / "model" / "model.safetensors").read_bytes() != (seeds[1] / "model" / "model.safetensors").read_bytes()
     again = study()  # every run's scores are kept: nothing is trained again
-    assert again.returncode == 0 and "[study] dpo (" not in again.stdout and json.loads(
-        (tmp_path / "out" / "full" / "report.json").read_text())["final"] == report["final"]
+    again_report = json.loads((tmp_path / "out" / "full" / "report.json").read_text())
+    assert again.returncode == 0 and "[study] dpo (" not in again.stdout and again_report["final"] == report["final"]
+    assert again_report["invocation_seconds"][0] == report["wall_seconds"] and len(again_report["invocation_seconds"]) == 2
 
 
 @pytest.mark.slow

@@ -95,7 +95,7 @@ def run_study(study: StudyConfig, quick: bool = False) -> dict:
     chosen, validation = {}, {}
     for method in study.methods:
         points = grid_points(method.grid)[:1] if quick else grid_points(method.grid)
-        if len(points) > 1:
+        if len(points) > 1 or (study.choose_method and not quick):
             scores = {point_name(p): run_one(study, method, p, seeds[0], "validation", root, quick) for p in points}
             best = study_stats.choose(scores, study.select_by)
             validation[method.name] = scores
@@ -114,13 +114,23 @@ def run_study(study: StudyConfig, quick: bool = False) -> dict:
     claims = study_stats.claim_rows(final, study.claims, study.select_by)
     if claims:
         table += "\n\nPaired differences over seeds, mean ± 95% interval:\n\n" + study_stats.claims_markdown(claims, metrics, study.select_by)
+    best_method = None
+    if study.choose_method and not quick:
+        at_chosen = {m: validation[m][point_name(p)] for m, p in chosen.items()}
+        best_method = study_stats.choose(at_chosen, study.select_by)
+        table += (f"\n\nBest method on the validation split ({study.select_by} at its chosen settings, seed "
+                  f"{seeds[0]}): **{best_method}** ({point_name(chosen[best_method])}).")
     wall = time.perf_counter() - started
+    kept = root / "report.json"  # an interrupted study's earlier invocations count towards its wall time
+    earlier = json.loads(kept.read_text()) if kept.is_file() else {}
+    invocations = earlier.get("invocation_seconds", [earlier["wall_seconds"]] if "wall_seconds" in earlier else []) + [wall]
     (root / "table.md").write_text(table + "\n")
     plot = plots.interval_bars(rows, metrics[0], root / "study.png",
                                f"{study.name}: held-out {metrics[0]}, mean and 95% interval over {len(seeds)} seed(s)")
-    report = {"study": study.name, "quick": quick, "seeds": seeds, "wall_seconds": wall,
-              "chosen": {m: point_name(p) for m, p in chosen.items()}, "validation": validation,
+    report = {"study": study.name, "quick": quick, "seeds": seeds, "wall_seconds": sum(invocations),
+              "invocation_seconds": invocations, "chosen": {m: point_name(p) for m, p in chosen.items()},
+              "best_method": best_method, "validation": validation,
               "final": {m: {str(s): v for s, v in by_seed.items()} for m, by_seed in final.items()},
               "rows": rows, "claims": claims, "table": str(root / "table.md"), "plot": str(plot)}
-    (root / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    kept.write_text(json.dumps(report, indent=2, default=str))
     return report
