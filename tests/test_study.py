@@ -107,6 +107,20 @@ def test_shipped_studies_load_and_every_run_config_validates(path):
     assert (ROOT / study.base).is_file()
 
 
+def test_the_demo_trains_what_study_a_chose_on_validation():
+    """README "Method studies": study (a) chose NCA at T = 1 on its validation split (3 seeds, 2026-11-29)."""
+    study = load_study(ROOT / "configs/studies/imperfect_demonstrator.yaml")
+    nca = next(m for m in study.methods if m.name == "nca")
+    chosen = run_config(study, nca, {"train.temperature": 1.0}, seed=0, quick=False)
+    demo = load_config(ROOT / "configs/demo.yaml")
+    cadence = {"checkpoint_every", "log_every"}  # neither changes what is trained
+    assert chosen.train.model_dump(exclude=cadence) == demo.train.model_dump(exclude=cadence)
+    for section in ("model", "sft", "prepare"):
+        assert getattr(chosen, section) == getattr(demo, section), section
+    # the study carves its validation prompts off the demo's training prompts
+    assert chosen.task.model_copy(update={"n_validation": 0}) == demo.task
+
+
 def test_a_wrong_key_in_a_study_is_named(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(json.dumps({"base": "configs/tiny.yaml", "methods": [{"name": "dpo", "set": {"train.los": "dpo"}}]}))
