@@ -13,7 +13,7 @@ from configs.study import StudyClaim, grid_points, load_study, run_config
 from pipeline import task
 from tests.conftest import ROOT
 from training import study_stats
-from training.study import place_run
+from training.study import place_run, study_table
 
 STUDIES = sorted((ROOT / "configs" / "studies").glob("*.yaml"))
 
@@ -68,6 +68,25 @@ def test_a_claim_naming_an_unknown_method_is_refused(tmp_path):
                                 "claims": [{"claim": "SWEPO > DPO", "better": "swepo", "than": "dop"}]}))
     with pytest.raises(ConfigError, match="'dop'"):
         load_study(path)
+
+
+def test_the_study_table_has_its_rows_claims_and_the_best_method_on_validation(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(json.dumps({"base": "configs/tiny.yaml", "choose_method": True, "control": "sft",
+                                "methods": [{"name": "dpo", "grid": {"train.beta": [0.1, 0.3]}}, {"name": "sft"}],
+                                "claims": [{"claim": "DPO > SFT", "better": "dpo", "than": "sft"}]}))
+    study = load_study(path)
+    final = {"reference": {0: {"exact_match": 0.1}, 1: {"exact_match": 0.2}},
+             "dpo": {0: {"exact_match": 0.3}, 1: {"exact_match": 0.4}}, "sft": {0: {"exact_match": 0.1}, 1: {"exact_match": 0.2}}}
+    chosen = {"dpo": {"train.beta": 0.3}, "sft": {}}
+    validation = {"dpo": {"beta=0.1": {"exact_match": 0.5}, "beta=0.3": {"exact_match": 0.6}}, "sft": {"default": {"exact_match": 0.7}}}
+    table, rows, claims, best = study_table(study, final, chosen, validation)
+    # the best method compares each method at its chosen point: sft's 0.7 beats dpo's chosen 0.6
+    assert best == "sft" and "**sft** (default)" in table
+    assert claims[0]["verdict"] == "holds" and claims[0]["exact_match"] == pytest.approx((0.2, 0.0))
+    assert [r["method"] for r in rows] == ["reference", "dpo", "sft"] and "| DPO > SFT (dpo − sft) | +0.200 ± 0.000 |" in table
+    _, _, _, none = study_table(study, final, chosen, {"dpo": validation["dpo"]})  # --quick scores no single points
+    assert none is None
 
 
 def test_choose_takes_the_best_validation_point_then_the_tie_break_then_the_first():

@@ -88,26 +88,26 @@ def reference_scores(study: StudyConfig, seed: int, root: Path, quick: bool) -> 
     return scores
 
 
-def run_study(study: StudyConfig, quick: bool = False) -> dict:
-    started = time.perf_counter()
-    root = Path(study.output_dir) / ("quick" if quick else "full")
-    seeds = study.seeds[:1] if quick else study.seeds
+def choose_settings(study: StudyConfig, root: Path, seed: int, quick: bool) -> tuple[dict[str, dict], dict[str, dict]]:
+    """Each method's grid point chosen on the validation split at ``seed``, and the validation scores behind it."""
     chosen, validation = {}, {}
     for method in study.methods:
         points = grid_points(method.grid)[:1] if quick else grid_points(method.grid)
         if len(points) > 1 or (study.choose_method and not quick):
-            scores = {point_name(p): run_one(study, method, p, seeds[0], "validation", root, quick) for p in points}
+            scores = {point_name(p): run_one(study, method, p, seed, "validation", root, quick) for p in points}
             best = study_stats.choose(scores, study.select_by)
             validation[method.name] = scores
             print(f"[study] {method.name}: chose {best} ({study.select_by} {scores[best][study.select_by]:.3f} on validation)", flush=True)
             chosen[method.name] = points[list(scores).index(best)]
         else:
             chosen[method.name] = points[0]
-    final: dict[str, dict[int, dict]] = {"reference": {}}
-    for seed in seeds:
-        final["reference"][seed] = reference_scores(study, seed, root, quick)
-        for method in study.methods:
-            final.setdefault(method.name, {})[seed] = run_one(study, method, chosen[method.name], seed, "heldout", root, quick)
+    return chosen, validation
+
+
+def study_table(study: StudyConfig, final: dict[str, dict[int, dict]], chosen: dict[str, dict],
+                validation: dict[str, dict]) -> tuple[str, list[dict], list[dict], str | None]:
+    """The study's markdown (rows, then its claims, then the best method on validation when it chooses one), its
+    rows, its claims and that best method."""
     rows = study_stats.summary_rows(final, study.control)
     metrics = tuple(m for m in study_stats.METRICS if any(m in row for row in rows))
     table = study_stats.markdown(rows, metrics)
@@ -115,18 +115,33 @@ def run_study(study: StudyConfig, quick: bool = False) -> dict:
     if claims:
         table += "\n\nPaired differences over seeds, mean ± 95% interval:\n\n" + study_stats.claims_markdown(claims, metrics, study.select_by)
     best_method = None
-    if study.choose_method and not quick:
+    if study.choose_method and all(m in validation for m in chosen):
         at_chosen = {m: validation[m][point_name(p)] for m, p in chosen.items()}
         best_method = study_stats.choose(at_chosen, study.select_by)
-        table += (f"\n\nBest method on the validation split ({study.select_by} at its chosen settings, seed "
-                  f"{seeds[0]}): **{best_method}** ({point_name(chosen[best_method])}).")
-    wall = time.perf_counter() - started
+        table += (f"\n\nBest method on the validation split ({study.select_by} at its chosen settings): "
+                  f"**{best_method}** ({point_name(chosen[best_method])}).")
+    return table, rows, claims, best_method
+
+
+def run_study(study: StudyConfig, quick: bool = False) -> dict:
+    started = time.perf_counter()
+    root = Path(study.output_dir) / ("quick" if quick else "full")
+    seeds = study.seeds[:1] if quick else study.seeds
+    chosen, validation = choose_settings(study, root, seeds[0], quick)
+    final: dict[str, dict[int, dict]] = {"reference": {}}
+    for seed in seeds:
+        final["reference"][seed] = reference_scores(study, seed, root, quick)
+        for method in study.methods:
+            final.setdefault(method.name, {})[seed] = run_one(study, method, chosen[method.name], seed, "heldout", root, quick)
+    table, rows, claims, best_method = study_table(study, final, chosen, validation)
+    (root / "table.md").write_text(table + "\n")
+    metric = next(m for m in study_stats.METRICS if any(m in row for row in rows))
+    plot = plots.interval_bars(rows, metric, root / "study.png",
+                               f"{study.name}: held-out {metric}, mean and 95% interval over {len(seeds)} seed(s)")
     kept = root / "report.json"  # an interrupted study's earlier invocations count towards its wall time
     earlier = json.loads(kept.read_text()) if kept.is_file() else {}
-    invocations = earlier.get("invocation_seconds", [earlier["wall_seconds"]] if "wall_seconds" in earlier else []) + [wall]
-    (root / "table.md").write_text(table + "\n")
-    plot = plots.interval_bars(rows, metrics[0], root / "study.png",
-                               f"{study.name}: held-out {metrics[0]}, mean and 95% interval over {len(seeds)} seed(s)")
+    invocations = earlier.get("invocation_seconds", [earlier["wall_seconds"]] if "wall_seconds" in earlier else [])
+    invocations.append(time.perf_counter() - started)
     report = {"study": study.name, "quick": quick, "seeds": seeds, "wall_seconds": sum(invocations),
               "invocation_seconds": invocations, "chosen": {m: point_name(p) for m, p in chosen.items()},
               "best_method": best_method, "validation": validation,
