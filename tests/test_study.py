@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -175,6 +176,11 @@ def test_studies_sharing_a_cache_share_reference_and_shards_but_not_runs(tmp_pat
     assert (other_prepare / "sft").resolve() == (a / "sft").resolve()
     assert (other_prepare / "prepare").resolve() != (a / "prepare").resolve()
     assert (placed("a", 1) / "sft").resolve() != (a / "sft").resolve()
+    # a study moved apart from its cache: its links are repointed, not a FileExistsError
+    (tmp_path / "moved").mkdir()
+    os.rename(tmp_path / "a", tmp_path / "moved" / "a")
+    moved = Path(place_run(load_config(ROOT / "configs/tiny.yaml", ["seed=0"]), tmp_path / "moved" / "a", tmp_path / "cache", 0).output_dir)
+    assert (moved / "sft").resolve() == (b / "sft").resolve() and (moved / "prepare").resolve() == (b / "prepare").resolve()
 
 
 @pytest.mark.slow

@@ -40,8 +40,11 @@ def place_run(cfg: Config, root: Path, cache: Path, seed: int) -> Config:
     run_dir.mkdir(parents=True, exist_ok=True)
     for job, target in (("sft", shared / f"sft-{cfg.section_hash('task', 'model', 'sft')}"), ("prepare", shared / f"prepare-{data}")):
         target.mkdir(parents=True, exist_ok=True)
-        if not (run_dir / job).exists():
-            os.symlink(os.path.relpath(target, run_dir), run_dir / job)
+        link = run_dir / job
+        if link.is_symlink() and link.resolve() != target.resolve():  # the study or the cache was moved
+            link.unlink()
+        if not link.exists():
+            os.symlink(os.path.relpath(target, run_dir), link)
     cfg.output_dir = str(run_dir)
     return cfg
 
