@@ -112,7 +112,7 @@ def study_table(study: StudyConfig, final: dict[str, dict[int, dict]], chosen: d
     """The study's markdown (rows, then its claims, then the best method on validation when it chooses one), its
     rows, its claims and that best method."""
     rows = study_stats.summary_rows(final, study.control)
-    metrics = tuple(m for m in study_stats.METRICS if any(m in row for row in rows))
+    metrics = study_stats.present_metrics(rows)
     table = study_stats.markdown(rows, metrics)
     claims = study_stats.claim_rows(final, study.claims, study.select_by)
     if claims:
@@ -138,7 +138,7 @@ def run_study(study: StudyConfig, quick: bool = False) -> dict:
             final.setdefault(method.name, {})[seed] = run_one(study, method, chosen[method.name], seed, "heldout", root, quick)
     table, rows, claims, best_method = study_table(study, final, chosen, validation)
     (root / "table.md").write_text(table + "\n")
-    metric = next(m for m in study_stats.METRICS if any(m in row for row in rows))
+    metric = study_stats.present_metrics(rows)[0]
     plot = plots.interval_bars(rows, metric, root / "study.png",
                                f"{study.name}: held-out {metric}, mean and 95% interval over {len(seeds)} seed(s)")
     kept = root / "report.json"  # an interrupted study's earlier invocations count towards its wall time

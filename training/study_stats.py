@@ -55,6 +55,11 @@ def summary_rows(final: dict[str, dict[int, dict]], control: str | None) -> list
     return rows
 
 
+def present_metrics(rows: list[dict]) -> tuple[str, ...]:
+    """The metrics some row of ``rows`` has, in ``METRICS`` order (the embedded task has all; user data a reward)."""
+    return tuple(m for m in METRICS if any(m in row for row in rows))
+
+
 def verdict(diff: tuple[float, float] | None) -> str:
     """Whether a paired difference (better − than) shows the claim: its 95% interval above 0, below 0, or across."""
     if diff is None:
