@@ -9,6 +9,8 @@ import time
 from functools import partial
 from pathlib import Path
 
+import ray
+
 from configs.schema import Config, ConfigError, load_config
 from jobs import console
 
@@ -30,8 +32,6 @@ def parse_config(job: str, argv: list[str] | None = None) -> Config:
 
 def init_ray(cfg: Config) -> None:
     """Join the cluster of ``ray job submit`` or ``ray.address``, else start a local one."""
-    import ray
-
     if ray.is_initialized():
         return
     # Ray Train's print patch re-logs every worker print, so each progress line would appear twice.
@@ -67,8 +67,6 @@ def run_cli(job: str, main, argv: list[str] | None = None, locate=None) -> None:
     directory and the start line (default: from the run config)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     log_dir, start = (locate or partial(_run_config_place, job))(argv)
-    import ray
-
     try:
         with console.Console(log_dir, job, verbose="--verbose" in argv) as out:
             print(f"{start}; full log {out.log_path}", flush=True)
