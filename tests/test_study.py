@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from configs.schema import ConfigError, load_config
 from configs.study import StudyClaim, grid_points, load_study, run_config
 from pipeline import task
 from tests.conftest import ROOT
-from training import study_stats
+from training import study, study_stats
 from training.study import place_run, study_table
 
 STUDIES = sorted((ROOT / "configs" / "studies").glob("*.yaml"))
@@ -181,6 +182,28 @@ def test_studies_sharing_a_cache_share_reference_and_shards_but_not_runs(tmp_pat
     os.rename(tmp_path / "a", tmp_path / "moved" / "a")
     moved = Path(place_run(load_config(ROOT / "configs/tiny.yaml", ["seed=0"]), tmp_path / "moved" / "a", tmp_path / "cache", 0).output_dir)
     assert (moved / "sft").resolve() == (b / "sft").resolve() and (moved / "prepare").resolve() == (b / "prepare").resolve()
+
+
+def test_an_interrupted_invocation_counts_towards_the_study_wall_time(tmp_path, monkeypatch):
+    """Only invocations that finished were counted: a study stopped by Ctrl-C or a failure lost that time."""
+    shipped = load_study(ROOT / "configs/studies/rpo.yaml")
+    shipped.output_dir = str(tmp_path)
+    invocation = iter([KeyboardInterrupt, {"study": "rpo"}])
+
+    def interrupted_then_finished(*_):
+        time.sleep(0.2)
+        outcome = next(invocation)
+        if outcome is KeyboardInterrupt:
+            raise outcome
+        return outcome
+
+    monkeypatch.setattr(study, "_study", interrupted_then_finished)
+    with pytest.raises(KeyboardInterrupt):
+        study.run_study(shipped)
+    report = study.run_study(shipped)
+    assert len(report["invocation_seconds"]) == 2 and min(report["invocation_seconds"]) >= 0.2
+    assert report["wall_seconds"] == sum(report["invocation_seconds"])
+    assert json.loads((tmp_path / "full" / "report.json").read_text())["wall_seconds"] == report["wall_seconds"]
 
 
 @pytest.mark.slow

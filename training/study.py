@@ -127,8 +127,23 @@ def study_table(study: StudyConfig, final: dict[str, dict[int, dict]], chosen: d
 
 
 def run_study(study: StudyConfig, quick: bool = False) -> dict:
+    """Run (or resume) the study; its report's wall time sums every invocation's, an interrupted one's too."""
     started = time.perf_counter()
     root = Path(study.output_dir) / ("quick" if quick else "full")
+    root.mkdir(parents=True, exist_ok=True)
+    clock = root / "invocation_seconds.json"
+    invocations = json.loads(clock.read_text()) if clock.is_file() else []
+    try:
+        report = _study(study, root, quick)
+    finally:
+        invocations.append(time.perf_counter() - started)
+        clock.write_text(json.dumps(invocations))
+    report = {**report, "wall_seconds": sum(invocations), "invocation_seconds": invocations}
+    (root / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    return report
+
+
+def _study(study: StudyConfig, root: Path, quick: bool) -> dict:
     seeds = study.seeds[:1] if quick else study.seeds
     chosen, validation = choose_settings(study, root, seeds[0], quick)
     final: dict[str, dict[int, dict]] = {"reference": {}}
@@ -141,14 +156,7 @@ def run_study(study: StudyConfig, quick: bool = False) -> dict:
     metric = study_stats.present_metrics(rows)[0]
     plot = plots.interval_bars(rows, metric, root / "study.png",
                                f"{study.name}: held-out {metric}, mean and 95% interval over {len(seeds)} seed(s)")
-    kept = root / "report.json"  # an interrupted study's earlier invocations count towards its wall time
-    earlier = json.loads(kept.read_text()) if kept.is_file() else {}
-    invocations = earlier.get("invocation_seconds", [earlier["wall_seconds"]] if "wall_seconds" in earlier else [])
-    invocations.append(time.perf_counter() - started)
-    report = {"study": study.name, "quick": quick, "seeds": seeds, "wall_seconds": sum(invocations),
-              "invocation_seconds": invocations, "chosen": {m: point_name(p) for m, p in chosen.items()},
-              "best_method": best_method, "validation": validation,
-              "final": {m: {str(s): v for s, v in by_seed.items()} for m, by_seed in final.items()},
-              "rows": rows, "claims": claims, "table": str(root / "table.md"), "plot": str(plot)}
-    kept.write_text(json.dumps(report, indent=2, default=str))
-    return report
+    return {"study": study.name, "quick": quick, "seeds": seeds, "chosen": {m: point_name(p) for m, p in chosen.items()},
+            "best_method": best_method, "validation": validation,
+            "final": {m: {str(s): v for s, v in by_seed.items()} for m, by_seed in final.items()},
+            "rows": rows, "claims": claims, "table": str(root / "table.md"), "plot": str(plot)}
