@@ -10,8 +10,9 @@ import torch
 from configs.schema import ConfigError, TrainConfig, load_config
 from training import losses as L
 from training.batches import collate, pack_groups
+from training.group_reader import split_heldout
 from training.objective import implicit_accuracy, length_metric_sums, preference_loss
-from training.train import split_heldout, step_groups
+from training.train import step_groups
 
 
 def _rows() -> pd.DataFrame:

@@ -11,12 +11,22 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import ray
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from actors.generator import VLLMAnswers
+from actors.reward_model import RewardModelScores
 from pipeline import task
+from pipeline.shards import verified_shard_files
+from pipeline.stages import load_scorer
 from pipeline.tokenize import chat_renderer, encode_prompt, pad_token_id, user_prompt
+from training import plots
+from training.batches import collate
+from training.group_reader import GroupReader, split_heldout
+from training.logprobs import forward_plan, packed_logps
+from training.objective import implicit_accuracy
 from training.progress import Progress
 
 
@@ -68,15 +78,6 @@ def heldout_margins(model_dir: str | Path, cfg) -> tuple[float, dict[str, list[f
     """Implicit-reward accuracy of a model on the held-out contrast groups, and its anchor-minus-negative
     margins by the negative's origin. Reference log-probs come from the shards, or from the reference model
     where the shards hold none (``prepare.ref_logps: false`` with ``train.reference: live``)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from pipeline.shards import verified_shard_files
-    from training.batches import collate
-    from training.group_reader import GroupReader
-    from training.logprobs import forward_plan, packed_logps
-    from training.objective import implicit_accuracy
-    from training.train import split_heldout
-
     reader = GroupReader(verified_shard_files(cfg.job_dir("prepare") / "shards"), cfg.train.max_responses)
     _, held = split_heldout(reader.group_ids, cfg.train.heldout_fraction, cfg.seed)
     groups = dict(zip(held, reader.read(held)))
@@ -106,8 +107,6 @@ def heldout_margins(model_dir: str | Path, cfg) -> tuple[float, dict[str, list[f
 def task_prompt_ids(cfg, model_dir: str | Path) -> tuple[list[str], list[list[int]]]:
     """The task prompts of ``evaluate.split`` (held-out by default) and their token ids as the model sees them (its
     chat template when one applies)."""
-    from transformers import AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     render = chat_renderer(tokenizer, cfg.data.chat_template)
     prompts = [r["prompt"] for r in task.scored_split(cfg.seed, cfg.task, cfg.evaluate.split)]
@@ -137,16 +136,12 @@ def answer_scores(cfg, model_dir: str | Path) -> dict[str, float]:
 def answer_scorer(cfg) -> Callable[[list[str], list[str]], list[float]] | None:
     """How new answers to the user's prompts are scored: the configured programmatic or model reward, or None when
     the reward only exists in the source (``source``) or not at all (``none``)."""
-    from pipeline.stages import load_scorer
-
     spec = cfg.prepare.reward
     if spec == "auto":
         spec = "task" if not cfg.data.source else "none"
     if spec in ("source", "none"):
         return None
     if spec.startswith("model:"):
-        from actors.reward_model import RewardModelScores
-
         return RewardModelScores(spec[len("model:"):]).score_texts
     scorer = load_scorer(spec)
     return lambda prompts, answers: [float(scorer(p, a)) for p, a in zip(prompts, answers)]
@@ -154,11 +149,6 @@ def answer_scorer(cfg) -> Callable[[list[str], list[str]], list[float]] | None:
 
 def heldout_prompts(cfg) -> tuple[list[str], list[list[int]]]:
     """Prompts of the held-out contrast groups (text and the token ids the shards hold), at most ``evaluate.max_prompts``."""
-    import pyarrow.parquet as pq
-
-    from pipeline.shards import verified_shard_files
-    from training.train import split_heldout
-
     files = [str(f) for f in verified_shard_files(cfg.job_dir("prepare") / "shards")]
     group_ids = sorted(set(pq.read_table(files, columns=["group_id"])["group_id"].to_pylist()))
     _, held = split_heldout(group_ids, cfg.train.heldout_fraction, cfg.seed)
@@ -184,8 +174,6 @@ def reward_eval(cfg, reference: Path, policy: Path, scorer, out: Path) -> dict:
 
 def answer_lengths(reference: Path, ref_answers: list[str], pol_answers: list[str]) -> dict[str, float]:
     """Mean answer length in tokens of both models (the reference's tokenizer), so a gain bought by length shows."""
-    from transformers import AutoTokenizer
-
     tok = AutoTokenizer.from_pretrained(reference)
     mean = lambda answers: sum(len(tok(a, add_special_tokens=False)["input_ids"]) for a in answers) / max(len(answers), 1)  # noqa: E731
     return {"reference_mean_answer_tokens": mean(ref_answers), "policy_mean_answer_tokens": mean(pol_answers)}
@@ -220,8 +208,6 @@ def _task_report(cfg, reference: Path, policy: Path, out: Path, progress: Progre
 def run_evaluate(cfg, policy: Path | None = None, job: str = "evaluate") -> dict:
     """Reference vs trained policy: held-out implicit-reward accuracy always; generated answers scored by the task
     (embedded task) or by the configured reward (user data; see the module docstring)."""
-    from training import plots
-
     out = cfg.job_dir(job)
     out.mkdir(parents=True, exist_ok=True)
     reference = cfg.policy_dir()

@@ -91,3 +91,12 @@ class Prefetcher:
 
     def close(self):
         self._pool.shutdown(wait=True)
+
+
+def split_heldout(group_ids: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, held-out) group ids: a seeded, size-stable split."""
+    ids = sorted(group_ids)
+    perm = np.random.default_rng([seed, 7]).permutation(len(ids))
+    n_held = max(1, int(round(fraction * len(ids))))
+    held = sorted(ids[i] for i in perm[:n_held])
+    return sorted(set(ids) - set(held)), held

@@ -36,23 +36,25 @@ from pipeline.shards import MANIFEST, verified_shard_files
 from pipeline.tokenize import pad_token_id
 from training import checkpointing, run_identity
 from training.batches import Batch, collate
-from training.engine import deepspeed_config, load_for_training, lr_at, set_lr, set_worker_threads, trainer_resources
-from training.group_reader import GroupReader, Prefetcher
-from training.logprobs import ForwardPlan, check_architecture, forward_plan, packed_logps
+from training.engine import (
+    deepspeed_config,
+    load_for_training,
+    lr_at,
+    set_lr,
+    set_worker_threads,
+    trainer_resources,
+)
+from training.group_reader import GroupReader, Prefetcher, split_heldout
+from training.logprobs import (
+    ForwardPlan,
+    check_architecture,
+    forward_plan,
+    packed_logps,
+)
 from training.lora import export_merged, with_lora
 from training.objective import preference_loss
 from training.progress import Progress
 from training.trackers import Trackers, check_installed
-
-
-
-def split_heldout(group_ids: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """(train, held-out) group ids: a seeded, size-stable split."""
-    ids = sorted(group_ids)
-    perm = np.random.default_rng([seed, 7]).permutation(len(ids))
-    n_held = max(1, int(round(fraction * len(ids))))
-    held = sorted(ids[i] for i in perm[:n_held])
-    return sorted(set(ids) - set(held)), held
 
 
 def step_groups(train_ids: list[int], batch_groups: int, seed: int, step: int) -> list[int]:
