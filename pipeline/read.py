@@ -20,7 +20,7 @@ import ray
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from configs.schema import Config
+from configs.schema import Config, TaskConfig
 from pipeline import task
 from pipeline.sources import (
     BATCH_ROWS,
@@ -218,8 +218,6 @@ def read_checked(cfg: Config, model_dir: str) -> tuple[ray.data.Dataset, SourceS
 
 @lru_cache(maxsize=2)
 def _task_train(seed: int, spec_json: str) -> list[dict]:
-    from configs.schema import TaskConfig
-
     return task.splits(seed, TaskConfig.model_validate_json(spec_json))[0]
 
 

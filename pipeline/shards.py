@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import ray
 
 from pipeline.records import SCHEMA_VERSION, check_schema_version, extend_schema, with_version
 
@@ -88,8 +89,6 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> None:
 
 def write_shard(rows: pd.DataFrame, directory: str | Path, name: str, stats: dict) -> dict:
     """Write one shard (whole groups) atomically and return its manifest entry; runs on the worker that holds it."""
-    import ray
-
     directory = Path(directory)
     table = to_shard_table(rows)
     write_parquet_atomic(table, directory / name)

@@ -13,6 +13,7 @@ types; the shard writer turns them into nulls.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import random
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipeline import task
 from pipeline.tokenize import encode_prompt, encode_response
 
 
@@ -206,12 +208,8 @@ def cosine_rank(response_embeddings: np.ndarray, anchor: int = 0) -> list[int]:
 
 def load_scorer(spec: str) -> Callable[[str, str], float]:
     """A programmatic reward ``f(prompt, response) -> float``: ``task`` (the embedded task) or ``module:function``."""
-    import importlib
-
     if spec == "task":
-        from pipeline.task import reward
-
-        return reward
+        return task.reward
     module, _, name = spec.partition(":")
     if not module or not name:
         raise ValueError(f"prepare.reward={spec!r}: expected 'source', 'task', 'auto', 'model:<dir>' or 'module:function'")
