@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 from ray.data import ActorPoolStrategy
+from transformers import AutoConfig, AutoTokenizer
 
 from actors.embedder import Embedder
 from actors.generator import HFNegatives, VLLMNegatives
@@ -301,8 +302,6 @@ def _write_shards(batch: pd.DataFrame, directory: str, expected: dict) -> pd.Dat
 
 
 def run_prepare(cfg: Config) -> dict:
-    from transformers import AutoConfig, AutoTokenizer
-
     started = time.perf_counter()
     out_dir = cfg.job_dir("prepare")
     shards_dir, work = out_dir / "shards", out_dir / "work"

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import ray
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
+from transformers import AutoTokenizer
 
 from configs.schema import Config, TaskConfig
 from pipeline import task
@@ -157,8 +158,6 @@ class SourceDatasource(Datasource):
 
 @lru_cache(maxsize=4)
 def _renderer(model_dir: str, setting: str):
-    from transformers import AutoTokenizer
-
     return chat_renderer(AutoTokenizer.from_pretrained(model_dir), setting)
 
 

@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipeline.records import BASE_SCHEMA, validate_records
 
@@ -560,8 +561,6 @@ def _iter_jsonl(p: Path, kind: str) -> Iterator[tuple[int, Any]]:
 
 
 def _iter_parquet(p: Path) -> Iterator[tuple[int, Any]]:
-    import pyarrow.parquet as pq
-
     try:
         pf = pq.ParquetFile(p)
     except (pa.ArrowInvalid, OSError) as exc:
