@@ -71,7 +71,7 @@ class VLLMNegatives(_Sampler):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         if cpu_bind:
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_bind
-        import vllm
+        import vllm  # 5 s to import: only the actor's process pays it, after the environment above is set
 
         started = time.perf_counter()
         # No chunked prefill: a seeded request whose prefill is split rewinds its torch generator, which
@@ -146,7 +146,7 @@ class VLLMAnswers:
 
     def __init__(self, model_dir: str, max_model_len: int, engine: VLLMConfig, seed: int = 0, dtype: str = "auto"):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        import vllm
+        import vllm  # 5 s to import: only the actor's process pays it, after the environment above is set
 
         self.llm = vllm.LLM(model=model_dir, max_model_len=max_model_len, seed=seed,
                             **vllm_engine_args(engine, dtype, assigned_device()))
