@@ -206,6 +206,39 @@ def test_an_interrupted_invocation_counts_towards_the_study_wall_time(tmp_path, 
     assert json.loads((tmp_path / "full" / "report.json").read_text())["wall_seconds"] == report["wall_seconds"]
 
 
+def test_the_first_seeds_test_run_is_its_validation_run_not_a_second_training(tmp_path, monkeypatch):
+    """The chosen point at the first seed was trained twice, for validation and for the test table: 8 of study (a)'s
+    37 trainings. Trained once, it is scored on each split; a resumed study trains and scores nothing again."""
+    shipped = load_study(ROOT / "configs/studies/imperfect_demonstrator.yaml")
+    shipped.output_dir, shipped.cache_dir, shipped.seeds = str(tmp_path / "out"), str(tmp_path / "cache"), [0, 1]
+    trainings, scorings = [], []
+
+    def train(cfg, job):
+        trainings.append((cfg.seed, job))
+        cfg.job_dir(job).mkdir(parents=True)
+        return {"policy_dir": str(cfg.job_dir(job) / "policy"), "heldout_accuracy_end": 0.5 + 0.01 * len(trainings),
+                "wall_seconds": 1.0}
+
+    def score(cfg, model_dir, split):
+        scorings.append((cfg.seed, model_dir.parent.name, model_dir.parent.parent.name, split))
+        return {"exact_match": 0.3 if "0.0001" in model_dir.parent.name else 0.1, "mean_reward": 0.0, "slip_rate": 0.0}
+
+    monkeypatch.setattr(study, "run_train", train)
+    monkeypatch.setattr(study, "_scores", score)
+    monkeypatch.setattr(study, "_data_ready", lambda cfg: None)
+    monkeypatch.setattr(study, "reference_scores", lambda *_: {"exact_match": 0.0, "mean_reward": 0.0, "slip_rate": 0.0})
+    report = study._study(shipped, Path(shipped.output_dir) / "full", quick=False)
+    points = sum(len(grid_points(m.grid)) for m in shipped.methods)
+    assert len(trainings) == points + len(shipped.methods) == len(set(trainings))  # seed 0: the grid; seed 1: the chosen
+    assert report["chosen"]["nca"] == "temperature=0.0001"
+    nca0 = [s for s in scorings if s[:3] == (0, "temperature=0.0001", "nca")]
+    assert [s[3] for s in nca0] == ["validation", "heldout"]
+    assert report["final"]["nca"]["0"]["implicit_accuracy"] == report["validation"]["nca"]["temperature=0.0001"]["implicit_accuracy"]
+    before = (len(trainings), len(scorings))
+    assert study._study(shipped, Path(shipped.output_dir) / "full", quick=False)["final"] == report["final"]
+    assert (len(trainings), len(scorings)) == before
+
+
 @pytest.mark.slow
 def test_a_tiny_study_chooses_on_validation_runs_every_seed_and_resumes(tmp_path):
     """The runner for real (SFT, prepare, train, evaluate per run) on the tiny config: 2 seeds, a grid of 2."""

@@ -3,7 +3,7 @@
 1. Per method, every point of its grid is trained at the first seed and scored on the validation split (training
    prompts carved off before any training, ``task.n_validation``); the best point by ``select_by`` is kept.
 2. Every method at its chosen point is trained on every seed and scored on the held-out test split, beside the
-   seed's reference model.
+   seed's reference model; at the first seed that is the model its validation run trained, not a second training.
 3. The table gives each metric's mean ± 95% interval over seeds and paired differences against the reference and
    the control; a plot shows the intervals.
 
@@ -61,17 +61,22 @@ def _scores(cfg: Config, model_dir: Path, split: str) -> dict:
 
 
 def run_one(study: StudyConfig, method: StudyMethod, point: dict, seed: int, split: str, root: Path, quick: bool) -> dict:
-    """Train one method at one grid point and seed and score it on ``split``; kept in its run dir's scores.json."""
+    """Train one method at one grid point and seed (once: the first seed's validation run is also its test run) and
+    score it on ``split``; the training is kept in its run dir's trained.json, the scores in scores_<split>.json."""
     cfg = place_run(run_config(study, method, point, seed, quick), root, Path(study.cache_dir), seed)
-    job = f"{'grid' if split == 'validation' else 'final'}/{method.name}/{point_name(point)}"
-    kept = cfg.job_dir(job) / "scores.json"
+    job = f"{method.name}/{point_name(point)}"
+    kept, trained_file = cfg.job_dir(job) / f"scores_{split}.json", cfg.job_dir(job) / "trained.json"
     if kept.is_file():
         return json.loads(kept.read_text())
-    _data_ready(cfg)
+    if trained_file.is_file():
+        trained = json.loads(trained_file.read_text())
+    else:
+        _data_ready(cfg)
+        trained = run_train(cfg, job=job)
+        trained_file.write_text(json.dumps(trained, indent=2, default=str))
     started = time.perf_counter()
-    trained = run_train(cfg, job=job)
     scores = {**_scores(cfg, Path(trained["policy_dir"]), split), "implicit_accuracy": trained["heldout_accuracy_end"],
-              "train_seconds": trained["wall_seconds"], "seconds": time.perf_counter() - started}
+              "train_seconds": trained["wall_seconds"], "score_seconds": time.perf_counter() - started}
     kept.write_text(json.dumps(scores, indent=2))
     print(f"[study] {method.name} ({point_name(point)}, seed {seed}, {split}): "
           + ", ".join(f"{k} {v:.3f}" for k, v in scores.items() if k in study_stats.METRICS), flush=True)
