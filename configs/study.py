@@ -55,7 +55,8 @@ class StudyConfig(_Section):
         description="Paired comparisons the study answers: holds when the 95% interval of better − than on select_by lies above 0.",
     )
     quick: dict[str, Any] = Field(
-        default_factory=dict, description="--quick: one seed, the first grid point of each method, and these dotted keys set."
+        default_factory=dict,
+        description="--quick: one seed, the first grid point of each method its claims compare and of the control (of every method when it has neither), and these dotted keys set.",
     )
 
     @model_validator(mode="after")
@@ -70,6 +71,13 @@ class StudyConfig(_Section):
             if unknown:
                 raise ValueError(f"claim {claim.claim!r} names {unknown}, not among the methods {names}")
         return self
+
+    def methods_run(self, quick: bool) -> list[StudyMethod]:
+        """The methods a run trains: all, or with --quick those its claims compare and the control (all when none)."""
+        if not quick:
+            return self.methods
+        named = {n for claim in self.claims for n in (claim.better, claim.than)} | {self.control}
+        return [m for m in self.methods if m.name in named] or self.methods
 
 
 def overrides(*layers: dict[str, Any]) -> list[str]:

@@ -17,7 +17,8 @@ from jobs.common import init_ray, run_cli
 def parse_study(argv: list[str] | None):
     parser = argparse.ArgumentParser(prog="python -m jobs.study")
     parser.add_argument("--config", required=True, help="study YAML, e.g. configs/studies/imperfect_demonstrator.yaml")
-    parser.add_argument("--quick", action="store_true", help="one seed, the first grid point, the study's quick settings")
+    parser.add_argument("--quick", action="store_true",
+                        help="one seed, the first grid point of the methods the claims compare, the study's quick settings")
     parser.add_argument("--verbose", action="store_true", help="show library logs on the console too")
     args = parser.parse_args(argv)
     try:
@@ -44,7 +45,7 @@ def locate(argv: list[str]) -> tuple[Path, str]:
     """The study's log directory and start line (jobs.common.run_cli)."""
     study, args = parse_study(argv)
     runs = len(study.seeds[:1] if args.quick else study.seeds)
-    return Path(study.output_dir) / "logs", (f"[study] {study.name}: {len(study.methods)} methods, {runs} seed(s)"
+    return Path(study.output_dir) / "logs", (f"[study] {study.name}: {len(study.methods_run(args.quick))} methods, {runs} seed(s)"
                                              f"{' (quick)' if args.quick else ''}, base {study.base}; output {study.output_dir}")
 
 

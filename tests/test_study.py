@@ -239,6 +239,33 @@ def test_the_first_seeds_test_run_is_its_validation_run_not_a_second_training(tm
     assert (len(trainings), len(scorings)) == before
 
 
+def test_quick_trains_what_the_claims_compare_and_the_control_and_prepares_only_their_data(tmp_path, monkeypatch):
+    """--quick of study (e) trained and prepared all five negative types (about 15 min); it is for trying a study."""
+    shipped = load_study(ROOT / "configs/studies/cpo.yaml")
+    shipped.output_dir, shipped.cache_dir = str(tmp_path / "out"), str(tmp_path / "cache")
+    trained, prepared = [], set()
+
+    def train(cfg, job):
+        trained.append(job.split("/")[0])
+        cfg.job_dir(job).mkdir(parents=True)
+        return {"policy_dir": str(cfg.job_dir(job) / "policy"), "heldout_accuracy_end": 0.6, "wall_seconds": 1.0}
+
+    monkeypatch.setattr(study, "run_train", train)
+    monkeypatch.setattr(study, "_scores", lambda *_: {"exact_match": 0.1, "mean_reward": 0.0, "slip_rate": 0.0})
+    def data_ready(cfg):
+        prepared.add(cfg.prepare.negatives.model_dump_json())
+        (cfg.job_dir("sft") / "model").mkdir(parents=True, exist_ok=True)
+        (cfg.job_dir("sft") / "model" / "config.json").write_text("{}")
+
+    monkeypatch.setattr(study, "_data_ready", data_ready)
+    monkeypatch.setattr(study, "heldout_margins", lambda *_: (0.5, {}))
+    report = study._study(shipped, tmp_path / "out" / "quick", quick=True)
+    compared = {"mixture", "mle", "mixture alpha 0", "mixture ranked"}
+    assert set(trained) == compared == set(report["final"]) - {"reference"} and len(trained) == 4
+    assert len(prepared) == 1 and '"autoregressive":1,"meanfield":1,"truncation":1' in prepared.pop()
+    assert [m.name for m in load_study(ROOT / "configs/studies/cpo.yaml").methods_run(quick=False)][:4] == ["AN", "MN", "TN", "BN"]
+
+
 @pytest.mark.slow
 def test_a_tiny_study_chooses_on_validation_runs_every_seed_and_resumes(tmp_path):
     """The runner for real (SFT, prepare, train, evaluate per run) on the tiny config: 2 seeds, a grid of 2."""

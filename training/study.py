@@ -83,9 +83,9 @@ def run_one(study: StudyConfig, method: StudyMethod, point: dict, seed: int, spl
     return scores
 
 
-def reference_scores(study: StudyConfig, seed: int, root: Path, quick: bool) -> dict:
-    """The seed's reference model on the held-out test split (its implicit accuracy is 0.5 by construction)."""
-    method = study.methods[0]
+def reference_scores(study: StudyConfig, method: StudyMethod, seed: int, root: Path, quick: bool) -> dict:
+    """The seed's reference model on the held-out test split (its implicit accuracy is 0.5 by construction), with
+    ``method``'s data for the held-out groups."""
     cfg = place_run(run_config(study, method, grid_points(method.grid)[0], seed, quick), root, Path(study.cache_dir), seed)
     kept = Path(cfg.output_dir) / "reference_scores.json"
     if kept.is_file():
@@ -96,10 +96,11 @@ def reference_scores(study: StudyConfig, seed: int, root: Path, quick: bool) -> 
     return scores
 
 
-def choose_settings(study: StudyConfig, root: Path, seed: int, quick: bool) -> tuple[dict[str, dict], dict[str, dict]]:
+def choose_settings(study: StudyConfig, methods: list[StudyMethod], root: Path, seed: int,
+                    quick: bool) -> tuple[dict[str, dict], dict[str, dict]]:
     """Each method's grid point chosen on the validation split at ``seed``, and the validation scores behind it."""
     chosen, validation = {}, {}
-    for method in study.methods:
+    for method in methods:
         points = grid_points(method.grid)[:1] if quick else grid_points(method.grid)
         if len(points) > 1 or (study.choose_method and not quick):
             scores = {point_name(p): run_one(study, method, p, seed, "validation", root, quick) for p in points}
@@ -149,12 +150,12 @@ def run_study(study: StudyConfig, quick: bool = False) -> dict:
 
 
 def _study(study: StudyConfig, root: Path, quick: bool) -> dict:
-    seeds = study.seeds[:1] if quick else study.seeds
-    chosen, validation = choose_settings(study, root, seeds[0], quick)
+    seeds, methods = (study.seeds[:1] if quick else study.seeds), study.methods_run(quick)
+    chosen, validation = choose_settings(study, methods, root, seeds[0], quick)
     final: dict[str, dict[int, dict]] = {"reference": {}}
     for seed in seeds:
-        final["reference"][seed] = reference_scores(study, seed, root, quick)
-        for method in study.methods:
+        final["reference"][seed] = reference_scores(study, methods[0], seed, root, quick)
+        for method in methods:
             final.setdefault(method.name, {})[seed] = run_one(study, method, chosen[method.name], seed, "heldout", root, quick)
     table, rows, claims, best_method = study_table(study, final, chosen, validation)
     (root / "table.md").write_text(table + "\n")
