@@ -72,6 +72,10 @@ class StudyConfig(_Section):
                 raise ValueError(f"claim {claim.claim!r} names {unknown}, not among the methods {names}")
         return self
 
+    def seeds_run(self, quick: bool) -> list[int]:
+        """The seeds a run trains: all, or with --quick the first."""
+        return self.seeds[:1] if quick else self.seeds
+
     def methods_run(self, quick: bool) -> list[StudyMethod]:
         """The methods a run trains: all, or with --quick those its claims compare and the control (all when none)."""
         if not quick:

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
 def locate(argv: list[str]) -> tuple[Path, str]:
     """The study's log directory and start line (jobs.common.run_cli)."""
     study, args = parse_study(argv)
-    runs = len(study.seeds[:1] if args.quick else study.seeds)
+    runs = len(study.seeds_run(args.quick))
     return Path(study.output_dir) / "logs", (f"[study] {study.name}: {len(study.methods_run(args.quick))} methods, {runs} seed(s)"
                                              f"{' (quick)' if args.quick else ''}, base {study.base}; output {study.output_dir}")
 

@@ -208,7 +208,7 @@ def test_an_interrupted_invocation_counts_towards_the_study_wall_time(tmp_path, 
 
 def test_the_first_seeds_test_run_is_its_validation_run_not_a_second_training(tmp_path, monkeypatch):
     """The chosen point at the first seed was trained twice, for validation and for the test table: 8 of study (a)'s
-    37 trainings. Trained once, it is scored on each split; a resumed study trains and scores nothing again."""
+    36 trainings. Trained once, it is scored on each split; a resumed study trains and scores nothing again."""
     shipped = load_study(ROOT / "configs/studies/imperfect_demonstrator.yaml")
     shipped.output_dir, shipped.cache_dir, shipped.seeds = str(tmp_path / "out"), str(tmp_path / "cache"), [0, 1]
     trainings, scorings = [], []
@@ -252,6 +252,7 @@ def test_quick_trains_what_the_claims_compare_and_the_control_and_prepares_only_
 
     monkeypatch.setattr(study, "run_train", train)
     monkeypatch.setattr(study, "_scores", lambda *_: {"exact_match": 0.1, "mean_reward": 0.0, "slip_rate": 0.0})
+
     def data_ready(cfg):
         prepared.add(cfg.prepare.negatives.model_dump_json())
         (cfg.job_dir("sft") / "model").mkdir(parents=True, exist_ok=True)

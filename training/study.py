@@ -150,7 +150,7 @@ def run_study(study: StudyConfig, quick: bool = False) -> dict:
 
 
 def _study(study: StudyConfig, root: Path, quick: bool) -> dict:
-    seeds, methods = (study.seeds[:1] if quick else study.seeds), study.methods_run(quick)
+    seeds, methods = study.seeds_run(quick), study.methods_run(quick)
     chosen, validation = choose_settings(study, methods, root, seeds[0], quick)
     final: dict[str, dict[int, dict]] = {"reference": {}}
     for seed in seeds:
