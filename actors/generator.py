@@ -15,7 +15,7 @@ from pipeline.tokenize import pad_token_id
 
 
 def vllm_engine_args(engine: VLLMConfig, dtype: str, device: torch.device) -> dict:
-    """``vllm.LLM`` arguments for a process on ``device`` (the device rule's): precision by ``model.dtype``, CUDA
+    """``vllm.LLM`` arguments for a process on ``device`` (the device rule's): precision ``dtype`` (``model.vllm_dtype``), CUDA
     graphs on a GPU and eager on the CPU unless ``engine.enforce_eager`` says otherwise, and the GPU settings."""
     on_gpu = device.type != CPU.type
     args = {"dtype": vllm_dtype(dtype, device), "tensor_parallel_size": engine.tensor_parallel_size,
@@ -144,8 +144,11 @@ class HFNegatives(_Sampler):
 class VLLMAnswers:
     """Greedy answers from a model directory through vLLM, for evaluation (run as a Ray actor)."""
 
-    def __init__(self, model_dir: str, max_model_len: int, engine: VLLMConfig, seed: int = 0, dtype: str = "auto"):
+    def __init__(self, model_dir: str, max_model_len: int, engine: VLLMConfig, seed: int = 0, dtype: str = "auto",
+                 cpu_bind: str | None = None):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        if cpu_bind:
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_bind
         import vllm  # 5 s to import: only the actor's process pays it, after the environment above is set
 
         self.llm = vllm.LLM(model=model_dir, max_model_len=max_model_len, seed=seed,

@@ -22,7 +22,7 @@ SMALL_BUCKETS = (512, 256)
 
 
 def _prompts(smoke: bool) -> dict[str, list[str]]:
-    demo = load_config("configs/demo.yaml")
+    demo = load_config("configs/toy_demo.yaml")
     hh, _ = read_source("../shared/data/hh_harmless_test.jsonl.gz", on_bad_row="skip")
     sets = {"demo": [r["prompt"] for r in task.splits(demo.seed, demo.task)[0]], "hh_harmless_test": hh["prompt"].to_pylist()}
     return {k: v[:300] for k, v in sets.items()} if smoke else sets

@@ -13,7 +13,7 @@ from configs.schema import Config, load_config
 from pipeline.graph import run_prepare
 
 RUNS = {  # name -> (config, overrides)
-    "demo": ("configs/demo.yaml", ["prepare.max_rows=512"]),
+    "demo": ("configs/toy_demo.yaml", ["prepare.max_rows=512"]),
     "alpacaeval_bo16": ("configs/alpacaeval_bo16.yaml", ["prepare.max_rows=200"]),
 }
 SMOKE = ["prepare.max_rows=16"]

@@ -13,6 +13,9 @@ import ray
 
 from configs.schema import Config, ConfigError, load_config
 from jobs import console
+from training.pretrained import materialize_policy
+
+_models_shown: set[str] = set()
 
 
 def parse_config(job: str, argv: list[str] | None = None) -> Config:
@@ -28,6 +31,19 @@ def parse_config(job: str, argv: list[str] | None = None) -> Config:
     except ConfigError as exc:
         print(f"config error:\n{exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def ensure_model(cfg: Config) -> None:
+    """Convert ``model.gguf_file`` into its cached directory (once; re-runs reuse it) and say, once per process,
+    which model the run starts from, where it came from and its checksum."""
+    started = time.perf_counter()
+    record = materialize_policy(cfg)
+    if record is None or record["directory"] in _models_shown:
+        return
+    _models_shown.add(record["directory"])
+    how = f"converted in {time.perf_counter() - started:.0f} s" if record["converted_now"] else "converted earlier"
+    print(f"[model] {cfg.model.gguf_file}: {record['architecture']}, {record['parameters'] / 1e6:.1f}M parameters, from "
+          f"{record['origin']}, sha256 {record['sha256']}; {how}: {record['directory']}", flush=True)
 
 
 def init_ray(cfg: Config) -> None:
@@ -47,7 +63,7 @@ def init_ray(cfg: Config) -> None:
 
 def start_line(cfg: Config, job: str) -> str:
     """One line with the settings a user checks first."""
-    model = cfg.model.policy_dir or "the toy model"
+    model = cfg.model.gguf_file or cfg.model.policy_dir or "the toy model"
     parts = {
         "sft": f"toy reference model: {cfg.sft.steps} steps, lr {cfg.sft.lr:g}, {cfg.sft.num_workers} workers",
         "prepare": f"source {cfg.data.source or 'embedded task'}, negatives " + ", ".join(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 from jobs import console
-from jobs.common import init_ray, parse_config, run_cli, write_report
+from jobs.common import ensure_model, init_ray, parse_config, run_cli, write_report
 from pipeline.graph import run_prepare
 from training import plots
 from training.evaluation import answer_scores, heldout_margins
@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> dict:
     from training.train import run_train
 
     cfg = parse_config("compare", argv)
+    ensure_model(cfg)
     init_ray(cfg)
     if not cfg.own_model:
         run_sft(cfg)

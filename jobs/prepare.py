@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from jobs import console
-from jobs.common import init_ray, parse_config, run_cli, write_report
+from jobs.common import ensure_model, init_ray, parse_config, run_cli, write_report
 from pipeline.graph import run_prepare
 from pipeline.report import summary_lines, summary_table
 
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config("prepare", argv)
+    ensure_model(cfg)
     init_ray(cfg)
     report = run_prepare(cfg)
     print(summary_table(report), flush=True)  # the whole table in the job's log

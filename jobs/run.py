@@ -9,12 +9,13 @@ import sys
 import time
 
 from jobs import console, evaluate, prepare, sft, train
-from jobs.common import init_ray, parse_config, run_cli, start_line, write_report
+from jobs.common import ensure_model, init_ray, parse_config, run_cli, start_line, write_report
 
 
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     cfg = parse_config("run", argv)
+    ensure_model(cfg)
     init_ray(cfg)
     started = time.perf_counter()
     reports = {}

@@ -11,7 +11,7 @@ from pathlib import Path
 from configs.schema import ConfigError
 from configs.study import load_study, run_config
 from jobs import console
-from jobs.common import init_ray, run_cli
+from jobs.common import ensure_model, init_ray, run_cli
 
 
 def parse_study(argv: list[str] | None):
@@ -33,7 +33,9 @@ def main(argv: list[str] | None = None) -> dict:
     from training.study import run_study
 
     study, args = parse_study(argv)
-    init_ray(run_config(study, study.methods[0], {}, study.seeds[0], args.quick))  # the cluster of the study's runs
+    first = run_config(study, study.methods[0], {}, study.seeds[0], args.quick)
+    ensure_model(first)  # the study's runs share the base config's model
+    init_ray(first)  # the cluster of the study's runs
     report = run_study(study, quick=args.quick)
     console.show(f"\n===== study {study.name} ({'quick' if args.quick else 'full'}, {report['wall_seconds'] / 60:.1f} min) =====\n"
                  + open(report["table"]).read())

@@ -1,7 +1,7 @@
 """Train the policy on prepared shards: ``python -m jobs.train --config configs/demo.yaml``."""
 from __future__ import annotations
 
-from jobs.common import init_ray, parse_config, run_cli, write_report
+from jobs.common import ensure_model, init_ray, parse_config, run_cli, write_report
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -9,6 +9,7 @@ def main(argv: list[str] | None = None) -> dict:
     from training.train import run_train
 
     cfg = parse_config("train", argv)
+    ensure_model(cfg)
     init_ray(cfg)
     report = run_train(cfg)
     write_report(cfg, "train", report)

@@ -245,8 +245,8 @@ def build_main_graph(ds: ray.data.Dataset, cfg: Config, model_dir: str, tokenize
     if neg.autoregressive:
         if neg.engine == "vllm":
             ds = ds.map_batches(VLLMNegatives, fn_constructor_kwargs={"model_dir": model_dir, "cfg": neg, "seed": cfg.seed,
-                                "max_model_len": cfg.model.max_length, "engine": p.vllm, "dtype": cfg.model.dtype,
-                                "cpu_bind": p.generator_cpu_bind},
+                                "max_model_len": cfg.model.max_length, "engine": p.vllm,
+                                "dtype": cfg.vllm_dtype(), "cpu_bind": p.generator_cpu_bind},
                                 **_pool(p.generator_actors, p.generator_cpus, p.generator_gpus, shard_rows))
         else:
             ds = ds.map_batches(HFNegatives, fn_constructor_kwargs={"model_dir": model_dir, "cfg": neg, "seed": cfg.seed,

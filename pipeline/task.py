@@ -6,6 +6,14 @@ partial credit, so groups of sampled answers have a spread of scores (SWEPO). Ev
 is a pure function of the seed. The reward re-derives the answer from the prompt text, so
 ``reward(prompt, response)`` works as a programmatic scorer on any record.
 
+Two forms of prompt (``form``). ``cue``, the toy's: the question, then ``Answer: ``; its reward is graded by edit
+similarity, which a model that knows nothing needs to learn from at all. ``chat``, for an instruction-tuned model:
+the question, then an instruction that states the form of the answer ("Reply with the number only."), rendered as
+a user message by the model's chat template. Its verifier (:func:`verify`) pays 1 for the exact answer in that form,
+``NEAR_MISS`` for a reply whose final answer is right among other words ("17 + 25 = 42."), and 0 for any wrong
+answer, even one that shows the right number elsewhere: a wrong answer never pays more than a near-miss of the
+right one (edit similarity fails this: "1 2 6 4 9" for "1 2 4 6 9" earns 0.78).
+
 Training responses can come from an imperfect demonstrator (``demonstrator_error``): with that
 probability a row's response is the family's typical slip (minimum for maximum, title case for
 upper case, off by one, ...) instead of the answer. That is the setting preference optimisation
@@ -19,6 +27,7 @@ import re
 from collections.abc import Callable, Sequence
 
 ANSWER_CUE = "\nAnswer: "
+NEAR_MISS = 0.25  # the chat verifier's reward for the right final answer among other words
 
 _SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
 
@@ -31,6 +40,24 @@ def _word(rng: random.Random, lo: int, hi: int) -> str:
 
 def _numbers(text: str) -> list[int]:
     return [int(t) for t in re.findall(r"\d+", text)]
+
+
+# The chat form's instruction per family: it states the form the verifier pays 1 for.
+INSTRUCTIONS = {
+    "add": "Reply with the number only.",
+    "sort": "Reply with the sorted digits only, separated by spaces.",
+    "reverse": "Reply with the reversed word only.",
+    "copy": "Reply with the word only.",
+    "upper": "Reply with the uppercase word only.",
+    "max": "Reply with the number only.",
+    "count": "Reply with the number only.",
+}
+
+# What the chat verifier reads as a reply's final answer, per family: the last number, the last run of
+# digits, or the last word.
+_FINAL = {"number": re.compile(r"\d+"), "digits": re.compile(r"\d(?:[ ,]+\d)*"), "word": re.compile(r"[A-Za-z]+")}
+_ANSWER_KIND = {"add": "number", "max": "number", "count": "number", "sort": "digits",
+                "reverse": "word", "copy": "word", "upper": "word"}
 
 
 # Each family: (templates, make operands, solve from the operands, the demonstrator's slip).
@@ -82,23 +109,28 @@ FAMILIES: dict[str, tuple[list[str], Callable[[random.Random], dict], Callable[[
     ),
 }
 
+def _pattern(template: str, tail: str) -> re.Pattern:
+    """A template's question on a line of its own, followed by ``tail``; operands never span lines."""
+    return re.compile("^" + re.sub(r"\\\{\w+\\\}", "(.+?)", re.escape(template)) + tail, re.M)
+
+
+# (family, form, pattern): the question ends its line; the chat form's instruction, or the cue form's cue, follows on
+# the next.
 _PATTERNS = [
-    (name, re.compile("^" + re.sub(r"\\\{\w+\\\}", "(.+?)", re.escape(t)) + "$", re.S))
+    (name, form, _pattern(t, tail))
     for name, (templates, *_) in FAMILIES.items()
     for t in templates
+    for form, tail in (("chat", re.escape("\n" + INSTRUCTIONS[name])), ("cue", re.escape(ANSWER_CUE.rstrip())))
 ]
 
 
-def _parse(prompt: str) -> tuple[str, str]:
-    """(family, operand text) of a task prompt, plain or rendered by a chat template (whose markup surrounds
-    the task's one-line question and its answer cue)."""
-    cue = prompt.rfind(ANSWER_CUE.rstrip())
-    body = prompt[:cue] if cue >= 0 else prompt
-    for candidate in dict.fromkeys((body, body.rsplit("\n", 1)[-1])):
-        for name, pattern in _PATTERNS:
-            m = pattern.match(candidate)
-            if m:
-                return name, " ".join(m.groups())
+def _parse(prompt: str) -> tuple[str, str, str]:
+    """(family, operand text, form) of a task prompt, plain or rendered by a chat template (whose markup surrounds
+    the task's question line)."""
+    for name, form, pattern in _PATTERNS:
+        m = pattern.search(prompt)
+        if m:
+            return name, " ".join(m.groups()), form
     raise ValueError(f"prompt is not from the embedded task: {prompt!r}")
 
 
@@ -109,8 +141,27 @@ def family_of(prompt: str) -> str:
 
 def solve(prompt: str) -> str:
     """The verifiable answer of a task prompt."""
-    family, operands = _parse(prompt)
+    family, operands, _ = _parse(prompt)
     return FAMILIES[family][2](operands)
+
+
+def final_answer(family: str, reply: str) -> str | None:
+    """The last answer-shaped span of a reply (a number, a run of digits, a word), as the answer's form writes it."""
+    spans = _FINAL[_ANSWER_KIND[family]].findall(reply)
+    if not spans:
+        return None
+    return " ".join(re.findall(r"\d", spans[-1])) if family == "sort" else spans[-1]
+
+
+def verify(prompt: str, reply: str) -> float:
+    """The chat form's verifier: 1 for the exact answer in the instructed form (surrounding white space and one
+    final full stop aside), ``NEAR_MISS`` when the reply's final answer is right among other words, else 0."""
+    family, operands, _ = _parse(prompt)
+    answer = FAMILIES[family][2](operands)
+    bare = reply.strip()
+    if bare in (answer, answer + "."):
+        return 1.0
+    return NEAR_MISS if final_answer(family, bare) == answer else 0.0
 
 
 def _similarity(a: str, b: str) -> float:
@@ -129,35 +180,45 @@ def _similarity(a: str, b: str) -> float:
 
 
 def reward(prompt: str, response: str) -> float:
-    """Graded reward in [0, 1]: 1 for the exact answer, partial credit by edit similarity."""
+    """Reward in [0, 1], by the prompt's form: the chat form's :func:`verify`; the cue form's 1 for the exact answer
+    and partial credit by edit similarity."""
+    if _parse(prompt)[2] == "chat":
+        return verify(prompt, response)
     return round(_similarity(response.strip(), solve(prompt)), 6)
 
 
 def exact_match(prompt: str, response: str) -> bool:
+    """Whether the reply is the exact answer (the chat form: in the instructed form)."""
+    if _parse(prompt)[2] == "chat":
+        return verify(prompt, response) == 1.0
     return response.strip() == solve(prompt)
 
 
 def demonstrator_slip(prompt: str) -> str:
     """The demonstrator's slip on a task prompt: its family's typical wrong answer."""
-    family, operands = _parse(prompt)
+    family, operands, _ = _parse(prompt)
     return FAMILIES[family][3](operands)
 
 
 def generate(
-    seed: int, n_train: int, n_heldout: int, families: Sequence[str], demonstrator_error: float = 0.0
+    seed: int, n_train: int, n_heldout: int, families: Sequence[str], demonstrator_error: float = 0.0,
+    form: str = "cue",
 ) -> tuple[list[dict], list[dict]]:
     """Deterministic train and held-out splits of ``{"id", "prompt", "response", "family"}`` rows.
 
     Prompts are unique across both splits, so held-out accuracy measures generalisation. A
     train row's response is the demonstrator's slip (:func:`demonstrator_slip`) with probability
     ``demonstrator_error``; the slips are drawn from their own stream, so the prompts do not
-    depend on the error rate.
+    depend on the error rate. ``form``: ``cue`` or ``chat`` (see the module docstring); one seed draws the same
+    questions in both.
     """
     if not 0.0 <= demonstrator_error <= 1.0:
         raise ValueError(f"demonstrator_error must be within [0, 1], got {demonstrator_error}")
     unknown = set(families) - set(FAMILIES)
     if unknown:
         raise ValueError(f"unknown task families {sorted(unknown)}; known: {sorted(FAMILIES)}")
+    if form not in ("cue", "chat"):
+        raise ValueError(f"unknown task form {form!r}: 'cue' or 'chat'")
     rng = random.Random(seed)
     seen: set[str] = set()
     rows: list[dict] = []
@@ -169,7 +230,8 @@ def generate(
             raise ValueError(f"cannot draw {want} distinct prompts from families {list(families)}")
         family = families[len(rows) % len(families)]
         templates, make, *_ = FAMILIES[family]
-        prompt = rng.choice(templates).format(**make(rng)) + ANSWER_CUE
+        question = rng.choice(templates).format(**make(rng))
+        prompt = question + (ANSWER_CUE if form == "cue" else "\n" + INSTRUCTIONS[family])
         if prompt in seen:
             continue
         seen.add(prompt)
@@ -186,7 +248,7 @@ def generate(
 def splits(seed: int, spec) -> tuple[list[dict], list[dict]]:
     """:func:`generate` with the fields of a ``configs.schema.TaskConfig``: (training rows, held-out rows). The last
     ``spec.n_validation`` training rows are not among the training rows (see :func:`validation`)."""
-    train, heldout = generate(seed, spec.n_train, spec.n_heldout, spec.families, spec.demonstrator_error)
+    train, heldout = generate(seed, spec.n_train, spec.n_heldout, spec.families, spec.demonstrator_error, spec.form)
     return train[: len(train) - spec.n_validation], heldout
 
 
@@ -196,7 +258,7 @@ def validation(seed: int, spec) -> list[dict]:
         raise ValueError("task.n_validation is 0: there is no validation split to score on")
     if spec.n_validation >= spec.n_train:
         raise ValueError(f"task.n_validation ({spec.n_validation}) must be below task.n_train ({spec.n_train})")
-    train, _ = generate(seed, spec.n_train, spec.n_heldout, spec.families, spec.demonstrator_error)
+    train, _ = generate(seed, spec.n_train, spec.n_heldout, spec.families, spec.demonstrator_error, spec.form)
     return [{**row, "response": solve(row["prompt"])} for row in train[len(train) - spec.n_validation :]]
 
 

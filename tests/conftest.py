@@ -30,6 +30,22 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def smollm2_cache(tmp_path_factory) -> Path:
+    """A model cache (``model.cache_dir``) holding SmolLM2-135M-Instruct converted from its packaged GGUF file, once
+    per session."""
+    from training.pretrained import convert_gguf, gguf_source
+
+    cache = tmp_path_factory.mktemp("models")
+    convert_gguf(gguf_source("smollm2-135m-instruct"), cache / "smollm2-135m-instruct")
+    return cache
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(smollm2_cache) -> Path:
+    return smollm2_cache / "smollm2-135m-instruct"
+
+
 def run_job_console(job: str, out: Path, *overrides: str, config: str = "configs/tiny.yaml") -> tuple[dict, str]:
     """Run ``python -m jobs.<job>`` as a user would; its report and what its console showed."""
     import json

@@ -133,7 +133,7 @@ def test_the_demo_trains_what_study_a_chose_on_validation():
     study = load_study(ROOT / "configs/studies/imperfect_demonstrator.yaml")
     nca = next(m for m in study.methods if m.name == "nca")
     chosen = run_config(study, nca, {"train.temperature": 1.0}, seed=0, quick=False)
-    demo = load_config(ROOT / "configs/demo.yaml")
+    demo = load_config(ROOT / "configs/toy_demo.yaml")
     cadence = {"checkpoint_every", "log_every"}  # neither changes what is trained
     assert chosen.train.model_dump(exclude=cadence) == demo.train.model_dump(exclude=cadence)
     for section in ("model", "sft", "prepare"):

