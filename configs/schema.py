@@ -26,7 +26,7 @@ class _Section(BaseModel):
 
 
 class TaskConfig(_Section):
-    families: list[Literal["add", "sort", "copy", "reverse", "upper", "max", "count"]] = Field(
+    families: list[Literal["add", "sort", "copy", "reverse", "upper", "max", "count", "add_digits", "larger", "copy_word"]] = Field(
         default=["add", "sort", "copy", "upper", "max", "count"],
         description="Prompt families of the embedded task; prompts of one family are semantically related.",
     )
@@ -40,8 +40,9 @@ class TaskConfig(_Section):
     form: Literal["cue", "chat"] = Field(
         default="cue",
         description="How a prompt asks: 'cue' (the question, then 'Answer: ', with edit-similarity partial credit: the toy's) "
-        "or 'chat' (the question and an instruction stating the answer's form, rendered by the model's chat template; the "
-        "verifier pays 1 for the exact answer in that form, 0.25 for the right final answer among other words, 0 otherwise).",
+        "or 'chat' (the question and an instruction stating the answer's form, 'The answer is <number>.', rendered by the "
+        "model's chat template; the verifier pays 1 for the exact answer in that form, 0.25 for the right final answer "
+        "among other words, 0 otherwise).",
     )
     demonstrator_error: float = Field(
         default=0.0, ge=0, le=1,

@@ -18,7 +18,7 @@ from pathlib import Path
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 RAY_PREFIX = re.compile(r"^\s*\([^)]*\)\s*")
 RAY_DATA_COUNT = re.compile(r"^(?P<name>.+): (?P<done>\d+)/(?P<total>\d+|\?)$")
-USER_TAG = re.compile(r"^\[(sft|prepare|train|evaluate|run|compare|study|bench|gpu-check)\] ")
+USER_TAG = re.compile(r"^\[(model|sft|prepare|train|evaluate|run|compare|study|bench|gpu-check)\] ")
 PROGRESS_BAR = re.compile(r"^\[[\w-]+\] \[[#.]+\] ")
 # Ray Data's own progress, logged every RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL s when the output is not a terminal.
 RAY_DATA_PROGRESS_LOGGER = "ray.data._internal.progress.logging_progress"

@@ -1,6 +1,6 @@
-"""Train the toy reference model (or reuse it): ``python -m jobs.sft --config configs/demo.yaml``.
+"""Train the toy reference model (or reuse it): ``python -m jobs.sft --config configs/toy_demo.yaml``.
 
-With ``model.policy_dir`` (your own model) there is nothing to train: the job says so and exits."""
+With ``model.policy_dir`` or ``model.gguf_file`` (a pretrained model) there is nothing to train: the job says so and exits."""
 from __future__ import annotations
 
 from jobs.common import init_ray, parse_config, run_cli, write_report
@@ -12,8 +12,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     cfg = parse_config("sft", argv)
     if cfg.own_model:
-        print(f"[sft] model.policy_dir={cfg.model.policy_dir}: your own model is the reference; no toy model to train")
-        return {"skipped": True, "policy_dir": cfg.model.policy_dir}
+        model = cfg.model.gguf_file or cfg.model.policy_dir
+        print(f"[sft] {model}: a pretrained model is the reference; no toy model to train")
+        return {"skipped": True, "policy_dir": cfg.model.policy_dir or str(cfg.gguf_model_dir())}
     init_ray(cfg)
     report = run_sft(cfg)
     write_report(cfg, "sft", report)

@@ -8,8 +8,8 @@ is a pure function of the seed. The reward re-derives the answer from the prompt
 
 Two forms of prompt (``form``). ``cue``, the toy's: the question, then ``Answer: ``; its reward is graded by edit
 similarity, which a model that knows nothing needs to learn from at all. ``chat``, for an instruction-tuned model:
-the question, then an instruction that states the form of the answer ("Reply with the number only."), rendered as
-a user message by the model's chat template. Its verifier (:func:`verify`) pays 1 for the exact answer in that form,
+the question, then an instruction that states the form of the answer ("Reply in the form: The answer is <number>."),
+rendered as a user message by the model's chat template. Its verifier (:func:`verify`) pays 1 for the exact answer in that form,
 ``NEAR_MISS`` for a reply whose final answer is right among other words ("17 + 25 = 42."), and 0 for any wrong
 answer, even one that shows the right number elsewhere: a wrong answer never pays more than a near-miss of the
 right one (edit similarity fails this: "1 2 6 4 9" for "1 2 4 6 9" earns 0.78).
@@ -42,22 +42,24 @@ def _numbers(text: str) -> list[int]:
     return [int(t) for t in re.findall(r"\d+", text)]
 
 
-# The chat form's instruction per family: it states the form the verifier pays 1 for.
-INSTRUCTIONS = {
-    "add": "Reply with the number only.",
-    "sort": "Reply with the sorted digits only, separated by spaces.",
-    "reverse": "Reply with the reversed word only.",
-    "copy": "Reply with the word only.",
-    "upper": "Reply with the uppercase word only.",
-    "max": "Reply with the number only.",
-    "count": "Reply with the number only.",
-}
+# Common English words: SmolLM2 copies a word it knows far more often than a pseudo-word (copy_word).
+_ENGLISH = ("cat dog sun hat pen cup box red map car bed egg fish bird milk book tree star door lamp rain snow wind "
+            "road ship boat king frog bell coat desk farm gold hill jump kite leaf moon nest park ring rock salt sand "
+            "seed shoe silk soap song swim tent toy wall wolf yard apple bread chair clock cloud dream earth field "
+            "flower glass grape green horse house juice lemon light money mouse music night ocean paper party piano "
+            "plant queen river robot shirt smile sugar table tiger train water whale world zebra happy quick brave "
+            "bright quiet sweet").split()
 
-# What the chat verifier reads as a reply's final answer, per family: the last number, the last run of
+# What the chat verifier reads as a reply's final answer, per kind of answer: the last number, the last run of
 # digits, or the last word.
 _FINAL = {"number": re.compile(r"\d+"), "digits": re.compile(r"\d(?:[ ,]+\d)*"), "word": re.compile(r"[A-Za-z]+")}
-_ANSWER_KIND = {"add": "number", "max": "number", "count": "number", "sort": "digits",
-                "reverse": "word", "copy": "word", "upper": "word"}
+_ANSWER_KIND = {"add": "number", "max": "number", "count": "number", "sort": "digits", "reverse": "word", "copy": "word",
+                "upper": "word", "add_digits": "number", "larger": "number", "copy_word": "word"}
+_KIND_WORDS = {"number": "number", "digits": "digits, separated by spaces", "word": "word"}
+# The chat form's instruction per family: it states the form the verifier pays 1 for ("The answer is 42."), a
+# sentence SmolLM2-135M-Instruct writes of its own accord often enough to learn from (README: the family table).
+INSTRUCTIONS = {name: f"Reply in the form: The answer is <{_KIND_WORDS[kind]}>." for name, kind in _ANSWER_KIND.items()}
+ANSWER_SENTENCE = "The answer is {}."
 
 
 # Each family: (templates, make operands, solve from the operands, the demonstrator's slip).
@@ -107,6 +109,25 @@ FAMILIES: dict[str, tuple[list[str], Callable[[random.Random], dict], Callable[[
         lambda ops: str(len(ops)),
         lambda ops: str(len(ops) + 1),
     ),
+    # Easier variants, sized for a 135M-parameter instruction model (the README's family table chose them).
+    "add_digits": (
+        ["What is {a} + {b}?", "What does {a} + {b} make?", "Compute {a} + {b}."],
+        lambda rng: {"a": rng.randint(0, 9), "b": rng.randint(0, 9)},
+        lambda ops: str(sum(_numbers(ops))),
+        lambda ops: str(sum(_numbers(ops)) + 1),
+    ),
+    "larger": (
+        ["Which is larger, {a} or {b}?", "Which number is bigger: {a} or {b}?", "What is the larger of {a} and {b}?"],
+        lambda rng: dict(zip("ab", rng.sample(range(100), 2))),
+        lambda ops: str(max(_numbers(ops))),
+        lambda ops: str(min(_numbers(ops))),
+    ),
+    "copy_word": (
+        ["Repeat this word: {w}", "Say the word {w}.", "Copy this word: {w}"],
+        lambda rng: {"w": rng.choice(_ENGLISH)},
+        lambda ops: ops,
+        lambda ops: ops[:-1],
+    ),
 }
 
 def _pattern(template: str, tail: str) -> re.Pattern:
@@ -145,6 +166,13 @@ def solve(prompt: str) -> str:
     return FAMILIES[family][2](operands)
 
 
+def response(prompt: str) -> str:
+    """The exact response to a task prompt in its form: the bare answer (cue), or the instructed sentence (chat)."""
+    family, operands, form = _parse(prompt)
+    answer = FAMILIES[family][2](operands)
+    return ANSWER_SENTENCE.format(answer) if form == "chat" else answer
+
+
 def final_answer(family: str, reply: str) -> str | None:
     """The last answer-shaped span of a reply (a number, a run of digits, a word), as the answer's form writes it."""
     spans = _FINAL[_ANSWER_KIND[family]].findall(reply)
@@ -154,12 +182,13 @@ def final_answer(family: str, reply: str) -> str | None:
 
 
 def verify(prompt: str, reply: str) -> float:
-    """The chat form's verifier: 1 for the exact answer in the instructed form (surrounding white space and one
-    final full stop aside), ``NEAR_MISS`` when the reply's final answer is right among other words, else 0."""
+    """The chat form's verifier: 1 for the exact answer in the instructed form, "The answer is <answer>." (surrounding
+    white space and the final full stop aside), ``NEAR_MISS`` when the reply's final answer is right among other
+    words, else 0."""
     family, operands, _ = _parse(prompt)
     answer = FAMILIES[family][2](operands)
     bare = reply.strip()
-    if bare in (answer, answer + "."):
+    if bare in (ANSWER_SENTENCE.format(answer), ANSWER_SENTENCE.format(answer)[:-1]):
         return 1.0
     return NEAR_MISS if final_answer(family, bare) == answer else 0.0
 
@@ -195,9 +224,10 @@ def exact_match(prompt: str, response: str) -> bool:
 
 
 def demonstrator_slip(prompt: str) -> str:
-    """The demonstrator's slip on a task prompt: its family's typical wrong answer."""
-    family, operands, _ = _parse(prompt)
-    return FAMILIES[family][3](operands)
+    """The demonstrator's slip on a task prompt: its family's typical wrong answer, in the prompt's form."""
+    family, operands, form = _parse(prompt)
+    slip = FAMILIES[family][3](operands)
+    return ANSWER_SENTENCE.format(slip) if form == "chat" else slip
 
 
 def generate(
@@ -235,7 +265,7 @@ def generate(
         if prompt in seen:
             continue
         seen.add(prompt)
-        rows.append({"id": f"task-{seed}-{len(rows)}", "prompt": prompt, "response": solve(prompt), "family": family})
+        rows.append({"id": f"task-{seed}-{len(rows)}", "prompt": prompt, "response": response(prompt), "family": family})
     rng.shuffle(rows)
     train = rows[:n_train]
     slips = random.Random(f"{seed}-demonstrator")
@@ -259,7 +289,7 @@ def validation(seed: int, spec) -> list[dict]:
     if spec.n_validation >= spec.n_train:
         raise ValueError(f"task.n_validation ({spec.n_validation}) must be below task.n_train ({spec.n_train})")
     train, _ = generate(seed, spec.n_train, spec.n_heldout, spec.families, spec.demonstrator_error, spec.form)
-    return [{**row, "response": solve(row["prompt"])} for row in train[len(train) - spec.n_validation :]]
+    return [{**row, "response": response(row["prompt"])} for row in train[len(train) - spec.n_validation :]]
 
 
 def scored_split(seed: int, spec, split: str) -> list[dict]:

@@ -101,28 +101,29 @@ def test_task_scores_count_slips_apart_from_other_errors():
     assert scores["exact_match"] == 0.5 and scores["slip_rate"] == 0.25  # where slip == answer it is right, not a slip
 
 
-CHAT_ADD = "What is 17 plus 25?\nReply with the number only."
+CHAT_ADD = "What is 17 plus 25?\nReply in the form: The answer is <number>."
+CHAT_SORT = "Put these digits in ascending order: 1 2 6 4 9\nReply in the form: The answer is <digits, separated by spaces>."
+CHAT_UPPER = "Uppercase the word: nokevos\nReply in the form: The answer is <word>."
 
 
 @pytest.mark.parametrize(
     "prompt, reply, expected",
     [
-        (CHAT_ADD, "42", 1.0),
-        (CHAT_ADD, " 42.\n", 1.0),  # white space and one final full stop aside, the instructed form
+        (CHAT_ADD, "The answer is 42.", 1.0),
+        (CHAT_ADD, " The answer is 42\n", 1.0),  # white space and the final full stop aside, the instructed form
+        (CHAT_ADD, "42", task.NEAR_MISS),  # right, in another form
         (CHAT_ADD, "17 + 25 = 42.", task.NEAR_MISS),  # right, and chatty
-        (CHAT_ADD, "The answer is 42", task.NEAR_MISS),
-        (CHAT_ADD, "41", 0.0),
+        (CHAT_ADD, "The answer is 41.", 0.0),
         (CHAT_ADD, "17 + 25 = 32.", 0.0),
-        (CHAT_ADD, "42? No: 17 + 25 = 41.", 0.0),  # wrong, though the right number stands elsewhere in it
+        (CHAT_ADD, "The answer is 42? No: 17 + 25 = 41.", 0.0),  # wrong, though the right number stands elsewhere in it
         (CHAT_ADD, "", 0.0),
-        ("Put these digits in ascending order: 1 2 6 4 9\nReply with the sorted digits only, separated by spaces.",
-         "1 2 6 4 9", 0.0),  # the digits unsorted: edit similarity paid 0.78 for this
-        ("Put these digits in ascending order: 1 2 6 4 9\nReply with the sorted digits only, separated by spaces.",
-         "Sorted: 1, 2, 4, 6, 9.", task.NEAR_MISS),
-        ("Uppercase the word: nokevos\nReply with the uppercase word only.", "NOKEVOS", 1.0),
-        ("Uppercase the word: nokevos\nReply with the uppercase word only.", 'In capitals: "NOKEVOS".', task.NEAR_MISS),
-        ("Uppercase the word: nokevos\nReply with the uppercase word only.", "nokevos", 0.0),
-        ("Uppercase the word: nokevos\nReply with the uppercase word only.", "NOKEVOS is nokevos", 0.0),
+        (CHAT_SORT, "The answer is 1 2 6 4 9.", 0.0),  # the digits unsorted: edit similarity paid 0.78 for this
+        (CHAT_SORT, "The answer is 1 2 4 6 9.", 1.0),
+        (CHAT_SORT, "Sorted: 1, 2, 4, 6, 9.", task.NEAR_MISS),
+        (CHAT_UPPER, "The answer is NOKEVOS.", 1.0),
+        (CHAT_UPPER, 'In capitals: "NOKEVOS".', task.NEAR_MISS),
+        (CHAT_UPPER, "The answer is nokevos.", 0.0),
+        (CHAT_UPPER, "NOKEVOS is nokevos", 0.0),
     ],
 )
 def test_the_chat_verifier_pays_the_exact_form_then_a_right_final_answer_and_never_a_wrong_one(prompt, reply, expected):
@@ -131,23 +132,26 @@ def test_the_chat_verifier_pays_the_exact_form_then_a_right_final_answer_and_nev
 
 
 def test_no_wrong_chat_answer_pays_more_than_a_near_miss_of_the_right_one():
-    train, _ = task.generate(1, 300, 10, FAMILIES, form="chat")
+    train, _ = task.generate(1, 300, 10, list(task.FAMILIES), form="chat")
+    assert {r["family"] for r in train} == set(task.FAMILIES)
     for r in train:
-        answer, slip = r["response"], task.demonstrator_slip(r["prompt"])
+        answer, slip = task.solve(r["prompt"]), task.FAMILIES[r["family"]][3](task._parse(r["prompt"])[1])
+        assert task.family_of(r["prompt"]) == r["family"]
+        assert r["response"] == f"The answer is {answer}." and task.reward(r["prompt"], r["response"]) == 1.0
         near_miss = task.reward(r["prompt"], f"Here it is: {answer}")
-        assert task.reward(r["prompt"], answer) == 1.0 and near_miss == task.NEAR_MISS
-        if slip != answer:  # wrong answers, bare or chatty, and the right one followed by a wrong one
-            for wrong in (slip, f"Here it is: {slip}", f"{answer}? No, {slip}"):
+        assert near_miss == task.NEAR_MISS
+        if slip != answer:  # wrong answers, in the form or chatty, and the right one followed by a wrong one
+            for wrong in (task.demonstrator_slip(r["prompt"]), f"Here it is: {slip}", f"{answer}? No, {slip}"):
                 assert task.reward(r["prompt"], wrong) == 0.0 < near_miss
 
 
 def test_one_seed_draws_the_same_questions_in_both_forms_and_each_form_parses_when_rendered():
     cue, _ = task.generate(2, 60, 10, FAMILIES)
     chat, _ = task.generate(2, 60, 10, FAMILIES, form="chat")
-    assert [r["response"] for r in cue] == [r["response"] for r in chat]
+    assert [task.solve(r["prompt"]) for r in cue] == [task.solve(r["prompt"]) for r in chat]
     for a, b in zip(cue, chat):
         assert a["prompt"].split("\n")[0] == b["prompt"].split("\n")[0]
         rendered = f"<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n{b['prompt']}<|im_end|>\n<|im_start|>assistant\n"
-        assert task.solve(rendered) == b["response"] and task.reward(rendered, b["response"]) == 1.0
+        assert task.response(rendered) == b["response"] and task.reward(rendered, b["response"]) == 1.0
     with pytest.raises(ValueError, match="unknown task form"):
         task.generate(0, 10, 10, FAMILIES, form="essay")
