@@ -142,6 +142,21 @@ def test_the_demo_trains_what_study_a_chose_on_validation():
     assert chosen.task.model_copy(update={"n_validation": 0}) == demo.task
 
 
+def test_the_real_model_demo_trains_what_the_self_samples_study_chose_on_validation():
+    """README "What `make run` does": on SmolLM2's own samples, the study chose NCA on its validation split
+    (seed 0, 2026-12-01)."""
+    study = load_study(ROOT / "configs/studies/self_samples.yaml")
+    assert study.choose_method and study.base == "configs/demo.yaml"
+    nca = next(m for m in study.methods if m.name == "nca")
+    chosen = run_config(study, nca, {}, seed=0, quick=False)
+    demo = load_config(ROOT / "configs/demo.yaml")
+    assert chosen.train.model_dump(exclude={"checkpoint_every", "log_every"}) == demo.train.model_dump(
+        exclude={"checkpoint_every", "log_every"})
+    for section in ("model", "prepare"):
+        assert getattr(chosen, section) == getattr(demo, section), section
+    assert chosen.task.model_copy(update={"n_validation": 0}) == demo.task
+
+
 def test_a_wrong_key_in_a_study_is_named(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(json.dumps({"base": "configs/tiny.yaml", "methods": [{"name": "dpo", "set": {"train.los": "dpo"}}]}))
