@@ -130,6 +130,7 @@ FAMILIES: dict[str, tuple[list[str], Callable[[random.Random], dict], Callable[[
     ),
 }
 
+
 def _pattern(template: str, tail: str) -> re.Pattern:
     """A template's question on a line of its own, followed by ``tail``; operands never span lines."""
     return re.compile("^" + re.sub(r"\\\{\w+\\\}", "(.+?)", re.escape(template)) + tail, re.M)
@@ -175,10 +176,11 @@ def response(prompt: str) -> str:
 
 def final_answer(family: str, reply: str) -> str | None:
     """The last answer-shaped span of a reply (a number, a run of digits, a word), as the answer's form writes it."""
-    spans = _FINAL[_ANSWER_KIND[family]].findall(reply)
+    kind = _ANSWER_KIND[family]
+    spans = _FINAL[kind].findall(reply)
     if not spans:
         return None
-    return " ".join(re.findall(r"\d", spans[-1])) if family == "sort" else spans[-1]
+    return " ".join(re.findall(r"\d", spans[-1])) if kind == "digits" else spans[-1]
 
 
 def verify(prompt: str, reply: str) -> float:

@@ -155,3 +155,15 @@ def test_one_seed_draws_the_same_questions_in_both_forms_and_each_form_parses_wh
         assert task.response(rendered) == b["response"] and task.reward(rendered, b["response"]) == 1.0
     with pytest.raises(ValueError, match="unknown task form"):
         task.generate(0, 10, 10, FAMILIES, form="essay")
+
+
+def test_paired_differences_are_per_prompt_means_with_a_t_interval():
+    from training.evaluation import paired_differences
+
+    reference = {"exact_match": [0.0, 0.0, 1.0, 1.0], "mean_reward": [0.0, 0.25, 1.0, 1.0]}
+    policy = {"exact_match": [1.0, 1.0, 1.0, 0.0], "mean_reward": [1.0, 1.0, 1.0, 0.25]}
+    out = paired_differences(reference, policy)
+    assert out["exact_match_diff"] == pytest.approx(0.25)  # differences 1, 1, 0, -1
+    sd = (((1 - 0.25) ** 2 * 2 + 0.25 ** 2 + 1.25 ** 2) / 3) ** 0.5
+    assert out["exact_match_diff_ci95"] == pytest.approx(3.182446 * sd / 2, rel=1e-5)  # t(0.975, 3) = 3.1824
+    assert out["mean_reward_diff"] == pytest.approx((1 + 0.75 + 0 - 0.75) / 4)

@@ -137,8 +137,8 @@ def answer_scores(cfg, model_dir: str | Path) -> dict[str, float]:
     """Scores of a model's greedy answers: task metrics on the embedded task (``evaluate.split``), the configured
     reward on held-out prompts of the user's data (none when no reward can score new answers)."""
     if not cfg.data.source:
-        prompts = [r["prompt"] for r in task.scored_split(cfg.seed, cfg.task, cfg.evaluate.split)]
-        return task_scores(prompts, task_answers(model_dir, cfg))
+        prompts, ids = task_prompt_ids(cfg, model_dir)
+        return task_scores(prompts, greedy_answers(model_dir, ids, cfg))
     scorer = answer_scorer(cfg)
     if scorer is None:
         return {}
