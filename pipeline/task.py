@@ -188,7 +188,10 @@ def verify(prompt: str, reply: str) -> float:
     white space and the final full stop aside), ``NEAR_MISS`` when the reply's final answer is right among other
     words, else 0."""
     family, operands, _ = _parse(prompt)
-    answer = FAMILIES[family][2](operands)
+    return _verified(family, FAMILIES[family][2](operands), reply)
+
+
+def _verified(family: str, answer: str, reply: str) -> float:
     bare = reply.strip()
     if bare in (ANSWER_SENTENCE.format(answer), ANSWER_SENTENCE.format(answer)[:-1]):
         return 1.0
@@ -213,16 +216,20 @@ def _similarity(a: str, b: str) -> float:
 def reward(prompt: str, response: str) -> float:
     """Reward in [0, 1], by the prompt's form: the chat form's :func:`verify`; the cue form's 1 for the exact answer
     and partial credit by edit similarity."""
-    if _parse(prompt)[2] == "chat":
-        return verify(prompt, response)
-    return round(_similarity(response.strip(), solve(prompt)), 6)
+    family, operands, form = _parse(prompt)  # once: reward scores every response prepare makes
+    answer = FAMILIES[family][2](operands)
+    if form == "chat":
+        return _verified(family, answer, response)
+    return round(_similarity(response.strip(), answer), 6)
 
 
 def exact_match(prompt: str, response: str) -> bool:
     """Whether the reply is the exact answer (the chat form: in the instructed form)."""
-    if _parse(prompt)[2] == "chat":
-        return verify(prompt, response) == 1.0
-    return response.strip() == solve(prompt)
+    family, operands, form = _parse(prompt)
+    answer = FAMILIES[family][2](operands)
+    if form == "chat":
+        return _verified(family, answer, response) == 1.0
+    return response.strip() == answer
 
 
 def demonstrator_slip(prompt: str) -> str:
