@@ -183,15 +183,10 @@ def final_answer(family: str, reply: str) -> str | None:
     return " ".join(re.findall(r"\d", spans[-1])) if kind == "digits" else spans[-1]
 
 
-def verify(prompt: str, reply: str) -> float:
-    """The chat form's verifier: 1 for the exact answer in the instructed form, "The answer is <answer>." (surrounding
-    white space and the final full stop aside), ``NEAR_MISS`` when the reply's final answer is right among other
-    words, else 0."""
-    family, operands, _ = _parse(prompt)
-    return _verified(family, FAMILIES[family][2](operands), reply)
-
-
-def _verified(family: str, answer: str, reply: str) -> float:
+def verify(family: str, answer: str, reply: str) -> float:
+    """The chat form's verifier for a reply to a prompt of ``family`` whose answer is ``answer``: 1 for the exact answer
+    in the instructed form, "The answer is <answer>." (surrounding white space and the final full stop aside),
+    ``NEAR_MISS`` when the reply's final answer is right among other words, else 0."""
     bare = reply.strip()
     if bare in (ANSWER_SENTENCE.format(answer), ANSWER_SENTENCE.format(answer)[:-1]):
         return 1.0
@@ -219,7 +214,7 @@ def reward(prompt: str, response: str) -> float:
     family, operands, form = _parse(prompt)  # once: reward scores every response prepare makes
     answer = FAMILIES[family][2](operands)
     if form == "chat":
-        return _verified(family, answer, response)
+        return verify(family, answer, response)
     return round(_similarity(response.strip(), answer), 6)
 
 
@@ -228,7 +223,7 @@ def exact_match(prompt: str, response: str) -> bool:
     family, operands, form = _parse(prompt)
     answer = FAMILIES[family][2](operands)
     if form == "chat":
-        return _verified(family, answer, response) == 1.0
+        return verify(family, answer, response) == 1.0
     return response.strip() == answer
 
 
