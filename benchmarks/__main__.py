@@ -7,12 +7,16 @@ import json
 import time
 from pathlib import Path
 
-# name -> module with run(cfg, out, smoke) -> dict and, where it changes configs/bench.yaml, OVERRIDES
-COMPARISONS = {"train_vs_trl": "benchmarks.train_vs_trl", "k_cost": "benchmarks.k_cost",
-               "generate_vs_hf": "benchmarks.generate_vs_hf", "prepare_stages": "benchmarks.prepare_stages",
-               "train_memory": "benchmarks.train_memory", "prepare_scale": "benchmarks.prepare_scale",
-               "grouping_quality": "benchmarks.grouping_quality", "length_study": "benchmarks.length_study"}
-OPT_IN = {"length_study"}  # a study of about half an hour: run it with --only
+import torch
+
+# name -> module with run(cfg, out, smoke) -> dict; where it changes configs/bench.yaml, OVERRIDES; where it runs
+# the random-weight model rather than SmolLM2, RANDOM_MODEL = True
+COMPARISONS = {"train_vs_trl": "benchmarks.train_vs_trl", "generate_vs_hf": "benchmarks.generate_vs_hf",
+               "stages": "benchmarks.stages", "k_cost": "benchmarks.k_cost", "train_memory": "benchmarks.train_memory",
+               "grouping_quality": "benchmarks.grouping_quality", "prepare_scale": "benchmarks.prepare_scale",
+               "length_study": "benchmarks.length_study"}
+# Run with --only: the length study (about 50 minutes) and prepare at 160k prompts (about 30 minutes).
+OPT_IN = {"length_study", "prepare_scale"}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -30,10 +34,11 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "report.json"
     report = json.loads(path.read_text()) if path.is_file() and args.only else {}
-    report.update({"smoke": args.smoke, "matmul_flops_1_thread": matmul_flops(1), "matmul_flops_2_threads": matmul_flops(2)})
+    report.update({"smoke": args.smoke, **{f"matmul_{d}_flops_{n}_threads": matmul_flops(n, dtype)
+                                            for d, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)) for n in (1, 2)}})
     for name in args.only or [c for c in COMPARISONS if c not in OPT_IN]:
         module = importlib.import_module(COMPARISONS[name])
-        cfg = bench_config(out, args.smoke, getattr(module, "OVERRIDES", []))
+        cfg = bench_config(out, args.smoke, getattr(module, "OVERRIDES", []), getattr(module, "RANDOM_MODEL", False))
         init_ray(cfg)
         print(f"\n===== bench: {name} =====", flush=True)
         started = time.perf_counter()

@@ -1,8 +1,9 @@
 """Comparison 2: what a SWEPO step costs per response token as K (responses per prompt) grows.
 
-The train job (SWEPO, the same shards of AlpacaEval best-of-16 groups, scored by the source) with
-``train.max_responses`` = 2, 4, 8 and 11; the cost is seconds per response token of the timed
-steps, reported relative to K = 2.
+The train job (SWEPO on SmolLM2, LoRA, bf16, the same shards of AlpacaEval best-of-16 groups truncated to
+``model.max_length``, scored by the source) with ``train.max_responses`` = 2, 4, 8 and 11; the cost is seconds
+per response token of the timed steps, reported relative to K = 2. One group per micro-batch, so a K = 11
+micro-batch holds the same groups' worth of memory as a K = 2 one.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from training.train import run_train
 
 KS = (2, 4, 8, 11)
 OVERRIDES = ["data.source=../shared/data/alpacaeval_bo16_scored.jsonl.gz", "data.split=null", "prepare.reward=source",
-             "prepare.max_rows=96", "train.loss=swepo", "train.steps=8"]
+             "prepare.max_rows=40", "train.loss=swepo", "train.steps=6", "train.batch_groups=4", "train.micro_groups=1"]
 
 
 def run(cfg: Config, out: Path, smoke: bool) -> dict:

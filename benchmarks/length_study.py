@@ -20,6 +20,7 @@ from training.train import run_train
 LOSSES = ("swepo", "infonca", "nca", "dpo")
 NORMALIZATIONS = ("sum", "mean")
 STEPS, SMOKE_STEPS = 100, 3
+RANDOM_MODEL = True  # the study of record ran on the random model (README, Length)
 OVERRIDES = ["data.source=../shared/data/alpacaeval_bo16_scored.jsonl.gz", "data.split=null", "data.max_chars=null",
              "prepare.reward=source", "prepare.max_rows=400", "prepare.grouping.group_size=1", "model.max_length=128",
              "train.batch_groups=2", "train.micro_groups=1", "train.warmup_steps=5", "train.lr=1.0e-4",

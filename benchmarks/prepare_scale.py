@@ -20,9 +20,10 @@ from pathlib import Path
 
 import psutil
 
-from benchmarks.common import bench_vocab, ensure_model, fresh
+from benchmarks.common import RANDOM_PRECISION, bench_vocab, ensure_model, fresh
 from configs.schema import Config
 
+RANDOM_MODEL = True  # driver memory and time as the rows grow: the model's compute is not what it measures
 SIZES, SMOKE_SIZES = (10_000, 40_000, 160_000), (200, 400, 800)
 ROOT = Path(__file__).resolve().parents[1]
 CHEAP = ["data.split=null", "prepare.max_rows=null", "prepare.reward=none", "prepare.embed_responses=false",
@@ -67,7 +68,8 @@ def _peak_rss(pid: int, stop: threading.Event, peaks: dict) -> None:
 
 
 def measure(code: Path, out: Path, source: Path, model_dir: Path, rows: int) -> dict:
-    sets = [f"output_dir={out}", f"model.policy_dir={model_dir}", f"data.source={source}", *CHEAP]
+    sets = [f"output_dir={out}", "model.gguf_file=null", f"model.policy_dir={model_dir}", *RANDOM_PRECISION,
+            f"data.source={source}", *CHEAP]
     fresh(out / "prepare")
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "jobs.prepare", "--config", "configs/bench.yaml",

@@ -24,6 +24,7 @@ from training.batches import pack_groups
 from training.group_reader import GroupReader
 from training.train import run_train
 
+RANDOM_MODEL = True  # worker memory as the data grows: the model's compute is not what it measures
 DEMO_PROMPTS = 2048
 SCALES = (1, 8)
 
@@ -65,7 +66,7 @@ def replicate(shards: Path, copies: int, out: Path) -> int:
 
 def run(cfg: Config, out: Path, smoke: bool) -> dict:
     ensure_model(cfg, bench_vocab(smoke))
-    prep = run_prepare(cfg)  # comparison 1's shards, reused when they are there
+    prep = run_prepare(cfg)  # UltraFeedback pairs; reused when they are there
     base = math.ceil((64 if smoke else DEMO_PROMPTS) / prep["rows_out"])
     per_reader: dict[str, dict] = {name: {} for name in READERS}
     # At 1x each reader runs twice, in the order A B B A, so a drift in the machine's speed over the runs (the first

@@ -1,7 +1,9 @@
 """TRL's DPOTrainer on the benchmark's pairs, run in its own process by :mod:`benchmarks.train_vs_trl`.
 
 Its own process so that its thread count and peak resident memory are its own. TRL runs in its fastest
-setting on a CPU: reference log-probs precomputed before training (outside the timed steps), fp32.
+setting on a CPU: reference log-probs precomputed before training (outside the timed steps); ``--bf16``: the
+Trainer's bf16 mixed precision (``torch.autocast`` on the CPU); ``--lora-rank``: peft adapters on every linear
+layer, the reference being the base model with the adapters off.
 
     python -m benchmarks.trl_dpo --model DIR --pairs FILE.jsonl --steps N --warmup W --out FILE.json
 """
@@ -26,6 +28,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--beta", type=float, default=0.1)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--bf16", action="store_true", help="bf16 mixed precision (else fp32)")
+    ap.add_argument("--lora-rank", type=int, default=0, help="LoRA rank on all linear layers (0: full fine-tuning)")
+    ap.add_argument("--lora-alpha", type=float, default=16)
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -40,11 +45,18 @@ def main(argv: list[str] | None = None) -> None:
     config = DPOConfig(
         output_dir=f"{args.out}.trl", per_device_train_batch_size=args.batch, gradient_accumulation_steps=1,
         max_steps=args.warmup + args.steps, learning_rate=args.lr, beta=args.beta, max_length=args.max_length,
-        truncation_mode="keep_start", precompute_ref_log_probs=True, use_cpu=True, bf16=False, report_to="none",
+        truncation_mode="keep_start", precompute_ref_log_probs=True, use_cpu=True, bf16=args.bf16, report_to="none",
         save_strategy="no", logging_steps=10**6, dataloader_num_workers=0, seed=0,
     )
+    peft_config = None
+    if args.lora_rank:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=args.lora_rank, lora_alpha=args.lora_alpha, target_modules="all-linear",
+                                 task_type="CAUSAL_LM")
     started = time.perf_counter()
-    trainer = DPOTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    trainer = DPOTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                         peft_config=peft_config)
     setup_seconds = time.perf_counter() - started  # tokenizing and the reference pass (precompute)
 
     # Non-padding tokens of each batch, in the order the trainer consumes them.
@@ -73,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     n_tokens = sum(tokens[args.warmup : args.warmup + len(timed)])
     result = {
         "trl_version": __import__("trl").__version__,
-        "threads": args.threads,
+        "threads": args.threads, "bf16": args.bf16, "lora_rank": args.lora_rank,
         "setup_seconds": setup_seconds,
         "timed_steps": len(timed),
         "seconds": seconds,

@@ -194,7 +194,7 @@ class PrepareConfig(_Section):
     negatives: NegativesConfig = Field(default_factory=NegativesConfig, description="Synthetic negatives added per prompt.")
     reward: str = Field(
         default="auto",
-        description="Scores of responses: 'source' (the source's scores; only when no negatives are added), 'task' (the embedded task's reward), 'module:function' (a programmatic scorer f(prompt, response) -> float), 'model:<dir>' (a sequence-classification reward model), 'none' (no scores: enough for CPO, and for DPO/RPO on chosen/rejected or ground truth), or 'auto' (source scores when present and no negatives are added; the task reward for the embedded task; otherwise none).",
+        description="Scores of responses: 'source' (the source's scores; only when no negatives are added), 'task' (the embedded task's reward), 'module:function' (a programmatic scorer f(prompt, response) -> float: the module is imported and run on the driver and on every worker, so name only code you trust), 'model:<dir>' (a sequence-classification reward model), 'none' (no scores: enough for CPO, and for DPO/RPO on chosen/rejected or ground truth), or 'auto' (source scores when present and no negatives are added; the task reward for the embedded task; otherwise none).",
     )
     embedder_dir: str | None = Field(
         default=None, description="sentence-transformers model directory; null uses the packaged all-MiniLM-L6-v2."

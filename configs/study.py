@@ -9,9 +9,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from configs.schema import Config, ConfigError, _format_errors, _Section, load_config
+
+
+def path_part(text: str, what: str) -> str:
+    """``text`` when it can name a directory inside the study (its runs are ``<method>/<key>=<value>,...``): no path
+    separator, no NUL and not '.' or '..', so no setting can make a run write or delete outside the study."""
+    if not text or text in (".", "..") or any(c in text for c in "/\\\0"):
+        raise ValueError(f"{what} {text!r} names a run directory: it must not be empty, '.' or '..', nor hold '/', '\\' or NUL")
+    return text
 
 
 class StudyMethod(_Section):
@@ -21,6 +29,20 @@ class StudyMethod(_Section):
         default_factory=dict,
         description="Dotted key -> values tried on the validation split (every combination); the best is run on every seed.",
     )
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_path_part(cls, name: str) -> str:
+        return path_part(name, "method name")
+
+    @field_validator("grid")
+    @classmethod
+    def _grid_values_are_path_parts(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in grid.items():
+            path_part(key, "grid key")
+            for value in values:
+                path_part(str(value), f"grid value of {key}")
+        return grid
 
 
 class StudyClaim(_Section):
@@ -108,7 +130,10 @@ def load_study(path: str | Path) -> StudyConfig:
         study = StudyConfig.model_validate(yaml.safe_load(path.read_text()) or {})
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, str(path))) from None
-    study.name = study.name or path.stem
+    try:
+        study.name = path_part(study.name or path.stem, "study name")
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     study.output_dir = study.output_dir or str(Path("runs") / "studies" / study.name)
     for method in study.methods:  # every key and value checked before the first run
         for point in grid_points(method.grid):

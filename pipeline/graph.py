@@ -325,7 +325,10 @@ def run_prepare(cfg: Config) -> dict:
                                     .map_batches(front_counts, batch_format="pandas").take_all())
         duplicates = find_duplicates(front, counts["good"])
     except Exception as exc:  # a bad row found by a worker: say it as the reader would, not as a Ray traceback
-        raise user_error(exc) from None
+        error = user_error(exc)
+        if error is None:
+            raise  # not the input's fault: the worker's traceback is what the user needs
+        raise error from None
     path = cfg.data.source or "embedded-task"
     if duplicates and cfg.data.on_bad_row == "error":
         row, rid = duplicates[0]
@@ -372,11 +375,12 @@ def run_prepare(cfg: Config) -> dict:
     return summarize(manifest, time.perf_counter() - started)
 
 
-def user_error(exc: BaseException) -> BaseException:
-    """The exception a stage raised, out of Ray's wrappers (a SourceError or a ValueError naming file and row)."""
+def user_error(exc: BaseException) -> SourceError | None:
+    """The :class:`SourceError` (a bad input, naming file, row and field) a stage raised, out of Ray's wrappers; None
+    when the failure is something else (a bug or an environment problem), whose traceback must not be dropped."""
     seen = exc
     while seen is not None:
-        if isinstance(seen, (SourceError, ValueError)) and not isinstance(seen, ray.exceptions.RayError):
+        if isinstance(seen, SourceError):
             return seen
         seen = getattr(seen, "cause", None) or seen.__cause__
-    return exc
+    return None

@@ -46,6 +46,11 @@ def shard_name(key: str) -> str:
     return f"shard-{key}.parquet"
 
 
+def is_shard_name(name: str) -> bool:
+    """Whether ``name`` is a shard file this module names: a plain file name inside the shard directory, never a path."""
+    return name.startswith("shard-") and name.endswith(".parquet") and Path(name).name == name and ".." not in name
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -125,7 +130,7 @@ class Manifest:
         data = json.loads(path.read_text())
         if data.get("schema_version") != SCHEMA_VERSION or data.get("config_hash") != config_hash:
             notes.append("settings or policy changed since the last run: rebuilding every shard")
-            for name in data.get("shards", {}):
+            for name in filter(is_shard_name, data.get("shards", {})):  # an edited manifest must not delete other files
                 (directory / name).unlink(missing_ok=True)
             return cls(directory, config_hash), notes
         manifest = cls(directory, config_hash, data.get("total_shards", 0), {}, data.get("source", {}))

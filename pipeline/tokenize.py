@@ -116,6 +116,7 @@ class Packed:
     sequences: torch.Tensor  # [M] which response (0..N-1, in the order given)
     response_lengths: torch.Tensor  # [N]
     tokens: int  # sum over responses of len(prompt) + len(response): the unpacked work
+    computed_tokens: int  # tokens the forward pass computes, padding aside (a shared prompt counts once per block)
     shared: bool = True
 
     def to(self, device: torch.device) -> "Packed":
@@ -201,5 +202,6 @@ def pack_shared_prompts(prompts: list[list[int]], responses: list[list[list[int]
     cat = {k: torch.from_numpy(np.concatenate(v).astype(np.int64)) for k, v in idx.items()}
     return Packed(
         input_ids=torch.from_numpy(input_ids), position_ids=torch.from_numpy(position_ids),
-        attention_mask=mask, response_lengths=torch.from_numpy(lengths), tokens=tokens, shared=share_prompts, **cat,
+        attention_mask=mask, response_lengths=torch.from_numpy(lengths), tokens=tokens, computed_tokens=sum(sizes),
+        shared=share_prompts, **cat,
     )

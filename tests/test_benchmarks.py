@@ -23,6 +23,14 @@ def test_smoke_run_reports_both_sides_and_every_ratio(tmp_path):
     assert train["project"]["timed_steps"] == train["trl"]["timed_steps"] > 0
     assert train["train_vs_trl_ratio"] == pytest.approx(train["project"]["samples_per_second"] / train["trl"]["samples_per_second"])
     assert train["project"]["peak_rss_mb"] > 0 and train["trl"]["peak_rss_mb"] > 0
+    assert train["trl"]["bf16"] and train["trl"]["lora_rank"] == 16  # the same precision and adapters on both sides
+    assert set(train["precision"]) == {"lora_bf16", "lora_fp32", "full_bf16", "full_fp32"}
+    # a shared prompt is computed once: fewer computed than unpacked tokens, and the limit counts the computed ones
+    for r in train["precision"].values():
+        assert 0 < r["computed_tokens_per_second"] <= r["tokens_per_second"]
+        assert r["limit_fraction"] == pytest.approx(r["computed_tokens_per_second"] / r["limit_tokens_per_second"])
+    assert train["precision"]["full_bf16"]["limit_tokens_per_second"] == pytest.approx(
+        train["precision"]["lora_bf16"]["limit_tokens_per_second"] * 4 / 6)
     k = report["k_cost"]
     assert set(k["per_k"]) == {"2", "4", "8", "11"} and k["per_k"]["2"]["cost_vs_k2"] == 1.0
     assert k["k11_vs_k2_cost_ratio"] == pytest.approx(k["per_k"]["11"]["cost_vs_k2"])
@@ -36,17 +44,17 @@ def test_smoke_run_reports_both_sides_and_every_ratio(tmp_path):
     assert memory["whole_dataset"]["8"]["rows"] == memory["per_scale"]["8"]["rows"]
     assert memory["tokens_per_second_vs_whole_dataset"] == pytest.approx(
         memory["per_scale"]["1"]["tokens_per_second"] / memory["whole_dataset"]["1"]["tokens_per_second"])
-    for name in ("demo", "alpacaeval_bo16"):
-        stages = report["prepare_stages"][name]
-        assert stages["bottleneck"] in stages["stages"]
-    scale = report["prepare_scale"]
-    assert [int(n) for n in scale["per_size"]] == [200, 400, 800]
-    assert all(s["rows_out"] == s["rows"] and s["driver_peak_rss_mb"] > 0 for s in scale["per_size"].values())
-    assert scale["prepare_driver_rss_ratio"] == pytest.approx(
-        scale["per_size"]["800"]["driver_peak_rss_mb"] / scale["per_size"]["200"]["driver_peak_rss_mb"])
+    stages = report["stages"]
+    assert set(stages["stages"]) == {"sampling", "meanfield", "reference", "embeddings"}
+    for per_dtype in stages["stages"].values():
+        assert set(per_dtype) == {"fp32", "bf16"} and all(r["tokens"] > 0 and r["limit_fraction"] > 0 for r in per_dtype.values())
+    # the same rows in both precisions: bf16 log-probs differ from fp32's, by a bounded amount
+    diff = stages["bf16_vs_fp32"]["reference"]
+    assert diff["values"] > 0 and 0 < diff["mean_abs"] <= diff["max_abs"]
+    assert stages["stages"]["embeddings"]["bf16"]["parameters"] != stages["parameters"]  # the embedder's own size
     quality = report["grouping_quality"]
     assert 0 < quality["worst_of_exact"] <= quality["demo"]["bucketed_4096"]["of_exact"] + 1e-9
-    assert "length_study" not in report  # opt-in: python -m benchmarks --only length_study
+    assert "length_study" not in report and "prepare_scale" not in report  # opt-in: python -m benchmarks --only NAME
     printed = table(report)
     assert "train_vs_trl_ratio" in printed and "k11_vs_k2_cost_ratio" in printed and "generate_vs_hf_ratio" in printed
-    assert "train_worker_rss_ratio" in printed and "prepare_driver_rss_ratio" in printed
+    assert "train_worker_rss_ratio" in printed and "reference_limit_fraction" in printed

@@ -172,3 +172,39 @@ def test_chunked_head_logps_equal_the_full_projection_and_pass_gradcheck() -> No
     expected = (hidden @ weight.T).log_softmax(-1).gather(-1, labels[:, None]).squeeze(-1)
     torch.testing.assert_close(_HeadLabelLogps.apply(hidden, weight, labels, 3), expected)  # chunks of 3, 3, 1
     assert torch.autograd.gradcheck(lambda h, w: _HeadLabelLogps.apply(h, w, labels, 3), (hidden, weight))
+
+
+def test_chunked_head_backward_sums_chunks_in_fp32_and_skips_a_frozen_head() -> None:
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from training.logprobs import _HeadLabelLogps
+
+    torch.manual_seed(0)
+    hidden64, weight64 = torch.randn(512, 32, dtype=torch.float64), torch.randn(64, 32, dtype=torch.float64) * 0.1
+    labels, grad_out = torch.randint(0, 64, (512,)), torch.randn(512, dtype=torch.float64)
+    w = weight64.bfloat16().double().requires_grad_()  # the exact gradient at the bf16 inputs
+    _HeadLabelLogps.apply(hidden64.bfloat16().double(), w, labels, 512).backward(grad_out.float().double())
+    exact = w.grad
+    hidden, weight = hidden64.bfloat16(), weight64.bfloat16().requires_grad_()
+    _HeadLabelLogps.apply(hidden, weight, labels, 1).backward(grad_out.float())  # 512 chunks of one token
+    assert weight.grad.dtype == torch.bfloat16
+    error = (weight.grad.double() - exact).abs().max() / exact.abs().max()
+    # one bf16 rounding of each chunk's product and of the result (0.004 here), not one per chunk of the running
+    # sum (0.03 here, growing with the number of chunks)
+    assert error < 0.01, f"relative error {error:.4f}"
+
+    class CountMatmuls(TorchDispatchMode):
+        calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            CountMatmuls.calls += func.__name__.startswith("mm")
+            return func(*args, **(kwargs or {}))
+
+    for trains_head, expected in ((True, 3), (False, 2)):  # per chunk: logits again, grad_hidden, grad_weight
+        h = hidden64.float().requires_grad_()
+        wt = weight64.float().requires_grad_(trains_head)
+        out = _HeadLabelLogps.apply(h, wt, labels, 128)
+        CountMatmuls.calls = 0
+        with CountMatmuls():
+            out.backward(grad_out.float())
+        assert CountMatmuls.calls == expected * 4

@@ -77,6 +77,18 @@ def test_bad_rows_get_the_readers_reasons_and_messages(tmp_path):
     assert str(error).startswith(f"{path} row 2, field '<line>': malformed JSON")
 
 
+def test_user_error_unwraps_only_bad_input_and_keeps_other_failures_whole():
+    bad = SourceError("data.jsonl row 3, field 'prompt': empty", path="data.jsonl", row=3, field="prompt", reason="empty")
+    wrapped = RuntimeError("worker failed")
+    wrapped.__cause__ = bad
+    assert user_error(wrapped) is bad
+    # a ValueError from a bug or the environment (a tokenizer with no EOS, a reward that is not finite) is not
+    # the input's fault: unwrapping it would drop the worker's traceback
+    other = RuntimeError("worker failed")
+    other.__cause__ = ValueError("tokenizer 'x' has neither a pad nor an EOS token")
+    assert user_error(other) is None
+
+
 def test_format_detection_matches_the_reader_when_the_first_rows_are_bad(tmp_path):
     lines = ["[]", json.dumps({"question": "x"}), json.dumps({"prompt": "p", "responses": ["a", "b"], "scores": [1, 2]}),
              json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"})]

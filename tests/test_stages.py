@@ -1,6 +1,7 @@
 """Prepare-job stages alone (no cluster): negatives, groups, SWEPO statistics, ranks, shards."""
 from __future__ import annotations
 
+import json
 import random
 
 import numpy as np
@@ -11,6 +12,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from actors.reference import MeanfieldNegatives, ReferenceLogps
 from pipeline import stages
+from pipeline.records import SCHEMA_VERSION
 from pipeline.shards import Manifest, read_shards
 from pipeline.tokenize import encode_response
 
@@ -198,6 +200,21 @@ def test_manifest_resumes_only_verified_shards(tmp_path):
     assert table.column("scores").to_pylist() == [[1.0, 0.0], None]
     _, notes = Manifest.open(tmp_path, "other-settings")
     assert "rebuilding" in notes[0] and not (tmp_path / "shard-00000.parquet").exists()
+
+
+def test_a_rebuild_deletes_only_the_shard_files_the_manifest_names(tmp_path):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    keep = {tmp_path / "policy.safetensors": b"weights", shards / "notes.txt": b"mine"}
+    for path, data in keep.items():
+        path.write_bytes(data)
+    (shards / "shard-00000.parquet").write_bytes(b"old shard")
+    # a manifest edited by hand (or written by another tool) listing files that are not shards
+    listed = {"shard-00000.parquet": {"sha256": "x"}, "../policy.safetensors": {"sha256": "x"}, "notes.txt": {"sha256": "x"}}
+    (shards / "manifest.json").write_text(json.dumps({"schema_version": SCHEMA_VERSION, "config_hash": "old", "shards": listed}))
+    _, notes = Manifest.open(shards, "new-settings")
+    assert "rebuilding" in notes[0] and not (shards / "shard-00000.parquet").exists()
+    assert all(path.read_bytes() == data for path, data in keep.items())
 
 
 def test_reward_model_actor_scores_every_response(tiny_model_dir, tmp_path):

@@ -167,6 +167,22 @@ def test_a_wrong_key_in_a_study_is_named(tmp_path):
         load_study(path)
 
 
+@pytest.mark.parametrize("method, name", [
+    ({"name": "..", "set": {"train.loss": "dpo"}}, "method name"),
+    ({"name": "dpo/../../x", "set": {"train.loss": "dpo"}}, "method name"),
+    ({"name": "dpo", "grid": {"train.lr": ["../../../home"]}}, "grid value of train.lr"),
+])
+def test_a_method_name_or_grid_value_that_would_leave_the_study_directory_is_refused(tmp_path, method, name):
+    # a run's directory is <study>/<seed>/<method>/<key>=<value>, and training replaces its policy/ there
+    path = tmp_path / "escape.yaml"
+    path.write_text(json.dumps({"base": "configs/tiny.yaml", "methods": [method]}))
+    with pytest.raises(ConfigError, match=name):
+        load_study(path)
+    path.write_text(json.dumps({"name": "..", "base": "configs/tiny.yaml", "methods": [{"name": "dpo"}]}))
+    with pytest.raises(ConfigError, match="study name"):
+        load_study(path)
+
+
 def test_run_config_layers_study_method_point_and_seed(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text(json.dumps({"base": "configs/tiny.yaml", "set": {"train.steps": 6}, "seeds": [3],

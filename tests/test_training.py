@@ -12,7 +12,7 @@ from training import losses as L
 from training.batches import collate, pack_groups
 from training.group_reader import split_heldout
 from training.objective import implicit_accuracy, length_metric_sums, preference_loss
-from training.train import step_groups
+from training.train import run_train, step_groups
 
 
 def _rows() -> pd.DataFrame:
@@ -251,3 +251,32 @@ def test_length_metrics_see_a_reward_that_follows_length():
     near = batch.gather(torch.tensor([10.0, 10.5, 30.0] * 6))
     m = length_metric_sums(-near, batch, near)
     assert m["length_corr_sum"] / m["length_corr_prompts"] == pytest.approx(-1.0) and m["lc_pairs"] > 0
+
+
+def test_training_from_the_directory_it_exports_to_is_refused_before_any_work(tiny_model_dir, tmp_path):
+    import shutil
+
+    from tests.conftest import ROOT
+
+    policy = tmp_path / "out" / "train" / "policy"  # "continue from my last policy"
+    shutil.copytree(tiny_model_dir, policy)
+    cfg = load_config(ROOT / "configs/tiny.yaml", [f"output_dir={tmp_path / 'out'}", f"model.policy_dir={policy}"])
+    with pytest.raises(ValueError, match="is where this train job exports its policy"):
+        run_train(cfg)
+    assert (policy / "config.json").is_file()  # untouched
+
+
+def test_heldout_batches_are_loaded_one_at_a_time_when_the_evaluation_reaches_them():
+    from training.train import heldout_batches
+
+    loaded: list[list[int]] = []
+
+    def load(ids):
+        loaded.append(ids)
+        return f"batch of {ids}"
+
+    batches = heldout_batches([10, 11, 12, 13, 14], rank=1, world=2, micro_groups=1, load=load)
+    assert loaded == []  # nothing read (nor on the device) before the evaluation starts
+    assert next(batches) == (True, "batch of [11]") and loaded == [[11]]
+    # rank 1 holds 2 of the 5 groups; rank 0 holds 3, so rank 1 scores the first group once more, not counted
+    assert list(batches) == [(True, "batch of [13]"), (False, "batch of [10]")]

@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import deepspeed
@@ -87,11 +88,19 @@ def heldout_share(held_ids: list[int], rank: int, world: int, micro_groups: int)
     return chunks + [None] * (n - len(chunks))
 
 
+def heldout_batches(held_ids: list[int], rank: int, world: int, micro_groups: int, load) -> Iterator[tuple[bool, Batch]]:
+    """This rank's held-out micro-batches (:func:`heldout_share`) as ``(counts toward the figures, load(ids))``, each
+    read and collated when the evaluation reaches it: no held-out batch stays in memory, or on the device, between
+    evaluations, however large the held-out set."""
+    for ids in heldout_share(held_ids, rank, world, micro_groups):
+        yield ids is not None, load(ids or held_ids[:1])
+
+
 # Per-step and held-out figures: sums over micro-batches and ranks (objective.preference_loss's metrics), then ratios.
 RATIOS = {"accuracy": ("accuracy_correct", "accuracy_pairs"), "lc_accuracy": ("lc_correct", "lc_pairs"),
           "reward_length_corr": ("length_corr_sum", "length_corr_prompts"),
           "top_response_tokens": ("top_tokens_sum", "top_prompts")}
-SUMMED = ("loss", "prompts", "skipped_prompts", "tokens", "response_tokens", *(k for pair in RATIOS.values() for k in pair))
+SUMMED = ("loss", "prompts", "skipped_prompts", "tokens", "computed_tokens", "response_tokens", *(k for pair in RATIOS.values() for k in pair))
 
 
 SATURATED_GRAD = 1e-7
@@ -108,7 +117,7 @@ def _ratios(total: dict) -> dict[str, float]:
 
 
 @torch.no_grad()
-def heldout_metrics(engine, ref_model, batches: list[tuple[bool, Batch]], cfg: Config, plan: ForwardPlan) -> dict[str, float]:
+def heldout_metrics(engine, ref_model, batches: Iterable[tuple[bool, Batch]], cfg: Config, plan: ForwardPlan) -> dict[str, float]:
     """Implicit-reward accuracy and the length figures of :data:`RATIOS` on the held-out groups, each rank
     scoring its share, summed over ranks."""
     sums: Counter = Counter()
@@ -162,8 +171,10 @@ def train_worker_loop(lc: dict) -> None:
     plan = forward_plan(engine.module)  # after initialize: ZeRO-3 partitions the head's weight away
     pad_id = pad_token_id(tokenizer, engine.module.get_input_embeddings().num_embeddings)
     row_tokens = cfg.pack_row_tokens()
-    heldout = [(ids is not None, collate(reader.read(ids or held_ids[:1]), pad_id, row_tokens, plan.share_prompts).to(device))
-               for ids in heldout_share(held_ids, rank, world, tc.micro_groups)]
+
+    def heldout():
+        return heldout_batches(held_ids, rank, world, tc.micro_groups,
+                               lambda ids: collate(reader.read(ids), pad_id, row_tokens, plan.share_prompts).to(device))
 
     def step_batches(step: int) -> tuple[list[int], list[Batch]]:
         """This worker's groups of optimizer step ``step``, read from the shards and collated per micro-batch."""
@@ -185,7 +196,7 @@ def train_worker_loop(lc: dict) -> None:
             print(f"[train] restored step {start} (saved by {state['world_size']} workers, now {world}; "
                   f"Adam moments: {state['moments']})", flush=True)
     if acc_start is None:
-        acc_start = heldout_metrics(engine, ref_model, heldout, cfg, plan)["accuracy"]
+        acc_start = heldout_metrics(engine, ref_model, heldout(), cfg, plan)["accuracy"]
 
     trackers = progress = None
     if rank == 0:
@@ -219,7 +230,7 @@ def train_worker_loop(lc: dict) -> None:
             engine.backward(loss)
             engine.step()
             sums.update({**metrics, "loss": metrics["loss"] * metrics["prompts"], "tokens": batch.packed.tokens,
-                         "response_tokens": int(batch.packed.response_lengths.sum())})
+                         "computed_tokens": batch.packed.computed_tokens, "response_tokens": int(batch.packed.response_lengths.sum())})
         data_log.write(json.dumps({"step": step, "rank": rank, "world": world, "attempt": attempt, "groups": mine}) + "\n")
         data_log.flush()
         total = dict(zip(SUMMED, _all_sum([float(sums[k]) for k in SUMMED])))
@@ -228,6 +239,7 @@ def train_worker_loop(lc: dict) -> None:
             "step": step + 1, "loss": total["loss"] / max(total["prompts"], 1), **_ratios(total),
             "skipped_prompts": int(total["skipped_prompts"]), "grad_norm": float(engine.get_global_grad_norm() or 0.0),
             "lr": lr, "tokens_per_second": total["tokens"] / seconds,
+            "computed_tokens_per_second": total["computed_tokens"] / seconds,
             "response_tokens_per_second": total["response_tokens"] / seconds, "seconds": seconds, "world_size": world,
             "worker_peak_rss_mb": _all_sum([peak_rss_mb()], op=dist.ReduceOp.MAX)[0],
         }
@@ -241,7 +253,7 @@ def train_worker_loop(lc: dict) -> None:
                       f"loss is saturated, so these steps teach nothing. " + SATURATION_CAUSE.get(tc.loss, ""), flush=True)
         done = step + 1 == tc.steps
         if (step + 1) % tc.checkpoint_every == 0 or done:
-            held = heldout_metrics(engine, ref_model, heldout, cfg, plan)
+            held = heldout_metrics(engine, ref_model, heldout(), cfg, plan)
             if rank == 0:
                 trackers.log({f"heldout/{k}": v for k, v in held.items()}, step + 1)
                 print(f"[train] checkpoint at step {step + 1}: held-out implicit-reward accuracy {held['accuracy']:.3f}, "
@@ -286,6 +298,17 @@ def _checkpoint(engine, tokenizer, rank: int, world: int, step: int, acc_start: 
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
 
 
+def refuse_overwriting_the_policy(policy: Path, job_dir: Path) -> None:
+    """The trained policy is exported to ``<job_dir>/policy`` (and adapters to ``adapter``), replacing what is there:
+    a run that starts from that directory ("continue from my last policy") would delete its own input."""
+    policy = policy.resolve()
+    for out in (job_dir / "policy", job_dir / "adapter"):
+        out = out.resolve()
+        if policy == out or out in policy.parents:
+            raise ValueError(f"model.policy_dir {policy} is where this train job exports its policy ({out}), which "
+                             f"replaces it: copy the policy elsewhere first, or write this run to another output_dir")
+
+
 def run_train(cfg: Config, job: str = "train", reader: type = GroupReader) -> dict:
     """Train ``cfg.train.loss``; results go to ``<output_dir>/<job>`` (the comparison uses one job dir per method).
     ``reader(shard_files, max_responses)`` is how workers get their groups (``group_ids``, ``read(ids)``); the
@@ -296,6 +319,7 @@ def run_train(cfg: Config, job: str = "train", reader: type = GroupReader) -> di
     check_architecture(AutoConfig.from_pretrained(policy))  # before any work: a model that cannot be scored exactly
     check_installed(cfg.tracking.report_to)
     job_dir = cfg.job_dir(job).resolve()
+    refuse_overwriting_the_policy(policy, job_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
     # Workers read their own groups from the shard files (training/group_reader.py); no row passes through here.
     shards = cfg.job_dir("prepare") / "shards"
