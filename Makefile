@@ -39,7 +39,7 @@ test: setup
 test-all: setup
 	$(BIN)/python -m pytest -q
 
-# Side-by-side comparisons (runs/bench/report.json); about 12 minutes on 2 cores.
+# Side-by-side comparisons on SmolLM2 (runs/bench/report.json); about 40 minutes on 2 cores.
 bench: setup
 	$(BIN)/python -m benchmarks
 

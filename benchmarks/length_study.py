@@ -1,7 +1,7 @@
 """Study (opt-in: ``python -m benchmarks --only length_study``): do summed log-probs let a loss be won by length?
 
 SWEPO, InfoNCA, NCA and DPO (best- against worst-scored response) on AlpacaEval best-of-16 groups (all 11 scored
-responses per prompt, truncated to the bench model's length), the bench model as reference, each with
+responses per prompt, truncated to the random bench model's length), the random bench model as reference, each with
 ``train.reward_normalization`` ``sum`` and ``mean``, for ``STEPS`` steps. Per step: loss, gradient norm, the
 within-prompt correlation of implicit reward and response length, and length-controlled accuracy (pairs whose
 lengths differ by less than 10%). Writes ``length_study.png`` and the table the README shows.

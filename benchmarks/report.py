@@ -62,3 +62,56 @@ def table(report: dict) -> str:
             lines.append(f"{name:<18}{key:<30}{value:>8.2f}{('>=' if higher else '<=') + format(target, '.2f'):>10}  "
                          f"{'yes' if met else 'NO'}")
     return "\n".join(lines + _sides(report))
+
+
+def _f(value: float, digits: int = 0) -> str:
+    return f"{value:,.{digits}f}"
+
+
+def markdown(report: dict) -> str:
+    """The README's tables of a SmolLM2 run: the comparisons with their peers, and the precision table per stage."""
+    peak = report["matmul_bf16_flops_2_threads"] / 1e9
+    out = [f"bf16 matmul peak in this run: {peak:.0f} GFLOP/s on 2 threads (fp32 "
+           f"{report['matmul_fp32_flops_2_threads'] / 1e9:.0f}).", "",
+           "| comparison | project | peer | ratio | target |", "| --- | --- | --- | --- | --- |"]
+    t = report["train_vs_trl"]
+    p, trl = t["project"], t["trl"]
+    out.append(f"| train: DPO, LoRA r16, bf16, batch 8 pairs, max length {t['model_max_length']}, {p['timed_steps']} timed steps "
+               f"| {p['samples_per_second']:.2f} samples/s, {_f(p['tokens_per_second'])} tok/s, {p['limit_fraction']:.1%} of the "
+               f"LoRA limit | TRL {trl['trl_version']} `DPOTrainer` (LoRA r16, bf16 autocast, precomputed reference): "
+               f"{trl['samples_per_second']:.2f} samples/s, {_f(trl['tokens_per_second'])} tok/s | "
+               f"**{t['train_vs_trl_ratio']:.2f}×** | ≥ 3 |")
+    g = report["generate_vs_hf"]
+    out.append(f"| sampling: {g['prompts']} chat prompts × {g['samples_per_prompt']} samples, ≤ {g['max_tokens']} tokens, bf16 "
+               f"| vLLM stage: {_f(g['project_vllm']['tokens_per_second'])} generated tok/s, {g['sampling_limit_fraction']:.1%} "
+               f"of the limit | `transformers` `generate`: {_f(g['hf_generate']['tokens_per_second'])} tok/s, "
+               f"{g['hf_sampling_limit_fraction']:.1%} | **{g['generate_vs_hf_ratio']:.2f}×** | ≥ 3 |")
+    k = dict(sorted(report["k_cost"]["per_k"].items(), key=lambda kv: int(kv[0])))
+    costs = " / ".join(f"{v['seconds_per_response_token'] * 1e3:.2f}" for v in k.values())
+    out.append(f"| SWEPO cost per response token, K = {' / '.join(k)} (AlpacaEval best-of-16) | {costs} ms | K = 2 | "
+               f"**{report['k_cost']['k11_vs_k2_cost_ratio']:.2f}×** at K = 11 | ≤ 1.0 |")
+    s = report["stages"]
+    out += ["", "| stage | fp32 tok/s | bf16 tok/s | bf16 ÷ fp32 | bf16, of the limit | bf16 against fp32 |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for stage in ("sampling", "meanfield", "reference", "embeddings"):
+        per, d = s["stages"][stage], s["bf16_vs_fp32"].get(stage)
+        what = "summed log-prob per response" if stage == "reference" else "embedding component"
+        diff = f"{what}: mean {d['mean_abs']:.3g}, max {d['max_abs']:.3g}" if d else "samples (no value compared)"
+        out.append(f"| {stage} | {_f(per['fp32']['tokens_per_second'])} | {_f(per['bf16']['tokens_per_second'])} | "
+                   f"{per['bf16']['tokens_per_second'] / per['fp32']['tokens_per_second']:.2f}× | "
+                   f"{per['bf16']['limit_fraction']:.1%} | {diff} |")
+    for name, r in t["precision"].items():
+        method, dtype = name.split("_")
+        if dtype == "bf16":
+            f32 = t["precision"][f"{method}_fp32"]
+            out.append(f"| training, {method} (DeepSpeed, 2 workers) | {_f(f32['computed_tokens_per_second'])} | "
+                       f"{_f(r['computed_tokens_per_second'])} | {r['computed_tokens_per_second'] / f32['computed_tokens_per_second']:.2f}× | "
+                       f"{r['limit_fraction']:.1%} | against reference log-probs of its own precision |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    print(markdown(json.load(open(sys.argv[1] if len(sys.argv) > 1 else "runs/bench/report.json"))))

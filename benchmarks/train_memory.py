@@ -1,6 +1,6 @@
 """Comparison 5: training worker memory as the dataset grows.
 
-The train job (DPO, the bench model) runs the same steps on shards of the demo's size (2,048 prompts) and of
+The train job (DPO, the random bench model) runs the same steps on shards of the demo's size (2,048 prompts) and of
 eight times that size: copies of comparison 1's prepared UltraFeedback pairs under new group ids (what is in a
 row does not matter for what a worker holds). Workers read only their own groups from the shards, so their
 peak RSS should not grow with the data; the ratio reported is 8x over 1x. In the same run, the loader this

@@ -42,6 +42,7 @@ from pipeline.read import CHECKED_SCHEMA, OTHER_SPLIT, SourceSpec, read_checked,
 from pipeline.report import front_counts, merge_front_counts, shard_stats, summarize
 from pipeline.shards import Manifest, content_fingerprint, shard_name, write_parquet_atomic, write_shard
 from pipeline.sources import MAX_EXAMPLES, SourceError, bad_row_error, bad_row_message, duplicate_id
+from pipeline.tokenize import response_end_id
 from pipeline.stages import (
     active,
     anchor_index,
@@ -139,9 +140,10 @@ def front_pass(cfg: Config, model_dir: str, tokenizer, directory: Path, key: str
 def build_front_graph(ds: ray.data.Dataset, cfg: Config, tokenizer, chat_templated: bool) -> ray.data.Dataset:
     """Checked source rows -> tokenized -> prompt embeddings (an actor pool) -> the front table."""
     p = cfg.prepare
+    end_id = response_end_id(tokenizer, cfg.data.chat_template, chat_templated)
     return (
         ds.map_batches(timed("tokenize", partial(tokenize_records, tokenizer=tokenizer, max_length=cfg.model.max_length,
-                                                 on_overlength=p.on_overlength, templated=chat_templated)),
+                                                 on_overlength=p.on_overlength, templated=chat_templated, end_id=end_id)),
                        batch_format="pandas", batch_size=p.batch_size)
         .map_batches(Embedder, fn_constructor_kwargs={"model_dir": p.embedder_dir, "what": "prompts",
                                                       "threads": max(1, int(p.model_actor_cpus)), "max_tokens": p.embed_max_tokens,
@@ -232,7 +234,7 @@ def group_pass(cfg: Config, front: ray.data.Dataset, rows: int, drop: frozenset,
 
 
 def build_main_graph(ds: ray.data.Dataset, cfg: Config, model_dir: str, tokenizer, reward: str,
-                     shard_rows: int) -> ray.data.Dataset:
+                     shard_rows: int, end_id: int) -> ray.data.Dataset:
     """The model stages over whole shards: each input block is one shard of at least ``shard_rows`` rows.
 
     Model actors take batches of ``shard_rows`` rows (Ray Data needs a batch size for GPU actors): a block of at
@@ -246,19 +248,19 @@ def build_main_graph(ds: ray.data.Dataset, cfg: Config, model_dir: str, tokenize
         if neg.engine == "vllm":
             ds = ds.map_batches(VLLMNegatives, fn_constructor_kwargs={"model_dir": model_dir, "cfg": neg, "seed": cfg.seed,
                                 "max_model_len": cfg.model.max_length, "engine": p.vllm,
-                                "dtype": cfg.vllm_dtype(), "cpu_bind": p.generator_cpu_bind},
+                                "dtype": cfg.vllm_dtype(), "cpu_bind": p.generator_cpu_bind, "end_id": end_id},
                                 **_pool(p.generator_actors, p.generator_cpus, p.generator_gpus, shard_rows))
         else:
             ds = ds.map_batches(HFNegatives, fn_constructor_kwargs={"model_dir": model_dir, "cfg": neg, "seed": cfg.seed,
                                 "max_model_len": cfg.model.max_length, "threads": max(1, int(p.generator_cpus)),
-                                "dtype": cfg.model.dtype},
+                                "dtype": cfg.model.dtype, "end_id": end_id},
                                 **_pool(p.generator_actors, p.generator_cpus, p.generator_gpus, shard_rows))
     if neg.meanfield:
         ds = ds.map_batches(MeanfieldNegatives, fn_constructor_kwargs={"model_dir": model_dir, "n": neg.meanfield,
                             "fraction": neg.meanfield_fraction, "seed": cfg.seed, "threads": threads,
                             "dtype": cfg.model.dtype, "batch_size": p.score_batch_size}, **small())
     if neg.truncation:
-        ds = ds.map_batches(timed("truncation", partial(_truncate, n=neg.truncation, eos_id=tokenizer.eos_token_id,
+        ds = ds.map_batches(timed("truncation", partial(_truncate, n=neg.truncation, eos_id=end_id,
                                                           seed=cfg.seed, tokenizer=tokenizer)), batch_format="pandas", batch_size=None)
     if reward.startswith("model:"):
         ds = ds.map_batches(RewardModelScores, fn_constructor_kwargs={"model_dir": reward[len("model:"):], "threads": threads,
@@ -348,7 +350,9 @@ def run_prepare(cfg: Config) -> dict:
     t = time.perf_counter()
     plan = group_pass(cfg, front, good, frozenset(r for r, _ in duplicates), work / "grouped", key)
     manifest.total_shards = len(plan["shards"])
+    end_id = response_end_id(tokenizer, cfg.data.chat_template, templated(cfg, spec, model_dir))
     manifest.source = {"path": path, "format": spec.format if spec else "ground_truth", "rows_read": counts["rows_read"],
+                       "response_end_id": end_id,
                        "rows_out": good, "filtered": counts["skipped"].pop(OTHER_SPLIT, 0), **counts,
                        "reward": reward, "grouping": {"buckets": plan["buckets"], "seconds": time.perf_counter() - t,
                                                       "mean_within_group_similarity": plan["mean_within_group_similarity"]}}
@@ -360,7 +364,7 @@ def run_prepare(cfg: Config) -> dict:
     if pending:
         ds = ray.data.from_items([{"shard": name} for name in pending], override_num_blocks=len(pending))
         ds = ds.map_batches(_load_grouped, fn_kwargs={"directory": str(work / "grouped")}, batch_format="pandas", batch_size=None)
-        ds = build_main_graph(ds, cfg, model_dir, tokenizer, reward, min(plan["shards"][n]["rows"] for n in pending))
+        ds = build_main_graph(ds, cfg, model_dir, tokenizer, reward, min(plan["shards"][n]["rows"] for n in pending), end_id)
         ds = ds.map_batches(_write_shards, fn_kwargs={"directory": str(shards_dir),
                                                       "expected": {n: plan["shards"][n]["rows"] for n in pending}},
                             batch_format="pandas", batch_size=None, scheduling_strategy="SPREAD")

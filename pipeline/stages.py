@@ -81,10 +81,12 @@ def regroup(batch: pd.DataFrame, positions: list[tuple[int, int]], values: list)
     return rows
 
 
-def tokenize_records(batch: pd.DataFrame, tokenizer, max_length: int, on_overlength: str, templated: bool = False) -> pd.DataFrame:
+def tokenize_records(batch: pd.DataFrame, tokenizer, max_length: int, on_overlength: str, templated: bool = False,
+                     end_id: int | None = None) -> pd.DataFrame:
     """Add ``prompt_ids``, ``response_ids`` and ``truncated`` (responses cut); mark rows over ``max_length`` tokens
     (rows already marked keep their ``skip_reason`` and are not tokenized).
-    ``templated``: the prompts were rendered by a chat template (see :func:`pipeline.tokenize.encode_prompt`).
+    ``templated``: the prompts were rendered by a chat template (see :func:`pipeline.tokenize.encode_prompt`);
+    ``end_id``: the token each response ends with (:func:`pipeline.tokenize.response_end_id`; None: EOS).
 
     ``on_overlength="truncate"`` keeps the start of prompt + response, as TRL's DPO collator does
     (``truncation_mode="keep_start"``); a prompt that alone fills ``max_length`` leaves no response
@@ -100,7 +102,7 @@ def tokenize_records(batch: pd.DataFrame, tokenizer, max_length: int, on_overlen
             reasons.append(row.skip_reason)
             continue
         p = encode_prompt(tokenizer, row.prompt, templated)
-        rs = [encode_response(tokenizer, r) for r in row.responses]
+        rs = [encode_response(tokenizer, r, end_id) for r in row.responses]
         longest = len(p) + max(len(r) for r in rs)
         reason, cut = "", 0
         if longest > max_length:

@@ -1,6 +1,7 @@
 """Tokenization shared by the prepare job, the trainers and evaluation.
 
-A sequence is ``prompt tokens + response tokens + EOS``; the trainer's loss and the stored reference
+A sequence is ``prompt tokens + response tokens + end``, the end being the chat template's end of turn for a
+templated prompt and EOS otherwise (:func:`response_end_id`); the trainer's loss and the stored reference
 log-probs both cover exactly the response part, so every stage must tokenize through these functions.
 
 Special tokens appear once, where the tokenizer's own conventions put them: a plain-text prompt gets
@@ -25,8 +26,9 @@ def encode_prompt(tokenizer, prompt: str, templated: bool = False) -> list[int]:
     return tokenizer(prompt, add_special_tokens=not templated)["input_ids"]
 
 
-def encode_response(tokenizer, response: str) -> list[int]:
-    return tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+def encode_response(tokenizer, response: str, end_id: int | None = None) -> list[int]:
+    """Token ids of a response and the token that ends it: ``end_id`` (:func:`response_end_id`), else EOS."""
+    return tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id if end_id is None else end_id]
 
 
 def pad_token_id(tokenizer, num_embeddings: int | None = None) -> int:
@@ -41,23 +43,45 @@ def pad_token_id(tokenizer, num_embeddings: int | None = None) -> int:
     raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', tokenizer)!r} has neither a pad nor an EOS token")
 
 
-def chat_renderer(tokenizer, setting: str) -> Callable[[Messages], str] | None:
-    """How chat messages become prompt text (``data.chat_template``): the tokenizer's own template (``auto``, when it
-    has one), none (``none``: the plain ``Human:/Assistant:`` layout), or the Jinja template in a file.
-
-    The renderer adds the generation prompt, as vLLM and TRL do for a prompt the model is to answer.
-    """
+def chat_template_text(tokenizer, setting: str) -> str | None:
+    """The Jinja chat template ``data.chat_template`` names: the tokenizer's own (``auto``, when it has one), none
+    (``none``: the plain ``Human:/Assistant:`` layout), or the template in a file."""
     if setting == "none":
         return None
     if setting == "auto":
-        template = getattr(tokenizer, "chat_template", None)
-        if not template:
-            return None
-    else:
-        path = Path(setting)
-        if not path.is_file():
-            raise FileNotFoundError(f"data.chat_template: {setting} is not 'auto', 'none' or a Jinja template file")
-        template = path.read_text()
+        return getattr(tokenizer, "chat_template", None) or None
+    path = Path(setting)
+    if not path.is_file():
+        raise FileNotFoundError(f"data.chat_template: {setting} is not 'auto', 'none' or a Jinja template file")
+    return path.read_text()
+
+
+_MARK = "RESPONSE-MARK-7f3a"
+
+
+def response_end_id(tokenizer, setting: str, templated: bool) -> int:
+    """The token a response ends with: under a chat template (``templated``), the special token the template writes
+    right after an assistant message, which is what the model was tuned to stop on (Llama-3 ``<|eot_id|>``, ChatML
+    ``<|im_end|>``, even where EOS is another token such as ``<|endoftext|>``); else, or where the template writes
+    no special token there, EOS."""
+    template = chat_template_text(tokenizer, setting) if templated else None
+    if template:
+        messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _MARK}]
+        text = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False)
+        after = tokenizer(text.split(_MARK, 1)[-1], add_special_tokens=False)["input_ids"] if _MARK in text else []
+        special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+        if after and after[0] in special:
+            return int(after[0])
+    return int(tokenizer.eos_token_id)
+
+
+def chat_renderer(tokenizer, setting: str) -> Callable[[Messages], str] | None:
+    """How chat messages become prompt text (``data.chat_template``, see :func:`chat_template_text`); None for the
+    plain layout. The renderer adds the generation prompt, as vLLM and TRL do for a prompt the model is to answer.
+    """
+    template = chat_template_text(tokenizer, setting)
+    if template is None:
+        return None
 
     def render(messages: Messages) -> str:
         return tokenizer.apply_chat_template(list(messages), chat_template=template, tokenize=False,

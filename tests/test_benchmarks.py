@@ -37,13 +37,6 @@ def test_smoke_run_reports_both_sides_and_every_ratio(tmp_path):
     gen = report["generate_vs_hf"]
     assert gen["project_vllm"]["generated_tokens"] > 0 and gen["hf_generate"]["generated_tokens"] > 0
     assert gen["generate_vs_hf_ratio"] > 0 and 0 < gen["sampling_limit_fraction"] < 1
-    memory = report["train_memory"]
-    assert memory["per_scale"]["8"]["rows"] == 8 * memory["per_scale"]["1"]["rows"]
-    assert memory["train_worker_rss_ratio"] == pytest.approx(
-        memory["per_scale"]["8"]["worker_peak_rss_mb"] / memory["per_scale"]["1"]["worker_peak_rss_mb"])
-    assert memory["whole_dataset"]["8"]["rows"] == memory["per_scale"]["8"]["rows"]
-    assert memory["tokens_per_second_vs_whole_dataset"] == pytest.approx(
-        memory["per_scale"]["1"]["tokens_per_second"] / memory["whole_dataset"]["1"]["tokens_per_second"])
     stages = report["stages"]
     assert set(stages["stages"]) == {"sampling", "meanfield", "reference", "embeddings"}
     for per_dtype in stages["stages"].values():
@@ -54,7 +47,28 @@ def test_smoke_run_reports_both_sides_and_every_ratio(tmp_path):
     assert stages["stages"]["embeddings"]["bf16"]["parameters"] != stages["parameters"]  # the embedder's own size
     quality = report["grouping_quality"]
     assert 0 < quality["worst_of_exact"] <= quality["demo"]["bucketed_4096"]["of_exact"] + 1e-9
-    assert "length_study" not in report and "prepare_scale" not in report  # opt-in: python -m benchmarks --only NAME
+    assert not {"length_study", "prepare_scale", "train_memory"} & set(report)  # opt-in: python -m benchmarks --only NAME
     printed = table(report)
     assert "train_vs_trl_ratio" in printed and "k11_vs_k2_cost_ratio" in printed and "generate_vs_hf_ratio" in printed
-    assert "train_worker_rss_ratio" in printed and "reference_limit_fraction" in printed
+    assert "reference_limit_fraction" in printed and "train_limit_fraction" in printed
+
+
+def test_smoke_run_of_the_opt_in_scaling_comparisons(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--smoke", "--only", "train_memory", "prepare_scale",
+                           "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+    report = json.loads((tmp_path / "report.json").read_text())
+    memory = report["train_memory"]
+    assert memory["per_scale"]["8"]["rows"] == 8 * memory["per_scale"]["1"]["rows"]
+    assert memory["train_worker_rss_ratio"] == pytest.approx(
+        memory["per_scale"]["8"]["worker_peak_rss_mb"] / memory["per_scale"]["1"]["worker_peak_rss_mb"])
+    assert memory["whole_dataset"]["8"]["rows"] == memory["per_scale"]["8"]["rows"]
+    assert memory["tokens_per_second_vs_whole_dataset"] == pytest.approx(
+        memory["per_scale"]["1"]["tokens_per_second"] / memory["whole_dataset"]["1"]["tokens_per_second"])
+    scale = report["prepare_scale"]
+    assert [int(n) for n in scale["per_size"]] == [200, 400, 800]
+    assert all(s["rows_out"] == s["rows"] and s["driver_peak_rss_mb"] > 0 for s in scale["per_size"].values())
+    assert scale["prepare_driver_rss_ratio"] == pytest.approx(
+        scale["per_size"]["800"]["driver_peak_rss_mb"] / scale["per_size"]["200"]["driver_peak_rss_mb"])
+    printed = table(report)
+    assert "train_worker_rss_ratio" in printed and "prepare_driver_rss_ratio" in printed

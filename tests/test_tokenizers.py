@@ -12,7 +12,7 @@ import torch
 from configs.schema import load_config
 from pipeline import stages, task
 from pipeline.read import check_batch, read_piece, source_spec, task_rows, templated
-from pipeline.tokenize import chat_renderer, encode_prompt, pad_token_id, user_prompt
+from pipeline.tokenize import chat_renderer, encode_prompt, pad_token_id, response_end_id, user_prompt
 from tests.conftest import ROOT
 from tests.zoo import build_model, tokenizer_like
 from training.batches import collate, pack_groups
@@ -40,7 +40,9 @@ def _prepared(tokenizer, tmp_path, *overrides):
     spec, (piece,) = source_spec(cfg, model_dir)
     rows = stages.as_lists(check_batch(pa.concat_tables(read_piece(piece, None)), spec).to_pandas())
     is_templated = templated(cfg, spec, model_dir)
-    return stages.tokenize_records(rows, tokenizer, max_length=512, on_overlength="error", templated=is_templated), is_templated
+    end_id = response_end_id(tokenizer, cfg.data.chat_template, is_templated)  # as the prepare graph does
+    return stages.tokenize_records(rows, tokenizer, max_length=512, on_overlength="error", templated=is_templated,
+                                   end_id=end_id), is_templated
 
 
 def _saved(tokenizer, tmp_path) -> str:
@@ -66,6 +68,25 @@ def test_chatml_prompts_carry_no_bos_and_the_generation_prompt(tmp_path):
     rows, _ = _prepared(tok, tmp_path)
     assert list(rows["prompt_ids"].iloc[1]) == _template_ids(tok, MESSAGES)
     assert tok.decode(rows["prompt_ids"].iloc[1]).endswith("<|im_start|>assistant\n")
+
+
+def test_responses_end_with_the_templates_end_of_turn_where_eos_is_another_token(tmp_path):
+    # Qwen2.5 base and Llama-3 base: the chat template ends a turn with <|im_end|> / <|eot_id|>, EOS is another token
+    for kind, eos, end in (("chatml", "<|endoftext|>", "<|im_end|>"), ("llama3", "<|im_end|>", "<|eot_id|>")):
+        tok = tokenizer_like(kind)
+        if kind == "llama3":
+            tok.add_special_tokens({"additional_special_tokens": [eos]})
+        tok.eos_token = eos
+        end_id = tok.convert_tokens_to_ids(end)
+        assert tok.eos_token_id != end_id and response_end_id(tok, "auto", templated=True) == end_id
+        assert response_end_id(tok, "auto", templated=False) == tok.eos_token_id  # a plain prompt: EOS
+        (tmp_path / kind).mkdir()
+        rows, is_templated = _prepared(tok, tmp_path / kind)
+        assert is_templated
+        for responses in rows["response_ids"]:
+            assert responses[0][-1] == end_id and tok.eos_token_id not in list(responses[0])
+    plain = tokenizer_like("plain")
+    assert response_end_id(plain, "auto", templated=True) == plain.eos_token_id  # no template: EOS
 
 
 def test_no_template_uses_the_plain_layout_and_none_overrides_a_template(tmp_path):

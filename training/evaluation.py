@@ -19,9 +19,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from actors.generator import VLLMAnswers
 from actors.reward_model import RewardModelScores
 from pipeline import task
-from pipeline.shards import verified_shard_files
+from pipeline.shards import MANIFEST, verified_shard_files
 from pipeline.stages import load_scorer
-from pipeline.tokenize import chat_renderer, encode_prompt, pad_token_id, user_prompt
+from pipeline.tokenize import chat_renderer, encode_prompt, pad_token_id, response_end_id, user_prompt
 from training import plots
 from training.batches import collate
 from training.group_reader import GroupReader, split_heldout
@@ -76,14 +76,14 @@ def paired_differences(reference: dict[str, list[float]], policy: dict[str, list
     return out
 
 
-def greedy_answers(model_dir: str | Path, prompt_ids: list[list[int]], cfg) -> list[str]:
+def greedy_answers(model_dir: str | Path, prompt_ids: list[list[int]], cfg, end_id: int | None = None) -> list[str]:
     """Greedy answers to tokenized prompts (the evaluation settings of ``cfg``) through a vLLM engine in its own Ray
     actor, with the generator's resources and engine settings (freed afterwards)."""
     p = cfg.prepare
     actor = ray.remote(num_cpus=p.generator_cpus, num_gpus=p.generator_gpus or None)(VLLMAnswers).remote(
         str(model_dir), cfg.model.max_length, p.vllm, cfg.seed, cfg.vllm_dtype(), p.generator_cpu_bind)
     try:
-        return ray.get(actor.generate.remote(prompt_ids, cfg.evaluate.max_new_tokens))
+        return ray.get(actor.generate.remote(prompt_ids, cfg.evaluate.max_new_tokens, end_id))
     finally:
         ray.kill(actor)
 
@@ -119,31 +119,33 @@ def heldout_margins(model_dir: str | Path, cfg) -> tuple[float, dict[str, list[f
     return correct / max(pairs, 1), margins
 
 
-def task_prompt_ids(cfg, model_dir: str | Path) -> tuple[list[str], list[list[int]]]:
-    """The task prompts of ``evaluate.split`` (held-out by default) and their token ids as the model sees them (its
-    chat template when one applies)."""
+def task_prompt_ids(cfg, model_dir: str | Path) -> tuple[list[str], list[list[int]], int]:
+    """The task prompts of ``evaluate.split`` (held-out by default), their token ids as the model sees them (its
+    chat template when one applies) and the token an answer ends with (the template's end of turn, else EOS)."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     render = chat_renderer(tokenizer, cfg.data.chat_template)
     prompts = [r["prompt"] for r in task.scored_split(cfg.seed, cfg.task, cfg.evaluate.split)]
-    return prompts, [encode_prompt(tokenizer, *user_prompt(p, render)) for p in prompts]
+    end_id = response_end_id(tokenizer, cfg.data.chat_template, render is not None)
+    return prompts, [encode_prompt(tokenizer, *user_prompt(p, render)) for p in prompts], end_id
 
 
 def task_answers(model_dir: str | Path, cfg) -> list[str]:
     """Greedy vLLM answers of a model to the task prompts of ``evaluate.split``."""
-    return greedy_answers(model_dir, task_prompt_ids(cfg, model_dir)[1], cfg)
+    _, ids, end_id = task_prompt_ids(cfg, model_dir)
+    return greedy_answers(model_dir, ids, cfg, end_id)
 
 
 def answer_scores(cfg, model_dir: str | Path) -> dict[str, float]:
     """Scores of a model's greedy answers: task metrics on the embedded task (``evaluate.split``), the configured
     reward on held-out prompts of the user's data (none when no reward can score new answers)."""
     if not cfg.data.source:
-        prompts, ids = task_prompt_ids(cfg, model_dir)
-        return task_scores(prompts, greedy_answers(model_dir, ids, cfg))
+        prompts, ids, end_id = task_prompt_ids(cfg, model_dir)
+        return task_scores(prompts, greedy_answers(model_dir, ids, cfg, end_id))
     scorer = answer_scorer(cfg)
     if scorer is None:
         return {}
-    prompts, ids = heldout_prompts(cfg)
-    rewards = scorer(prompts, greedy_answers(model_dir, ids, cfg))
+    prompts, ids, end_id = heldout_prompts(cfg)
+    rewards = scorer(prompts, greedy_answers(model_dir, ids, cfg, end_id))
     return {"mean_reward": sum(rewards) / len(rewards)}
 
 
@@ -161,20 +163,23 @@ def answer_scorer(cfg) -> Callable[[list[str], list[str]], list[float]] | None:
     return lambda prompts, answers: [float(scorer(p, a)) for p, a in zip(prompts, answers)]
 
 
-def heldout_prompts(cfg) -> tuple[list[str], list[list[int]]]:
-    """Prompts of the held-out contrast groups (text and the token ids the shards hold), at most ``evaluate.max_prompts``."""
-    files = [str(f) for f in verified_shard_files(cfg.job_dir("prepare") / "shards")]
+def heldout_prompts(cfg) -> tuple[list[str], list[list[int]], int | None]:
+    """Prompts of the held-out contrast groups (text and the token ids the shards hold), at most ``evaluate.max_prompts``,
+    and the token the shards' responses end with (the manifest's record of prepare; None: the model's EOS alone)."""
+    shards = cfg.job_dir("prepare") / "shards"
+    files = [str(f) for f in verified_shard_files(shards)]
     group_ids = sorted(set(pq.read_table(files, columns=["group_id"])["group_id"].to_pylist()))
     _, held = split_heldout(group_ids, cfg.train.heldout_fraction, cfg.seed)
     rows = pq.read_table(files, columns=["group_id", "prompt", "prompt_ids"], filters=[("group_id", "in", held)]).to_pandas()
     rows = rows.sort_values("group_id", kind="stable").head(cfg.evaluate.max_prompts)
-    return list(rows["prompt"]), [[int(t) for t in ids] for ids in rows["prompt_ids"]]
+    end_id = json.loads((shards / MANIFEST).read_text()).get("source", {}).get("response_end_id")
+    return list(rows["prompt"]), [[int(t) for t in ids] for ids in rows["prompt_ids"]], end_id
 
 
 def reward_eval(cfg, reference: Path, policy: Path, scorer, out: Path) -> dict:
     """Mean reward of both models' greedy answers to the held-out prompts, and the policy's win rate (ties count half)."""
-    prompts, ids = heldout_prompts(cfg)
-    ref_answers, pol_answers = greedy_answers(reference, ids, cfg), greedy_answers(policy, ids, cfg)
+    prompts, ids, end_id = heldout_prompts(cfg)
+    ref_answers, pol_answers = greedy_answers(reference, ids, cfg, end_id), greedy_answers(policy, ids, cfg, end_id)
     ref_rewards, pol_rewards = scorer(prompts, ref_answers), scorer(prompts, pol_answers)
     wins = [1.0 if b > a else 0.5 if b == a else 0.0 for a, b in zip(ref_rewards, pol_rewards)]
     samples = [{"prompt": p, "reference": a, "policy": b, "reference_reward": ra, "policy_reward": rb}
