@@ -51,6 +51,7 @@ from pipeline.stages import (
     group_statistics,
     load_scorer,
     row_seed,
+    drop_scores,
     score_responses,
     timed,
     tokenize_records,
@@ -84,10 +85,19 @@ def records_hash(cfg: Config, model_dir: str) -> str:
 
 
 def reward_mode(cfg: Config, has_scores: bool, adds_negatives: bool) -> str:
+    """What scores the shards carry (``prepare.reward`` resolved). A scored source whose rows gain negatives the
+    source never scored is refused under ``auto``, before the model stages run: its scores would otherwise be
+    dropped without a word (an explicit ``none`` drops them from every row, so no prompt keeps scores)."""
     mode = cfg.prepare.reward
     if mode == "auto":
         if has_scores and not adds_negatives:
             return "source"
+        if has_scores and cfg.data.source:
+            raise ValueError(
+                f"{cfg.data.source} has scores, but prepare.negatives adds responses the source did not score, and "
+                "prepare.reward=auto has no scorer for them: set prepare.reward to 'module:function' or 'model:<dir>' "
+                "to score every response, set the prepare.negatives counts to 0 to train on the source's scores, or "
+                "set prepare.reward=none to train without scores")
         return "task" if not cfg.data.source else "none"
     if mode == "source" and adds_negatives:
         raise ValueError("prepare.reward=source cannot score synthetic negatives; use 'task', 'module:function' or 'model:<dir>'")
@@ -266,7 +276,9 @@ def build_main_graph(ds: ray.data.Dataset, cfg: Config, model_dir: str, tokenize
         ds = ds.map_batches(RewardModelScores, fn_constructor_kwargs={"model_dir": reward[len("model:"):], "threads": threads,
                                                                       "batch_size": p.score_batch_size, "dtype": cfg.model.dtype},
                             **small())
-    elif reward not in ("source", "none"):
+    elif reward == "none":  # every row alike: none keeps the scores of rows that happened to gain no negative
+        ds = ds.map_batches(drop_scores, batch_format="pandas", batch_size=None)
+    elif reward != "source":
         ds = ds.map_batches(timed("rewards", partial(score_responses, scorer=load_scorer(reward))), batch_format="pandas", batch_size=None)
     if p.embed_responses:
         ds = ds.map_batches(Embedder, fn_constructor_kwargs={"model_dir": p.embedder_dir, "what": "responses",

@@ -81,6 +81,15 @@ def regroup(batch: pd.DataFrame, positions: list[tuple[int, int]], values: list)
     return rows
 
 
+def best_scored_first(origins: list[str], scores: list[float]) -> list[int] | None:
+    """The order that puts a scored row's best response first (the first of equals), where the row has neither a
+    ground truth nor a chosen response to anchor on; None where nothing moves."""
+    if not len(scores) or {"ground_truth", "chosen"} & set(origins):
+        return None
+    best = int(np.argmax(scores))
+    return [best, *(i for i in range(len(origins)) if i != best)] if best else None
+
+
 def tokenize_records(batch: pd.DataFrame, tokenizer, max_length: int, on_overlength: str, templated: bool = False,
                      end_id: int | None = None) -> pd.DataFrame:
     """Add ``prompt_ids``, ``response_ids`` and ``truncated`` (responses cut); mark rows over ``max_length`` tokens
@@ -102,7 +111,11 @@ def tokenize_records(batch: pd.DataFrame, tokenizer, max_length: int, on_overlen
             reasons.append(row.skip_reason)
             continue
         p = encode_prompt(tokenizer, row.prompt, templated)
-        rs = [encode_response(tokenizer, r, end_id) for r in row.responses]
+        order = best_scored_first(list(row.origins), [] if row.scores is None else list(row.scores))
+        if order:
+            for column, values in (("responses", row.responses), ("origins", row.origins), ("scores", row.scores)):
+                batch.at[row.Index, column] = [values[i] for i in order]
+        rs = [encode_response(tokenizer, r, end_id) for r in batch.at[row.Index, "responses"]]
         longest = len(p) + max(len(r) for r in rs)
         reason, cut = "", 0
         if longest > max_length:
@@ -130,7 +143,9 @@ def tokenize_records(batch: pd.DataFrame, tokenizer, max_length: int, on_overlen
 
 
 def anchor_index(origins) -> int:
-    """The response negatives are made from and contrasted with: the ground truth, else the chosen, else the first."""
+    """The response negatives are made from and contrasted with, by every stage and the trainer alike: the ground
+    truth, else the chosen, else the first, which :func:`tokenize_records` makes the source's best-scored one (so
+    the anchor stays where it was when a reward later rescores the responses)."""
     origins = list(origins)
     for origin in ("ground_truth", "chosen"):
         if origin in origins:
@@ -222,6 +237,11 @@ def load_scorer(spec: str) -> Callable[[str, str], float]:
     if not callable(fn):
         raise ValueError(f"prepare.reward={spec!r} is not callable")
     return fn
+
+
+def drop_scores(batch: pd.DataFrame) -> pd.DataFrame:
+    """No scores on any row (``prepare.reward: none``)."""
+    return batch.assign(scores=[[] for _ in range(len(batch))])
 
 
 def score_responses(batch: pd.DataFrame, scorer: Callable[[str, str], float]) -> pd.DataFrame:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -13,6 +14,8 @@ from training.batches import collate, pack_groups
 from training.group_reader import split_heldout
 from training.objective import implicit_accuracy, length_metric_sums, preference_loss
 from training.train import run_train, step_groups
+
+ROOT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
 
 def _rows() -> pd.DataFrame:
@@ -280,3 +283,52 @@ def test_heldout_batches_are_loaded_one_at_a_time_when_the_evaluation_reaches_th
     assert next(batches) == (True, "batch of [11]") and loaded == [[11]]
     # rank 1 holds 2 of the 5 groups; rank 0 holds 3, so rank 1 scores the first group once more, not counted
     assert list(batches) == [(True, "batch of [13]"), (False, "batch of [10]")]
+
+
+def test_a_micro_batch_mixing_scored_and_unscored_prompts_is_refused_not_trained_as_unscored():
+    rows = _rows()
+    rows.at[rows.index[-1], "scores"] = None  # the last group's prompt lost its scores (made before the fix)
+    groups = pack_groups(rows)
+    assert collate(groups[:1], pad_id=0, row_tokens=64).scores is not None
+    with pytest.raises(ValueError, match=r"contrast groups \[2\] hold prompts without scores"):
+        collate(groups, pad_id=0, row_tokens=64)
+
+
+def test_a_scored_source_whose_rows_gain_negatives_is_refused_unless_a_reward_scores_them(tmp_path):
+    from pipeline.graph import reward_mode
+
+    def cfg(reward):
+        return load_config(ROOT_CONFIG, ["data.source=../shared/data/ultrafeedback_binarized_1200.jsonl.gz",
+                                         f"prepare.reward={reward}"])
+
+    with pytest.raises(ValueError, match="prepare.reward to 'module:function' or 'model:<dir>'"):
+        reward_mode(cfg("auto"), has_scores=True, adds_negatives=True)
+    assert reward_mode(cfg("auto"), has_scores=True, adds_negatives=False) == "source"
+    assert reward_mode(cfg("auto"), has_scores=False, adds_negatives=True) == "none"
+    assert reward_mode(cfg("none"), has_scores=True, adds_negatives=True) == "none"  # said explicitly: no scores at all
+    assert reward_mode(cfg("model:/rm"), has_scores=True, adds_negatives=True) == "model:/rm"
+
+
+def test_an_explicit_none_reward_drops_the_scores_of_every_row_alike():
+    from pipeline.stages import drop_scores
+
+    rows = pd.DataFrame({"scores": [[1.0, 0.0], [0.5, 0.2, 0.1]]})
+    assert drop_scores(rows)["scores"].tolist() == [[], []]
+
+
+def test_stages_and_the_trainer_anchor_on_the_same_response_of_a_scored_row():
+    from pipeline import stages
+    from tests.zoo import tokenizer_like
+
+    # a scored source without ground truth or chosen (AlpacaEval best-of-n): "dataset" responses with scores
+    front = pd.DataFrame({"prompt": ["p"], "responses": [["a", "bb", "c"]], "origins": [["dataset"] * 3],
+                          "scores": [[0.1, 0.9, 0.5]], "skip_reason": [""], "source": "s", "row": [1]})
+    row = stages.tokenize_records(front, tokenizer_like("chatml"), 64, "error").iloc[0]
+    built_from = stages.anchor_index(row["origins"])  # where meanfield and truncation negatives start
+    assert row["responses"][built_from] == "bb"  # the source's best
+    # a reward then rescores every response (after negatives were added), and another one is best now
+    record = {"group_id": 0, "group_position": 0, "group_size": 1, "prompt_ids": [1], "origins": list(row["origins"]),
+              "response_ids": [list(r) for r in row["response_ids"]], "scores": [0.2, 0.3, 0.8], "ref_logps": None,
+              "rank": None, "group_similarity": [1.0]}
+    member = pack_groups(pd.DataFrame([record]))[0]["members"][0]
+    assert member["response_ids"][0] == list(row["response_ids"][built_from])  # contrasted with what it was built from

@@ -2,8 +2,8 @@
 
 A *group* is what the prepare job grouped (RPO's contrast group: related prompts); each prompt
 carries K responses. The trainer's unit of data is the whole group, so no batch ever splits
-one. Within a prompt the anchor response (ground truth, else chosen, else the best scored)
-is moved to index 0, which is where CPO expects the ground truth.
+one. Within a prompt the anchor response (:func:`pipeline.stages.anchor_index`: the one the prepare
+stages built negatives from) is moved to index 0, which is where CPO expects the ground truth.
 """
 from __future__ import annotations
 
@@ -13,16 +13,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipeline.stages import anchor_index
 from pipeline.tokenize import Packed, pack_shared_prompts
-
-
-def _anchor(origins: list[str], scores) -> int:
-    for origin in ("ground_truth", "chosen"):
-        if origin in origins:
-            return origins.index(origin)
-    if scores is not None and len(scores):
-        return int(np.argmax(scores))
-    return 0
 
 
 def _list_or_none(value):
@@ -34,7 +26,7 @@ def _prompt_record(row, max_responses: int | None) -> dict:
     origins = list(row["origins"])
     scores = _list_or_none(row["scores"])
     scores = None if scores is None else [float(s) for s in scores]
-    a = _anchor(origins, scores)
+    a = anchor_index(origins)
     perm = ([a] + [i for i in range(len(origins)) if i != a])[:max_responses]
     where = {old: new for new, old in enumerate(perm)}
     rank, ref = _list_or_none(row.get("rank")), _list_or_none(row.get("ref_logps"))
@@ -110,6 +102,10 @@ def collate(groups: list[dict], pad_id: int, row_tokens: int, share_prompts: boo
     is_rejected = torch.zeros(P, K, dtype=torch.bool)
     have_ref = all(m["ref_logps"] is not None for _, m in members)
     have_scores = all(m["scores"] is not None for _, m in members)
+    if not have_scores and any(m["scores"] is not None for _, m in members):
+        mixed = sorted({group["group_id"] for group in groups for m in group["members"] if m["scores"] is None})
+        raise ValueError(f"contrast groups {mixed[:5]} hold prompts without scores beside scored ones: the shards mix "
+                         "scored and unscored prompts (made before prepare.reward applied to every row); re-run prepare")
     have_rank = all(m["rank"] is not None for _, m in members)
     ref = torch.zeros(P, K, dtype=torch.float64)
     scores = torch.zeros(P, K, dtype=torch.float64)
