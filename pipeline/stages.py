@@ -103,6 +103,7 @@ def tokenize_records(batch: pd.DataFrame, tokenizer, max_length: int, on_overlen
     """
     batch = batch.copy()
     prompt_ids, response_ids, truncated, reasons = [], [], [], []
+    moved: dict = {}  # row index -> responses, origins and scores in best-scored-first order
     for row in batch.itertuples():
         if getattr(row, "skip_reason", ""):  # left out before tokenizing (a bad source row)
             prompt_ids.append([])
@@ -113,9 +114,9 @@ def tokenize_records(batch: pd.DataFrame, tokenizer, max_length: int, on_overlen
         p = encode_prompt(tokenizer, row.prompt, templated)
         order = best_scored_first(list(row.origins), [] if row.scores is None else list(row.scores))
         if order:
-            for column, values in (("responses", row.responses), ("origins", row.origins), ("scores", row.scores)):
-                batch.at[row.Index, column] = [values[i] for i in order]
-        rs = [encode_response(tokenizer, r, end_id) for r in batch.at[row.Index, "responses"]]
+            moved[row.Index] = {c: [list(v)[i] for i in order] for c, v in
+                                (("responses", row.responses), ("origins", row.origins), ("scores", row.scores))}
+        rs = [encode_response(tokenizer, r, end_id) for r in moved.get(row.Index, {}).get("responses", row.responses)]
         longest = len(p) + max(len(r) for r in rs)
         reason, cut = "", 0
         if longest > max_length:
@@ -135,6 +136,8 @@ def tokenize_records(batch: pd.DataFrame, tokenizer, max_length: int, on_overlen
         response_ids.append(rs)
         truncated.append(cut)
         reasons.append(reason)
+    for column in ("responses", "origins", "scores"):
+        batch[column] = [moved[i][column] if i in moved else v for i, v in zip(batch.index, batch[column])]
     batch["prompt_ids"] = prompt_ids
     batch["response_ids"] = response_ids
     batch["truncated"] = truncated

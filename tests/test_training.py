@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -321,9 +322,14 @@ def test_stages_and_the_trainer_anchor_on_the_same_response_of_a_scored_row():
     from tests.zoo import tokenizer_like
 
     # a scored source without ground truth or chosen (AlpacaEval best-of-n): "dataset" responses with scores
-    front = pd.DataFrame({"prompt": ["p"], "responses": [["a", "bb", "c"]], "origins": [["dataset"] * 3],
-                          "scores": [[0.1, 0.9, 0.5]], "skip_reason": [""], "source": "s", "row": [1]})
-    row = stages.tokenize_records(front, tokenizer_like("chatml"), 64, "error").iloc[0]
+    # cells as Ray Data hands them to a pandas batch: numpy arrays
+    front = pd.DataFrame({"prompt": ["p", "q"], "responses": [np.array(["a", "bb", "c"], dtype=object), np.array(["x", "y"], dtype=object)],
+                          "origins": [np.array(["dataset"] * 3, dtype=object), np.array(["chosen", "rejected"], dtype=object)],
+                          "scores": [np.array([0.1, 0.9, 0.5]), np.array([0.0, 1.0])], "skip_reason": ["", ""],
+                          "source": "s", "row": [1, 2]})
+    rows = stages.tokenize_records(front, tokenizer_like("chatml"), 64, "error")
+    assert list(rows["responses"].iloc[1]) == ["x", "y"]  # a chosen response anchors: nothing moves
+    row = rows.iloc[0]
     built_from = stages.anchor_index(row["origins"])  # where meanfield and truncation negatives start
     assert row["responses"][built_from] == "bb"  # the source's best
     # a reward then rescores every response (after negatives were added), and another one is best now
