@@ -396,7 +396,7 @@ def user_error(exc: BaseException) -> SourceError | None:
     when the failure is something else (a bug or an environment problem), whose traceback must not be dropped."""
     seen = exc
     while seen is not None:
-        if isinstance(seen, SourceError):
+        if isinstance(seen, SourceError) and not isinstance(seen, ray.exceptions.RayError):  # Ray's wrapper subclasses it
             return seen
         seen = getattr(seen, "cause", None) or seen.__cause__
     return None

@@ -110,7 +110,8 @@ def test_prepare_stages_ask_ray_for_the_configured_resources(name, local_ray):
     cfg = load_config(ROOT / "configs" / f"{name}.yaml")
     p = cfg.prepare
     reward = "model:/rm" if name == "cluster_example" else "task"
-    main = _stages(build_main_graph(ray.data.from_items([{"shard": "x"}]), cfg, "/model", _Tokenizer(), reward, shard_rows=300))
+    main = _stages(build_main_graph(ray.data.from_items([{"shard": "x"}]), cfg, "/model", _Tokenizer(), reward, shard_rows=300,
+                                  end_id=_Tokenizer.eos_token_id))
     small = {"num_cpus": p.model_actor_cpus, "num_gpus": p.model_actor_gpus, "actors": p.model_actors, "batch_size": 300}
     expected = {"VLLMNegatives": {"num_cpus": p.generator_cpus, "num_gpus": p.generator_gpus, "actors": p.generator_actors,
                                   "batch_size": 300},
