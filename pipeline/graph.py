@@ -42,21 +42,21 @@ from pipeline.read import CHECKED_SCHEMA, OTHER_SPLIT, SourceSpec, read_checked,
 from pipeline.report import front_counts, merge_front_counts, shard_stats, summarize
 from pipeline.shards import Manifest, content_fingerprint, shard_name, write_parquet_atomic, write_shard
 from pipeline.sources import MAX_EXAMPLES, SourceError, bad_row_error, bad_row_message, duplicate_id
-from pipeline.tokenize import response_end_id
 from pipeline.stages import (
     active,
     anchor_index,
     append_negatives,
     as_lists,
+    drop_scores,
     group_statistics,
     load_scorer,
     row_seed,
-    drop_scores,
     score_responses,
     timed,
     tokenize_records,
     truncation_negatives,
 )
+from pipeline.tokenize import response_end_id
 from training.logprobs import check_architecture
 
 # Settings that change only how fast records are made, never the records: a resumed run keeps its shards.
