@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import ray
 import torch
 
+from configs.schema import resolve_dtype
+
 CPU = torch.device("cpu")
 
 
@@ -28,10 +30,8 @@ def load_on_device(auto_class, model_dir: str, dtype: str, device: torch.device 
 
 
 def model_dtype(setting: str, device: torch.device) -> torch.dtype:
-    """``setting`` 'auto' is bf16 on an accelerator and fp32 on the CPU; 'bf16' and 'fp32' are taken as said."""
-    if setting == "auto":
-        return torch.bfloat16 if device.type != CPU.type else torch.float32
-    return {"bf16": torch.bfloat16, "fp32": torch.float32}[setting]
+    """``setting`` in torch's words, by :func:`configs.schema.resolve_dtype` on ``device``."""
+    return {"bf16": torch.bfloat16, "fp32": torch.float32}[resolve_dtype(setting, device.type != CPU.type)]
 
 
 def vllm_dtype(setting: str, device: torch.device) -> str:

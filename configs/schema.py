@@ -17,6 +17,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
+def resolve_dtype(setting: str, accelerator: bool) -> str:
+    """The precision a dtype setting means in a process with or without an accelerator: 'auto' is bf16 on a GPU and
+    fp32 on the CPU; 'bf16' and 'fp32' are taken as said."""
+    if setting == "auto":
+        return "bf16" if accelerator else "fp32"
+    return setting
+
+
 class ConfigError(ValueError):
     """A configuration file or override that does not validate."""
 
@@ -204,9 +212,6 @@ class PrepareConfig(_Section):
         default=True, description="Embed every response (needed for CPO's similarity ranks); prompts are always embedded (contrast groups)."
     )
     embed_max_tokens: int = Field(default=256, ge=8, description="Word pieces the embedder reads per text (longer texts are truncated).")
-    swepo_alpha: float = Field(default=1.0, description="SWEPO alpha used for the stored log-weights.")
-    swepo_p: float = Field(default=1.0, ge=0, description="SWEPO power p used for the stored log-weights.")
-    swepo_weighting: Literal["abs", "signed"] = Field(default="abs", description="SWEPO weighting used for the stored log-weights.")
     ref_logps: bool = Field(default=True, description="Compute frozen reference log-probs and store them in the shards.")
     on_overlength: Literal["error", "skip", "truncate"] = Field(
         default="skip",
@@ -401,6 +406,14 @@ class Config(_Section):
     def vllm_dtype(self) -> str:
         """vLLM's precision setting: ``model.vllm_dtype``, or ``model.dtype`` where that says 'auto'."""
         return self.model.dtype if self.model.vllm_dtype == "auto" else self.model.vllm_dtype
+
+    def reference_dtype(self) -> str:
+        """The precision of the reference log-probs prepare stores: ``model.dtype`` on the model actors' devices."""
+        return resolve_dtype(self.model.dtype, self.prepare.model_actor_gpus > 0)
+
+    def train_dtype(self) -> str:
+        """The precision training and held-out scoring compute in: ``train.deepspeed.dtype`` on the workers' devices."""
+        return resolve_dtype(self.train.deepspeed.dtype, self.train.gpus_per_worker > 0)
 
     def pack_row_tokens(self) -> int:
         """Tokens per packed row of the trainer's and the reference scorer's forward passes."""

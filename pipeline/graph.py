@@ -32,7 +32,7 @@ import ray
 from ray.data import ActorPoolStrategy
 from transformers import AutoConfig, AutoTokenizer
 
-from actors.embedder import Embedder
+from actors.embedder import Embedder, default_embedder_dir
 from actors.generator import HFNegatives, VLLMNegatives
 from actors.reference import MeanfieldNegatives, ReferenceLogps
 from actors.reward_model import RewardModelScores
@@ -50,6 +50,7 @@ from pipeline.stages import (
     drop_scores,
     group_statistics,
     load_scorer,
+    scorer_file,
     row_seed,
     score_responses,
     timed,
@@ -70,18 +71,31 @@ FRONT_SCHEMA = pa.schema([
 ])
 
 
-def records_hash(cfg: Config, model_dir: str) -> str:
-    """Everything that determines the records (source, model, tokenizer, negatives, reward, grouping, seed), and
-    nothing that only changes speed (:data:`SPEED_KEYS`)."""
+# What the stages write for the same inputs and settings; raised whenever that changes (a response's end token, the
+# order of a scored row's responses), so that shards made by older code are rebuilt rather than reused.
+RECORDS_VERSION = 2
+
+
+def records_hash(cfg: Config, model_dir: str, cache: dict | None = None) -> str:
+    """Everything that determines the records (source, model, tokenizer, negatives, reward, grouping, seed, the
+    precision of the reference log-probs, and the contents of every file a setting names: the chat template, the
+    embedder, a reward model and a scorer's module), and nothing that only changes speed (:data:`SPEED_KEYS`).
+    ``cache``: :func:`pipeline.shards.content_fingerprint`'s, so unchanged files are not read again."""
     prepare = cfg.prepare.model_dump(mode="json")
     for key in SPEED_KEYS:
         prepare.pop(key)
-    payload = {"seed": cfg.seed, "prepare": prepare,
+    payload = {"version": RECORDS_VERSION, "seed": cfg.seed, "prepare": prepare, "reference_dtype": cfg.reference_dtype(),
                **{s: getattr(cfg, s).model_dump(mode="json") for s in ("data", "task", "model")}}
-    digest = json.dumps(payload, sort_keys=True) + content_fingerprint(model_dir)
-    if cfg.data.source:
-        digest += content_fingerprint(cfg.data.source)
-    return hashlib.sha256(digest.encode()).hexdigest()[:16]
+    files = {"model": model_dir, "source": cfg.data.source, "embedder": cfg.prepare.embedder_dir or default_embedder_dir()}
+    if cfg.data.chat_template not in ("auto", "none"):
+        files["chat_template"] = cfg.data.chat_template
+    reward = cfg.prepare.reward
+    if reward.startswith("model:"):
+        files["reward_model"] = reward[len("model:"):]
+    elif ":" in reward:
+        files["scorer"] = scorer_file(reward)
+    payload["files"] = {name: content_fingerprint(path, cache) for name, path in files.items() if path}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def reward_mode(cfg: Config, has_scores: bool, adds_negatives: bool) -> str:
@@ -131,26 +145,29 @@ def _front_table(batch: pd.DataFrame) -> pa.Table:
     return pa.Table.from_pandas(batch[FRONT_SCHEMA.names], schema=FRONT_SCHEMA, preserve_index=False)
 
 
-def front_pass(cfg: Config, model_dir: str, tokenizer, directory: Path, key: str) -> SourceSpec | None:
+def front_pass(cfg: Config, model_dir: str, tokenizer, directory: Path, key: str) -> tuple[SourceSpec | None, int]:
     """Read, check, tokenize and embed every source row; workers write the rows (bad ones marked) as Parquet.
-    Kept across re-runs with the same records hash."""
+    Kept across re-runs with the same records hash. Returns the source's spec and the token every response ends
+    with (:func:`pipeline.tokenize.response_end_id`)."""
     done = directory / "_RECORDS_HASH"
     ds, spec = read_checked(cfg, model_dir)
+    chat_templated = templated(cfg, spec, model_dir)
+    end_id = response_end_id(tokenizer, cfg.data.chat_template, chat_templated)
     if done.is_file() and done.read_text() == key:
-        return spec
+        return spec, end_id
     shutil.rmtree(directory, ignore_errors=True)
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    build_front_graph(ds, cfg, tokenizer, templated(cfg, spec, model_dir)).write_parquet(str(tmp))
+    build_front_graph(ds, cfg, tokenizer, chat_templated, end_id).write_parquet(str(tmp))
     tmp.rename(directory)
     done.write_text(key)
-    return spec
+    return spec, end_id
 
 
-def build_front_graph(ds: ray.data.Dataset, cfg: Config, tokenizer, chat_templated: bool) -> ray.data.Dataset:
-    """Checked source rows -> tokenized -> prompt embeddings (an actor pool) -> the front table."""
+def build_front_graph(ds: ray.data.Dataset, cfg: Config, tokenizer, chat_templated: bool, end_id: int) -> ray.data.Dataset:
+    """Checked source rows -> tokenized (each response ending with ``end_id``) -> prompt embeddings (an actor pool)
+    -> the front table."""
     p = cfg.prepare
-    end_id = response_end_id(tokenizer, cfg.data.chat_template, chat_templated)
     return (
         ds.map_batches(timed("tokenize", partial(tokenize_records, tokenizer=tokenizer, max_length=cfg.model.max_length,
                                                  on_overlength=p.on_overlength, templated=chat_templated, end_id=end_id)),
@@ -285,8 +302,7 @@ def build_main_graph(ds: ray.data.Dataset, cfg: Config, model_dir: str, tokenize
                                                               "threads": threads, "max_tokens": p.embed_max_tokens,
                                                               "batch_size": p.embed_batch_size, "dtype": cfg.model.dtype},
                             **small())
-    ds = ds.map_batches(timed("group_statistics", partial(group_statistics, alpha=p.swepo_alpha, p=p.swepo_p,
-                                                          weighting=p.swepo_weighting)), batch_format="pandas", batch_size=None)
+    ds = ds.map_batches(timed("group_statistics", group_statistics), batch_format="pandas", batch_size=None)
     if p.ref_logps:
         ds = ds.map_batches(ReferenceLogps, fn_constructor_kwargs={"model_dir": model_dir, "row_tokens": cfg.pack_row_tokens(),
                                                                  "threads": threads, "dtype": cfg.model.dtype,
@@ -298,6 +314,16 @@ def build_main_graph(ds: ray.data.Dataset, cfg: Config, model_dir: str, tokenize
 def _load_grouped(batch: pd.DataFrame, directory: str) -> pd.DataFrame:
     (name,) = batch["shard"]
     return as_lists(pq.read_table(Path(directory) / name).to_pandas())
+
+
+FINGERPRINTS = "fingerprints.json"  # per file: size, modification time and SHA-256 of the files records_hash read
+
+
+def _fingerprint_cache(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
 
 
 def _write_shards(batch: pd.DataFrame, directory: str, expected: dict) -> pd.DataFrame:
@@ -322,7 +348,9 @@ def run_prepare(cfg: Config) -> dict:
     model_dir = str(cfg.policy_dir())
     check_architecture(AutoConfig.from_pretrained(model_dir))  # before any work: a model that cannot be scored exactly
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    key = records_hash(cfg, model_dir)
+    key = records_hash(cfg, model_dir, fingerprints := _fingerprint_cache(out_dir / FINGERPRINTS))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / FINGERPRINTS).write_text(json.dumps(fingerprints))
     # A bad row stops the job with the reader's own error (file, row, field), not Ray's wrapper of it.
     ray.data.DataContext.get_current().raise_original_map_exception = True
     manifest, notes = Manifest.open(shards_dir, key)
@@ -333,7 +361,7 @@ def run_prepare(cfg: Config) -> dict:
         return summarize(manifest, time.perf_counter() - started)
 
     try:
-        spec = front_pass(cfg, model_dir, tokenizer, work / "front", key)
+        spec, end_id = front_pass(cfg, model_dir, tokenizer, work / "front", key)
         front = ray.data.read_parquet(str(work / "front"))
         counts = merge_front_counts(front.drop_columns(["prompt_embedding", "prompt_ids", "response_ids", "responses"])
                                     .map_batches(front_counts, batch_format="pandas").take_all())
@@ -362,9 +390,8 @@ def run_prepare(cfg: Config) -> dict:
     t = time.perf_counter()
     plan = group_pass(cfg, front, good, frozenset(r for r, _ in duplicates), work / "grouped", key)
     manifest.total_shards = len(plan["shards"])
-    end_id = response_end_id(tokenizer, cfg.data.chat_template, templated(cfg, spec, model_dir))
     manifest.source = {"path": path, "format": spec.format if spec else "ground_truth", "rows_read": counts["rows_read"],
-                       "response_end_id": end_id,
+                       "response_end_id": end_id, "ref_logps_dtype": cfg.reference_dtype() if cfg.prepare.ref_logps else None,
                        "rows_out": good, "filtered": counts["skipped"].pop(OTHER_SPLIT, 0), **counts,
                        "reward": reward, "grouping": {"buckets": plan["buckets"], "seconds": time.perf_counter() - t,
                                                       "mean_within_group_similarity": plan["mean_within_group_similarity"]}}

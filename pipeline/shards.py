@@ -59,15 +59,25 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def content_fingerprint(path: str | Path) -> str:
+def content_fingerprint(path: str | Path, cache: dict | None = None) -> str:
     """SHA-256 over the contents of a file, or of every file of a directory (a retrained model with the same
-    file sizes must not pass for the old one)."""
+    file sizes must not pass for the old one). ``cache`` (path -> ``[size, mtime_ns, sha256]``, updated in place)
+    skips re-reading a file whose size and modification time are unchanged: hashing a 70B model's weights on
+    every run would cost minutes."""
     path = Path(path)
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     h = hashlib.sha256()
     for file in files:
         h.update(file.relative_to(path).as_posix().encode() if path.is_dir() else file.name.encode())
-        h.update(file_sha256(file).encode())
+        stat, key = file.stat(), str(file.resolve())
+        known = (cache or {}).get(key)
+        if known and known[:2] == [stat.st_size, stat.st_mtime_ns]:
+            digest = known[2]
+        else:
+            digest = file_sha256(file)
+            if cache is not None:
+                cache[key] = [stat.st_size, stat.st_mtime_ns, digest]
+        h.update(digest.encode())
     return h.hexdigest()[:16]
 
 

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import random
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,6 +26,7 @@ import torch
 
 from pipeline import task
 from pipeline.tokenize import encode_prompt, encode_response
+from training.losses import swepo_deviations, swepo_log_weights
 
 
 def row_seed(seed: int, row_id: str, salt: str) -> int:
@@ -210,14 +213,6 @@ def meanfield_resample(
     return new_ids, positions
 
 
-def swepo_weights(scores: list[float], alpha: float, p: float, weighting: str) -> tuple[list[float], list[float]]:
-    """SWEPO deviations ``Δ_i = S_i - mean S`` and log-weights (``α|Δ|^p`` or ``αΔ``) of one group."""
-    s = np.asarray(scores, dtype=np.float64)
-    dev = s - s.mean()
-    log_w = alpha * np.abs(dev) ** p if weighting == "abs" else alpha * dev
-    return dev.tolist(), log_w.tolist()
-
-
 def cosine_rank(response_embeddings: np.ndarray, anchor: int = 0) -> list[int]:
     """Order of responses by cosine similarity to the anchor's embedding, the anchor first (CPO's ranked variants)."""
     e = response_embeddings / np.maximum(np.linalg.norm(response_embeddings, axis=1, keepdims=True), 1e-12)
@@ -242,6 +237,18 @@ def load_scorer(spec: str) -> Callable[[str, str], float]:
     return fn
 
 
+def scorer_file(spec: str) -> str | None:
+    """The source file of a ``module:function`` scorer's module (None where it has none, e.g. a built-in)."""
+    module = spec.partition(":")[0]
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError) as exc:
+        raise ValueError(f"prepare.reward={spec!r}: cannot find module {module!r} ({exc})") from None
+    if found is None:
+        raise ValueError(f"prepare.reward={spec!r}: no module named {module!r}")
+    return found.origin if found.origin and Path(found.origin).is_file() else None
+
+
 def drop_scores(batch: pd.DataFrame) -> pd.DataFrame:
     """No scores on any row (``prepare.reward: none``)."""
     return batch.assign(scores=[[] for _ in range(len(batch))])
@@ -263,9 +270,11 @@ def score_responses(batch: pd.DataFrame, scorer: Callable[[str, str], float]) ->
     return batch
 
 
-def group_statistics(batch: pd.DataFrame, alpha: float, p: float, weighting: str) -> pd.DataFrame:
-    """SWEPO ``deviation``/``log_weight`` where scores exist; CPO ``rank`` (order by cosine to the ground
-    truth) where a ground truth and response embeddings exist.
+def group_statistics(batch: pd.DataFrame) -> pd.DataFrame:
+    """SWEPO ``deviation`` and ``log_weight`` where scores exist (:func:`training.losses.swepo_deviations`, weights at
+    the paper's α = 1, p = 1: a record of the data to read, as the trainer recomputes both from the scores with
+    ``train.swepo_*``); CPO ``rank`` (order by cosine to the ground truth) where a ground truth and response
+    embeddings exist.
 
     Rows whose scores are all equal are kept (CPO and DPO can still use them); the SWEPO loss skips and
     counts them, and the writer reports how many there are.
@@ -273,11 +282,13 @@ def group_statistics(batch: pd.DataFrame, alpha: float, p: float, weighting: str
     batch = batch.copy()
     devs, log_ws, ranks = [], [], []
     has_embeddings = "response_embeddings" in batch
-    for i, row in enumerate(batch.itertuples()):
+    for row in batch.itertuples():
         dev, log_w, rank = [], [], []
         if row.skip_reason == "":
             if len(row.scores):
-                dev, log_w = swepo_weights(list(row.scores), alpha, p, weighting)
+                scores = torch.tensor([list(row.scores)], dtype=torch.float64)
+                d, _ = swepo_deviations(scores, torch.ones_like(scores, dtype=torch.bool))
+                dev, log_w = d[0].tolist(), swepo_log_weights(d[0]).tolist()
             if has_embeddings and "ground_truth" in list(row.origins):
                 rank = cosine_rank(np.asarray(row.response_embeddings), list(row.origins).index("ground_truth"))
         devs.append(dev)

@@ -120,7 +120,7 @@ def test_prepare_stages_ask_ray_for_the_configured_resources(name, local_ray):
         expected["RewardModelScores"] = small
     assert {k: v for k, v in main.items() if k in expected} == expected
     assert all(v["num_gpus"] is None for k, v in main.items() if k not in expected)  # the CPU stages ask for none
-    front = _stages(build_front_graph(ray.data.from_items([{"id": "x"}]), cfg, _Tokenizer(), chat_templated=False))
+    front = _stages(build_front_graph(ray.data.from_items([{"id": "x"}]), cfg, _Tokenizer(), chat_templated=False, end_id=2))
     assert front["Embedder"] == {**small, "batch_size": p.batch_size}
 
 

@@ -15,6 +15,7 @@ from pipeline import stages
 from pipeline.records import SCHEMA_VERSION
 from pipeline.shards import Manifest, read_shards
 from pipeline.tokenize import encode_response
+from training.losses import swepo_deviations
 
 
 def test_meanfield_changes_only_chosen_positions_and_their_count():
@@ -143,12 +144,15 @@ def test_truncate_keeps_the_start_like_trl_and_skips_prompts_that_fill_the_conte
     assert short == encode_response(tokenizer, "ok") and out["truncated"].iloc[0] == 1
 
 
-def test_swepo_weights_and_cosine_rank():
-    dev, log_w = stages.swepo_weights([8, 6, 6.5, 3], alpha=1.0, p=1.0, weighting="abs")
-    assert dev == pytest.approx([2.125, 0.125, 0.625, -2.875])
-    assert log_w == pytest.approx([2.125, 0.125, 0.625, 2.875])
-    _, signed = stages.swepo_weights([8, 6, 6.5, 3], 1.0, 1.0, "signed")
-    assert signed == pytest.approx(dev)
+def test_stored_swepo_columns_are_the_losses_formula_and_cosine_rank():
+    batch = pd.DataFrame({"scores": [[8, 6, 6.5, 3], [1.0, 1.0 + 1e-9]], "origins": [["dataset"] * 4, ["dataset"] * 2],
+                          "skip_reason": ["", ""]})
+    out = stages.group_statistics(batch)
+    assert out["deviation"].iloc[0] == pytest.approx([2.125, 0.125, 0.625, -2.875])
+    assert out["log_weight"].iloc[0] == pytest.approx([2.125, 0.125, 0.625, 2.875])
+    # the same function the loss uses: scores equal within its tie tolerance have no positive
+    _, positive = swepo_deviations(torch.tensor([[1.0, 1.0 + 1e-9]], dtype=torch.float64), torch.ones(1, 2, dtype=torch.bool))
+    assert not positive.any()
     emb = np.array([[1, 0], [0, 1], [0.9, 0.1], [0.5, 0.5]], dtype=float)
     assert stages.cosine_rank(emb, anchor=0) == [0, 2, 3, 1]
 
@@ -156,7 +160,7 @@ def test_swepo_weights_and_cosine_rank():
 def test_equal_scores_stay_for_the_losses_that_can_use_them():
     batch = pd.DataFrame({"scores": [[1.0, 1.0], [2.0, 1.0]], "origins": [["chosen", "rejected"]] * 2,
                           "skip_reason": ["", ""]})
-    out = stages.group_statistics(batch, 1.0, 1.0, "abs")
+    out = stages.group_statistics(batch)
     assert list(out["skip_reason"]) == ["", ""]  # SWEPO skips and counts them at training time
     assert out["deviation"].iloc[0] == pytest.approx([0.0, 0.0])
     assert out["deviation"].iloc[1] == pytest.approx([0.5, -0.5])

@@ -34,6 +34,8 @@ __all__ = [
     "nca_pair_loss",
     "robust_dpo_loss",
     "rpo_loss",
+    "swepo_deviations",
+    "swepo_log_weights",
     "swepo_loss",
 ]
 
@@ -143,6 +145,25 @@ def _pair_metrics(chosen: Tensor, rejected: Tensor) -> dict[str, Tensor]:
 # ---------------------------------------------------------------- SWEPO
 
 
+def swepo_deviations(scores: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """SWEPO's score deviations ``Δ_i = S_i - mean(S)`` over each group's real responses (float64, 0 where padded)
+    and its positives ``Δ_i > tol``: ``scores``, ``mask`` ``[B, K]``. The relative tolerance makes equal scores give
+    no positive (the mean of equal float32 scores can round slightly above them)."""
+    scores = torch.where(mask, scores, torch.zeros_like(scores)).to(torch.float64)
+    dev = torch.where(mask, scores - _masked_mean(scores, mask).unsqueeze(-1), torch.zeros_like(scores))
+    tol = 1e-6 * scores.abs().amax(-1, keepdim=True).clamp(min=1.0)
+    return dev, mask & (dev > tol)
+
+
+def swepo_log_weights(dev: Tensor, alpha: float = 1.0, p: float = 1.0, weighting: Literal["abs", "signed"] = "abs") -> Tensor:
+    """SWEPO's log-weights of deviations ``dev`` (any shape): ``α|Δ|^p`` ("abs") or ``αΔ`` ("signed")."""
+    if weighting == "abs":
+        return alpha * dev.abs().pow(p)
+    if weighting == "signed":
+        return alpha * dev
+    raise ValueError(f"unknown SWEPO weighting {weighting!r}")
+
+
 def swepo_loss(
     policy_logps: Tensor,
     ref_logps: Tensor,
@@ -171,12 +192,7 @@ def swepo_loss(
     ``margin``, ``num_positive``.
     """
     s, mask = _rewards(policy_logps, ref_logps, beta, mask)
-    # Deviations in float64 with a relative tolerance: equal scores must give no positive, and the mean
-    # of equal float32 scores can round slightly above them.
-    scores = torch.where(mask, scores, torch.zeros_like(scores)).to(torch.float64)
-    dev = torch.where(mask, scores - _masked_mean(scores, mask).unsqueeze(-1), torch.zeros_like(scores))
-    tol = 1e-6 * scores.abs().amax(-1, keepdim=True).clamp(min=1.0)
-    positive = mask & (dev > tol)
+    dev, positive = swepo_deviations(scores, mask)
     dev = dev.to(s.dtype)
     valid = positive.any(-1)
     if mode == "1_vs_k":
@@ -184,13 +200,7 @@ def swepo_loss(
         positive = torch.zeros_like(mask).scatter(-1, top, True) & valid.unsqueeze(-1)
     elif mode != "k1_vs_k2":
         raise ValueError(f"unknown SWEPO mode {mode!r}")
-    if weighting == "abs":
-        log_w = alpha * dev.abs().pow(p)
-    elif weighting == "signed":
-        log_w = alpha * dev
-    else:
-        raise ValueError(f"unknown SWEPO weighting {weighting!r}")
-    z = s + log_w
+    z = s + swepo_log_weights(dev, alpha, p, weighting)
     # Invalid groups get all-True sets so logsumexp never sees an empty set
     # (which would make the backward NaN); their loss is replaced by 0 below.
     skip = ~valid.unsqueeze(-1)
