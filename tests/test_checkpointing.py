@@ -1,7 +1,10 @@
 """Adam's moments survive a change in the number of workers: saved by 2 DeepSpeed ranks, restored on 1, equal
-within 1e-6, under ZeRO-2 and ZeRO-3 (real DeepSpeed on CPU, gloo, no Ray)."""
+within 1e-6, under ZeRO-2 and ZeRO-3 (real DeepSpeed on CPU, gloo, no Ray); and checkpointing does not put a full
+copy of them on a rank other than the one that writes them."""
 from __future__ import annotations
 
+import ctypes
+import json
 import os
 import socket
 from pathlib import Path
@@ -18,6 +21,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _rss_kb(field: str) -> int:
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(field + ":"))
+    return int(line.split()[1])
+
+
+def _peak_growth_mb(work) -> float:
+    """How far ``work()`` raises this process's peak resident memory above its resident memory before."""
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # memory freed by the training steps goes back first: it would hide growth
+    rss = _rss_kb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) restarts from now
+    work()
+    return (_rss_kb("VmHWM") - rss) / 1024
+
+
 def _rank(rank: int, world: int, port: int, stage: int, directory: str, mode: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), DS_ACCELERATOR="cpu")
@@ -26,13 +43,18 @@ def _rank(rank: int, world: int, port: int, stage: int, directory: str, mode: st
     import torch.distributed as dist
 
     from configs.schema import DeepSpeedConfig
-    from tests.zoo import build_model, tokenizer_like
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.zoo import tokenizer_like
     from training import checkpointing
     from training.engine import deepspeed_config
 
     dist.init_process_group("gloo", rank=rank, world_size=world)
     tokenizer = tokenizer_like("plain")
-    model = build_model("llama", len(tokenizer), attn_implementation="eager")
+    # ~10M parameters: their moments (~90 MB) stand well above the noise of a process's resident memory
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=512, intermediate_size=1024, num_hidden_layers=4,
+                                         num_attention_heads=8, num_key_value_heads=8, attn_implementation="eager"))
     config = deepspeed_config(DeepSpeedConfig(zero_stage=stage), micro_batch=1, grad_accum=1, world_size=world,
                               lr=1e-2, weight_decay=0.0, device=torch.device("cpu"))
     engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
@@ -43,16 +65,22 @@ def _rank(rank: int, world: int, port: int, stage: int, directory: str, mode: st
             ids = torch.randint(3, len(tokenizer), (1, 12), generator=torch.Generator().manual_seed(10 * step + rank))
             engine.backward(engine(input_ids=ids, labels=ids).loss)
             engine.step()
-        checkpointing.write(out / "ckpt", engine, tokenizer, rank, world, 3, {})
+        growth_mb = _peak_growth_mb(lambda: checkpointing.write(out / "ckpt", engine, tokenizer, rank, world, 3, {}))
+        # the control: every rank holding the full moments, as checkpoints did before (a collective under ZeRO-3)
+        kept: dict = {}
+        control_mb = _peak_growth_mb(lambda: kept.update(checkpointing.full_moments(engine, keep=True)))
+        moments_mb = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad) * 4 * 2 / 2**20
+        (out / f"memory_rank{rank}.json").write_text(json.dumps(
+            {"growth_mb": growth_mb, "control_growth_mb": control_mb, "moments_mb": moments_mb}))
+        before = kept
         if rank == 0:
-            torch.save(checkpointing.full_adam_state(engine), out / "before.pt")
-        else:
-            checkpointing.full_adam_state(engine)  # collective under ZeRO-3
+            torch.save({"step": checkpointing.adam_step(engine), "moments": before}, out / "before.pt")
     else:
         state = checkpointing.restore(out / "ckpt", engine, world, lora=False)
-        after = checkpointing.full_adam_state(engine)
+        after = dict(checkpointing.full_moments(engine, keep=rank == 0))
         if rank == 0:
-            torch.save({"adam": after, "moments": state["moments"]}, out / "after.pt")
+            torch.save({"adam": {"step": checkpointing.adam_step(engine), "moments": after}, "moments": state["moments"]},
+                       out / "after.pt")
     dist.barrier()
     dist.destroy_process_group()
 
@@ -73,3 +101,15 @@ def test_adam_moments_are_restored_on_another_number_of_workers(stage, tmp_path)
         for key in ("exp_avg", "exp_avg_sq"):
             assert saved[key].abs().max() > 0, f"{name} {key} was never updated: the test would prove nothing"
             torch.testing.assert_close(after["adam"]["moments"][name][key], saved[key], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_a_rank_that_does_not_write_the_moments_never_holds_them_all(stage, tmp_path):
+    _run(2, stage, tmp_path, "save")
+    other = json.loads((tmp_path / "memory_rank1.json").read_text())
+    writer = json.loads((tmp_path / "memory_rank0.json").read_text())
+    print(f"ZeRO-{stage} checkpoint, peak memory growth: rank 1 {other['growth_mb']:.1f} MB, rank 0 "
+          f"{writer['growth_mb']:.1f} MB; holding the full moments (the control): {other['control_growth_mb']:.1f} MB "
+          f"of {other['moments_mb']:.1f} MB")
+    assert other["control_growth_mb"] > 0.75 * other["moments_mb"]  # the measurement sees a full copy
+    assert other["growth_mb"] < 0.5 * other["moments_mb"]  # its own partition of DeepSpeed's state and one parameter at a time

@@ -179,6 +179,30 @@ def test_evaluate_scores_reference_and_policy_and_draws_the_plots(run_dir, prepa
     assert json.loads((run_dir / "evaluate" / "report.json").read_text())["policy_exact_match"] == report["policy_exact_match"]
 
 
+def test_evaluation_loads_no_model_in_the_driver(run_dir, monkeypatch):
+    """Held-out scoring, greedy answers and rewards run in Ray actors: the driver of an 8B evaluation must not hold
+    two 32 GB models. Loading any model in this process fails the test; the actors are other processes."""
+    from transformers import PreTrainedModel
+
+    from configs.schema import load_config
+    from jobs.common import init_ray
+    from tests.conftest import ROOT
+    from training.evaluation import run_evaluate
+
+    if not (run_dir / "train" / "policy" / "config.json").is_file():
+        run_job("train", run_dir, *TRAIN)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a model was loaded in the driver: {args[:2]}")
+
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(refuse))
+    cfg = load_config(ROOT / "configs/tiny.yaml", [f"output_dir={run_dir}"])
+    init_ray(cfg)
+    report = run_evaluate(cfg, job="evaluate_no_driver_model")
+    assert report["reference_implicit_accuracy"] == 0.5 and report["policy_implicit_accuracy"] > 0.5
+    assert report["driver_peak_rss_mb"] <= report["driver_peak_rss_mb_before"] + 200
+
+
 def test_evaluation_scores_a_live_reference_when_the_shards_hold_none(tiny_copy):
     """Shards without reference log-probs (prepare.ref_logps: false, train.reference: live) used to crash
     jobs.evaluate (``policy - None``); the reference model now scores the held-out groups itself."""

@@ -148,10 +148,13 @@ def test_reward_model_without_pad_token_scores_a_batch(tmp_path):
     rows = pd.DataFrame({"id": ["a"], "prompt": ["Say hi.\n"], "responses": [["hi", "hello there", "h"]],
                          "origins": [["dataset"] * 3], "scores": [[]], "source": "t", "row": [1]})
     rows = stages.tokenize_records(rows, tok, max_length=64, on_overlength="error")
-    scores = list(RewardModelScores(str(tmp_path))(rows)["scores"].iloc[0])
+    scorer = RewardModelScores(str(tmp_path))
+    scores = list(scorer(rows)["scores"].iloc[0])
     model = LlamaForSequenceClassification.from_pretrained(tmp_path).eval()
+    model.config.pad_token_id = scorer.tokenizer.pad_token_id  # pooled where the batch pools: as a reward trainer pools
+    texts = scorer.texts(["Say hi.\n"] * 3, ["hi", "hello there", "h"])  # Llama-3's chat template
     with torch.no_grad():
-        alone = [model(**tok(["Say hi.\n" + r], return_tensors="pt")).logits[0, 0].item() for r in ("hi", "hello there", "h")]
+        alone = [model(**tok([t], return_tensors="pt", add_special_tokens=False)).logits[0, 0].item() for t in texts]
     np.testing.assert_allclose(scores, alone, atol=1e-4)
 
 

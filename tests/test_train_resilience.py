@@ -132,7 +132,9 @@ def test_rerun_with_other_workers_or_cadence_continues_and_new_math_restarts_nam
     assert "train.lr 0.001 -> 0.0005" in other and "starting from step 0" in other and "restored" not in other
 
 
-@pytest.mark.parametrize("precision", [["train.deepspeed.dtype=bf16"], ["train.deepspeed.zero_stage=3"]], ids=["bf16", "zero3"])
+# bf16 training on the tiny run's fp32 shards: a live reference, in the trainer's precision (one precision throughout)
+@pytest.mark.parametrize("precision", [["train.deepspeed.dtype=bf16", "train.reference=live"], ["train.deepspeed.zero_stage=3"]],
+                         ids=["bf16", "zero3"])
 def test_bf16_and_zero3_save_restore_and_export_the_full_model(tiny_copy, precision):
     import torch
     from transformers import AutoModelForCausalLM

@@ -281,9 +281,9 @@ def test_heldout_batches_are_loaded_one_at_a_time_when_the_evaluation_reaches_th
 
     batches = heldout_batches([10, 11, 12, 13, 14], rank=1, world=2, micro_groups=1, load=load)
     assert loaded == []  # nothing read (nor on the device) before the evaluation starts
-    assert next(batches) == (True, "batch of [11]") and loaded == [[11]]
+    assert next(batches) == (True, [11], "batch of [11]") and loaded == [[11]]
     # rank 1 holds 2 of the 5 groups; rank 0 holds 3, so rank 1 scores the first group once more, not counted
-    assert list(batches) == [(True, "batch of [13]"), (False, "batch of [10]")]
+    assert list(batches) == [(True, [13], "batch of [13]"), (False, [10], "batch of [10]")]
 
 
 def test_a_micro_batch_mixing_scored_and_unscored_prompts_is_refused_not_trained_as_unscored():
@@ -338,3 +338,33 @@ def test_stages_and_the_trainer_anchor_on_the_same_response_of_a_scored_row():
               "rank": None, "group_similarity": [1.0]}
     member = pack_groups(pd.DataFrame([record]))[0]["members"][0]
     assert member["response_ids"][0] == list(row["response_ids"][built_from])  # contrasted with what it was built from
+
+
+def test_recorded_step0_reference_makes_a_bf16_policy_tie_with_itself_exactly():
+    """The held-out reference is the trainer's own forward at step 0 (the policy is the reference then): a reference
+    from another batch layout differs in bf16 by far more than any tie tolerance, so the start was not 0.5."""
+    from training.train import record_reference, with_recorded_reference
+
+    groups = pack_groups(_rows())
+    batch = collate(groups, pad_id=0, row_tokens=64)
+    ids = [g["group_id"] for g in groups]
+    policy = torch.randn(batch.mask.shape).to(torch.bfloat16).float() * batch.mask  # a bf16 model's sums
+    shifted = batch.ref_logps if batch.ref_logps is not None else policy + 0.3 * torch.randn_like(policy)
+    assert implicit_accuracy(0.1 * (policy - shifted), batch)[0] != 0.5 * implicit_accuracy(policy, batch)[1]
+    record: dict = {}
+    record_reference(record, ids, batch, policy)
+    again = collate(with_recorded_reference(pack_groups(_rows()), record), pad_id=0, row_tokens=64)
+    assert torch.equal(again.ref_logps, policy)
+    correct, pairs = implicit_accuracy(0.1 * (policy - again.ref_logps), again)
+    assert pairs > 0 and correct / pairs == 0.5
+
+
+def test_training_on_a_reference_of_another_precision_is_refused_naming_both(tmp_path):
+    from training.train import check_reference_precision
+
+    cfg = load_config(ROOT_CONFIG, ["train.deepspeed.dtype=bf16"])
+    with pytest.raises(ValueError, match=r"computed in fp32, but training computes in bf16 \(train.deepspeed.dtype=bf16\)"):
+        check_reference_precision(cfg, "fp32", tmp_path)
+    check_reference_precision(cfg, "bf16", tmp_path)  # one precision: accepted
+    live = load_config(ROOT_CONFIG, ["train.deepspeed.dtype=bf16", "train.reference=live"])
+    check_reference_precision(live, "fp32", tmp_path)  # a live reference runs in the trainer's precision

@@ -14,20 +14,18 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import ray
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from actors.generator import VLLMAnswers
+from actors.heldout import HeldoutScores
 from actors.reward_model import RewardModelScores
 from pipeline import task
 from pipeline.shards import MANIFEST, verified_shard_files
 from pipeline.stages import load_scorer
 from pipeline.tokenize import chat_renderer, encode_prompt, pad_token_id, response_end_id, user_prompt
 from training import plots
-from training.batches import collate
-from training.group_reader import GroupReader, split_heldout
-from training.logprobs import forward_plan, packed_logps
-from training.objective import implicit_accuracy
-from training.progress import Progress
+from training.group_reader import split_heldout
+from training.progress import Progress, peak_rss_mb
 from training.study_stats import interval
 
 
@@ -88,35 +86,27 @@ def greedy_answers(model_dir: str | Path, prompt_ids: list[list[int]], cfg, end_
         ray.kill(actor)
 
 
-@torch.no_grad()
+def heldout_groups(cfg) -> tuple[list[str], list[int]]:
+    """The verified shard files and the ids of the held-out contrast groups (the trainer's split)."""
+    files = [str(f) for f in verified_shard_files(cfg.job_dir("prepare") / "shards")]
+    group_ids = sorted(set(pq.read_table(files, columns=["group_id"])["group_id"].to_pylist()))
+    return files, split_heldout(group_ids, cfg.train.heldout_fraction, cfg.seed)[1]
+
+
 def heldout_margins(model_dir: str | Path, cfg) -> tuple[float, dict[str, list[float]]]:
-    """Implicit-reward accuracy of a model on the held-out contrast groups, and its anchor-minus-negative
-    margins by the negative's origin. Reference log-probs come from the shards, or from the reference model
-    where the shards hold none (``prepare.ref_logps: false`` with ``train.reference: live``)."""
-    reader = GroupReader(verified_shard_files(cfg.job_dir("prepare") / "shards"), cfg.train.max_responses)
-    _, held = split_heldout(reader.group_ids, cfg.train.heldout_fraction, cfg.seed)
-    groups = dict(zip(held, reader.read(held)))
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    plan = forward_plan(model)
-    pad_id = pad_token_id(AutoTokenizer.from_pretrained(model_dir), model.get_input_embeddings().num_embeddings)
-    reference = None
-    correct = pairs = 0.0
-    margins: dict[str, list[float]] = {}
-    for gid in held:
-        batch = collate([groups[gid]], pad_id, cfg.pack_row_tokens(), plan.share_prompts)
-        policy = batch.gather(packed_logps(model, batch.packed, plan))
-        ref = batch.ref_logps
-        if ref is None:
-            if reference is None:
-                reference = AutoModelForCausalLM.from_pretrained(cfg.policy_dir(), dtype=torch.float32).eval()
-            ref = batch.gather(packed_logps(reference, batch.packed, plan))
-        rewards = cfg.train.beta * (policy - ref)
-        c, p = implicit_accuracy(rewards, batch)
-        correct, pairs = correct + c, pairs + p
-        for member, r in zip(groups[gid]["members"], rewards):
-            for origin, value in zip(member["origins"][1:], r[1 : len(member["origins"])]):
-                margins.setdefault(origin, []).append(float(r[0] - value))
-    return correct / max(pairs, 1), margins
+    """Implicit-reward accuracy of a model against the reference (``cfg.policy_dir()``) on the held-out contrast
+    groups, and its anchor-minus-negative margins by the negative's origin. Both models are scored by a Ray actor
+    (:class:`actors.heldout.HeldoutScores`, the model actors' resources) in the trainer's precision, so the driver
+    loads no model and reads no group."""
+    p = cfg.prepare
+    files, held = heldout_groups(cfg)
+    actor = ray.remote(num_cpus=p.model_actor_cpus, num_gpus=p.model_actor_gpus or None)(HeldoutScores).remote(
+        str(cfg.policy_dir()), str(model_dir), files, cfg.train.max_responses, cfg.train_dtype(), cfg.pack_row_tokens(),
+        max(1, int(p.model_actor_cpus)))
+    try:
+        return ray.get(actor.score.remote(held, cfg.train.beta, cfg.train.micro_groups))
+    finally:
+        ray.kill(actor)
 
 
 def task_prompt_ids(cfg, model_dir: str | Path) -> tuple[list[str], list[list[int]], int]:
@@ -158,7 +148,10 @@ def answer_scorer(cfg) -> Callable[[list[str], list[str]], list[float]] | None:
     if spec in ("source", "none"):
         return None
     if spec.startswith("model:"):
-        return RewardModelScores(spec[len("model:"):]).score_texts
+        p = cfg.prepare
+        actor = ray.remote(num_cpus=p.model_actor_cpus, num_gpus=p.model_actor_gpus or None)(RewardModelScores).remote(
+            spec[len("model:"):], max(1, int(p.model_actor_cpus)), p.score_batch_size, cfg.model.dtype)
+        return lambda prompts, answers: ray.get(actor.score_texts.remote(prompts, answers))  # the actor lives as long as this
     scorer = load_scorer(spec)
     return lambda prompts, answers: [float(scorer(p, a)) for p, a in zip(prompts, answers)]
 
@@ -167,9 +160,7 @@ def heldout_prompts(cfg) -> tuple[list[str], list[list[int]], int | None]:
     """Prompts of the held-out contrast groups (text and the token ids the shards hold), at most ``evaluate.max_prompts``,
     and the token the shards' responses end with (the manifest's record of prepare; None: the model's EOS alone)."""
     shards = cfg.job_dir("prepare") / "shards"
-    files = [str(f) for f in verified_shard_files(shards)]
-    group_ids = sorted(set(pq.read_table(files, columns=["group_id"])["group_id"].to_pylist()))
-    _, held = split_heldout(group_ids, cfg.train.heldout_fraction, cfg.seed)
+    files, held = heldout_groups(cfg)
     rows = pq.read_table(files, columns=["group_id", "prompt", "prompt_ids"], filters=[("group_id", "in", held)]).to_pandas()
     rows = rows.sort_values("group_id", kind="stable").head(cfg.evaluate.max_prompts)
     end_id = json.loads((shards / MANIFEST).read_text()).get("source", {}).get("response_end_id")
@@ -233,6 +224,7 @@ def run_evaluate(cfg, policy: Path | None = None, job: str = "evaluate") -> dict
     policy = Path(policy or cfg.job_dir("train") / "policy")
     if not (policy / "config.json").is_file():
         raise FileNotFoundError(f"trained policy {policy} not found: run `python -m jobs.train` first")
+    rss_before = peak_rss_mb()
     scorer = answer_scorer(cfg) if cfg.data.source else None
     progress = Progress("evaluate", 4 if scorer or not cfg.data.source else 2, "parts")
     ref_acc, _ = heldout_margins(reference, cfg)
@@ -260,4 +252,5 @@ def run_evaluate(cfg, policy: Path | None = None, job: str = "evaluate") -> dict
         figures["training_curves"] = str(plots.training_curves(metrics_csv, out / "training_curves.png", f"{cfg.train.loss} training ({cfg.name})"))
     figures["margins"] = str(plots.margin_histogram(margins, out / "reward_margins.png", "held-out implicit-reward margins of the policy, by negative type"))
     figures["before_after"] = str(plots.before_after_bars(bars, out / "before_after.png", "held-out: reference vs trained policy"))
-    return {**report, "figures": figures}
+    # every model runs in an actor: the driver's memory does not grow with the models (the note's measurement)
+    return {**report, "figures": figures, "driver_peak_rss_mb_before": rss_before, "driver_peak_rss_mb": peak_rss_mb()}

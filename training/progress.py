@@ -5,6 +5,7 @@ a file shows how far a stage has come without one line per step. The console (``
 that start with ``[job] [bar]`` in place on a terminal."""
 from __future__ import annotations
 
+import resource
 import time
 
 BAR_WIDTH = 20
@@ -55,3 +56,8 @@ class Progress:
         self._last_time, self._last_fraction = time.perf_counter(), done / self.total
         print(self.line(done, figures), flush=True)
         return True
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import json
-import resource
 import shutil
 import tempfile
 import time
@@ -54,7 +53,7 @@ from training.logprobs import (
 )
 from training.lora import export_merged, with_lora
 from training.objective import preference_loss
-from training.progress import Progress
+from training.progress import Progress, peak_rss_mb
 from training.trackers import Trackers, check_installed
 
 
@@ -88,12 +87,29 @@ def heldout_share(held_ids: list[int], rank: int, world: int, micro_groups: int)
     return chunks + [None] * (n - len(chunks))
 
 
-def heldout_batches(held_ids: list[int], rank: int, world: int, micro_groups: int, load) -> Iterator[tuple[bool, Batch]]:
-    """This rank's held-out micro-batches (:func:`heldout_share`) as ``(counts toward the figures, load(ids))``, each
-    read and collated when the evaluation reaches it: no held-out batch stays in memory, or on the device, between
-    evaluations, however large the held-out set."""
+def heldout_batches(held_ids: list[int], rank: int, world: int, micro_groups: int, load) -> Iterator[tuple[bool, list[int], Batch]]:
+    """This rank's held-out micro-batches (:func:`heldout_share`) as ``(counts toward the figures, group ids,
+    load(ids))``, each read and collated when the evaluation reaches it: no held-out batch stays in memory, or on the
+    device, between evaluations, however large the held-out set."""
     for ids in heldout_share(held_ids, rank, world, micro_groups):
-        yield ids is not None, load(ids or held_ids[:1])
+        ids, counts = (ids, True) if ids is not None else (held_ids[:1], False)
+        yield counts, ids, load(ids)
+
+
+def record_reference(record: dict[int, list[list[float]]], ids: list[int], batch: Batch, logps: torch.Tensor) -> None:
+    """Keep ``logps`` (``[P, K]``, the policy's at step 0: the reference in the trainer's own forward) per group and
+    prompt, in the order the groups' records list their responses."""
+    values = logps.detach().float().cpu()
+    for p, g in enumerate(batch.group_of_prompt.tolist()):
+        record.setdefault(ids[g], []).append(values[p][batch.mask[p].cpu()].tolist())
+
+
+def with_recorded_reference(groups: list[dict], record: dict[int, list[list[float]]]) -> list[dict]:
+    """``groups`` with each prompt's ``ref_logps`` replaced by the recorded ones (:func:`record_reference`)."""
+    for group in groups:
+        for member, values in zip(group["members"], record[group["group_id"]]):
+            member["ref_logps"] = values
+    return groups
 
 
 # Per-step and held-out figures: sums over micro-batches and ranks (objective.preference_loss's metrics), then ratios.
@@ -117,13 +133,22 @@ def _ratios(total: dict) -> dict[str, float]:
 
 
 @torch.no_grad()
-def heldout_metrics(engine, ref_model, batches: Iterable[tuple[bool, Batch]], cfg: Config, plan: ForwardPlan) -> dict[str, float]:
+def heldout_metrics(engine, ref_model, batches: Iterable[tuple[bool, list[int], Batch]], cfg: Config, plan: ForwardPlan,
+                    live: bool = False, record: dict | None = None) -> dict[str, float]:
     """Implicit-reward accuracy and the length figures of :data:`RATIOS` on the held-out groups, each rank
-    scoring its share, summed over ranks."""
+    scoring its share, summed over ranks; the reference is the batches' ``ref_logps``, or ``ref_model`` when
+    ``live``. With ``record`` (step 0, where the policy is the reference), the policy's
+    log-probs are kept there as the held-out reference of every later evaluation: the reference and the policy are
+    then scored by the same forward, in the same precision and batch layout, so the figures compare the models and
+    not two numerics (the start is exactly 0.5)."""
     sums: Counter = Counter()
     engine.eval()
-    for counts_toward, batch in batches:
-        policy, ref, counts = _sequence_values(engine, ref_model, batch, cfg.train.reference == "live", plan)
+    for counts_toward, ids, batch in batches:
+        policy, ref, counts = _sequence_values(engine, ref_model, batch, live and record is None, plan)
+        if record is not None:
+            ref = policy
+            if counts_toward:
+                record_reference(record, ids, batch, policy)
         _, m = preference_loss(cfg.train, batch, policy, ref, counts)
         if counts_toward:
             sums.update(m)
@@ -140,9 +165,13 @@ def _all_sum(values: list[float], op=dist.ReduceOp.SUM) -> list[float]:
     return t.tolist()
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _gathered(record: dict) -> dict:
+    """The union over ranks of each rank's part of ``record``."""
+    if not dist.is_initialized():
+        return record
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, record)
+    return {k: v for part in parts for k, v in part.items()}
 
 
 def train_worker_loop(lc: dict) -> None:
@@ -172,9 +201,16 @@ def train_worker_loop(lc: dict) -> None:
     pad_id = pad_token_id(tokenizer, engine.module.get_input_embeddings().num_embeddings)
     row_tokens = cfg.pack_row_tokens()
 
+    heldout_reference: dict[int, list[list[float]]] = {}  # per held-out group: step 0's log-probs (heldout_metrics)
+
+    def load_heldout(ids: list[int]) -> Batch:
+        groups = reader.read(ids)
+        if heldout_reference:
+            groups = with_recorded_reference(groups, heldout_reference)
+        return collate(groups, pad_id, row_tokens, plan.share_prompts).to(device)
+
     def heldout():
-        return heldout_batches(held_ids, rank, world, tc.micro_groups,
-                               lambda ids: collate(reader.read(ids), pad_id, row_tokens, plan.share_prompts).to(device))
+        return heldout_batches(held_ids, rank, world, tc.micro_groups, load_heldout)
 
     def step_batches(step: int) -> tuple[list[int], list[Batch]]:
         """This worker's groups of optimizer step ``step``, read from the shards and collated per micro-batch."""
@@ -192,11 +228,13 @@ def train_worker_loop(lc: dict) -> None:
         with checkpoint.as_directory() as d:
             state = checkpointing.restore(Path(d), engine, world, bool(tc.lora))
         start, acc_start = state["step"], state["heldout_accuracy_start"]
+        heldout_reference.update({int(g): v for g, v in state.get("heldout_reference", {}).items()})
         if rank == 0:
             print(f"[train] restored step {start} (saved by {state['world_size']} workers, now {world}; "
                   f"Adam moments: {state['moments']})", flush=True)
     if acc_start is None:
-        acc_start = heldout_metrics(engine, ref_model, heldout(), cfg, plan)["accuracy"]
+        acc_start = heldout_metrics(engine, ref_model, heldout(), cfg, plan, record=heldout_reference)["accuracy"]
+        heldout_reference.update(_gathered(heldout_reference))  # every rank: a restore may split the held-out set anew
 
     trackers = progress = None
     if rank == 0:
@@ -253,14 +291,15 @@ def train_worker_loop(lc: dict) -> None:
                       f"loss is saturated, so these steps teach nothing. " + SATURATION_CAUSE.get(tc.loss, ""), flush=True)
         done = step + 1 == tc.steps
         if (step + 1) % tc.checkpoint_every == 0 or done:
-            held = heldout_metrics(engine, ref_model, heldout(), cfg, plan)
+            held = heldout_metrics(engine, ref_model, heldout(), cfg, plan, live=tc.reference == "live" and not heldout_reference)
             if rank == 0:
                 trackers.log({f"heldout/{k}": v for k, v in held.items()}, step + 1)
                 print(f"[train] checkpoint at step {step + 1}: held-out implicit-reward accuracy {held['accuracy']:.3f}, "
                       f"length-controlled {held['lc_accuracy']:.3f}", flush=True)
             extra = {f"heldout_{k}_end": v for k, v in held.items()} if done else {}
-            _checkpoint(engine, tokenizer, rank, world, step + 1, acc_start, {**row, **extra, "heldout_accuracy_start": acc_start,
-                                                                            "trainable_parameters": n_trainable})
+            state = {"heldout_accuracy_start": acc_start, "heldout_reference": heldout_reference}
+            _checkpoint(engine, tokenizer, rank, world, step + 1, bool(tc.lora), state,
+                        {**row, **extra, "heldout_accuracy_start": acc_start, "trainable_parameters": n_trainable})
     prefetch.close()
     data_log.close()
     if trackers:
@@ -291,10 +330,10 @@ def _log(job_dir: Path, trackers: Trackers, row: dict, log_every: int) -> None:
               f"lr {row['lr']:.2e} tok/s {row['tokens_per_second']:.0f}", flush=True)
 
 
-def _checkpoint(engine, tokenizer, rank: int, world: int, step: int, acc_start: float, metrics: dict) -> None:
+def _checkpoint(engine, tokenizer, rank: int, world: int, step: int, lora: bool, state: dict, metrics: dict) -> None:
     """Write the checkpoint on every rank (training/checkpointing.py); Ray merges the ranks' files and keeps them."""
     with tempfile.TemporaryDirectory() as tmp:
-        checkpointing.write(Path(tmp), engine, tokenizer, rank, world, step, {"heldout_accuracy_start": acc_start})
+        checkpointing.write(Path(tmp), engine, tokenizer, rank, world, step, state, lora)
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
 
 
@@ -307,6 +346,19 @@ def refuse_overwriting_the_policy(policy: Path, job_dir: Path) -> None:
         if policy == out or out in policy.parents:
             raise ValueError(f"model.policy_dir {policy} is where this train job exports its policy ({out}), which "
                              f"replaces it: copy the policy elsewhere first, or write this run to another output_dir")
+
+
+def check_reference_precision(cfg: Config, stored: str | None, shards: Path) -> None:
+    """One precision on the whole path: the policy's log-probs are compared with the stored reference's, and summed
+    over a response bf16 and fp32 differ by far more than any tie tolerance, so training on shards refuses a
+    reference computed in another precision than its own."""
+    if cfg.train.reference != "shards" or stored == cfg.train_dtype():
+        return
+    made = f"were computed in {stored}" if stored else "record no precision (made before prepare recorded it)"
+    raise ValueError(
+        f"the reference log-probs of {shards} {made}, but training computes in {cfg.train_dtype()} "
+        f"(train.deepspeed.dtype={cfg.train.deepspeed.dtype}): set train.deepspeed.dtype to {stored or 'the precision of prepare'}, "
+        f"re-run prepare with model.dtype={cfg.train_dtype()}, or set train.reference=live")
 
 
 def run_train(cfg: Config, job: str = "train", reader: type = GroupReader) -> dict:
@@ -324,6 +376,8 @@ def run_train(cfg: Config, job: str = "train", reader: type = GroupReader) -> di
     # Workers read their own groups from the shard files (training/group_reader.py); no row passes through here.
     shards = cfg.job_dir("prepare") / "shards"
     files = [str(f.resolve()) for f in verified_shard_files(shards)]
+    manifest = json.loads((shards / MANIFEST).read_text())
+    check_reference_precision(cfg, manifest.get("source", {}).get("ref_logps_dtype"), shards)
     if tc.reference == "shards":
         for f in files:
             if pq.read_table(f, columns=["ref_logps"])["ref_logps"].null_count:
@@ -331,7 +385,7 @@ def run_train(cfg: Config, job: str = "train", reader: type = GroupReader) -> di
                                  "or train with train.reference: live")
     # Same identity (shards and the math of training), same run name: Ray Train restores a re-run from its latest
     # checkpoint, whatever the number of workers or the log and checkpoint cadence.
-    settings = run_identity.identity(cfg, json.loads((shards / MANIFEST).read_text())["config_hash"])
+    settings = run_identity.identity(cfg, manifest["config_hash"])
     note = run_identity.record(job_dir, settings)
     if note:
         print(f"[train] {note}", flush=True)
