@@ -233,8 +233,9 @@ def train_worker_loop(lc: dict) -> None:
             print(f"[train] restored step {start} (saved by {state['world_size']} workers, now {world}; "
                   f"Adam moments: {state['moments']})", flush=True)
     if acc_start is None:
-        acc_start = heldout_metrics(engine, ref_model, heldout(), cfg, plan, record=heldout_reference)["accuracy"]
-        heldout_reference.update(_gathered(heldout_reference))  # every rank: a restore may split the held-out set anew
+        recorded: dict[int, list[list[float]]] = {}
+        acc_start = heldout_metrics(engine, ref_model, heldout(), cfg, plan, record=recorded)["accuracy"]
+        heldout_reference.update(_gathered(recorded))  # every rank: a restore may split the held-out set anew
 
     trackers = progress = None
     if rank == 0:
