@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXTRA ?= cpu
 
-.PHONY: setup run own-model-demo test test-all bench gpu-check clean
+.PHONY: setup run own-model-demo test test-all bench gpu-check gpu-core gpu-core-wheels clean
 
 setup: $(STAMP)
 
@@ -47,6 +47,17 @@ bench: setup
 # Fresh GPU machine: make gpu-check EXTRA=gpu. Without a GPU it says so and exits 0.
 gpu-check: setup
 	$(BIN)/python -m benchmarks.gpu_check
+
+# The compute core alone on a bare GPU machine (torch + transformers, no Ray/vLLM/DeepSpeed): conformance on CUDA,
+# the trainer's step at 1-1.5B, precision (runs/gpu_core.json). Without a GPU it runs on the CPU (use --smoke there).
+gpu-core: setup
+	$(BIN)/python -m benchmarks.gpu_core
+
+# The wheels such a machine lacks (pydantic, for the configs; 2.8 MB) for Python 3.12, into runs/gpu_wheels; there:
+#   pip install --no-index --find-links runs/gpu_wheels pydantic typing-extensions && python -m benchmarks.gpu_core
+gpu-core-wheels: setup
+	$(BIN)/pip download -q --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 --no-deps \
+		-d runs/gpu_wheels $$($(BIN)/pip list --format=freeze 2>/dev/null | grep -iE '^(pydantic|pydantic[-_]core|annotated[-_]types|typing[-_]inspection|typing[-_]extensions)==')
 
 clean:
 	rm -rf runs

@@ -9,6 +9,8 @@ the addressed reader must not lose and the memory it used to take.
 """
 from __future__ import annotations
 
+import json
+
 import math
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from benchmarks.common import bench_vocab, ensure_model, fresh
 from benchmarks.train_vs_trl import timed_steps
 from configs.schema import Config
 from pipeline.graph import run_prepare
-from pipeline.shards import Manifest, verified_shard_files
+from pipeline.shards import MANIFEST, Manifest, verified_shard_files
 from training.batches import pack_groups
 from training.group_reader import GroupReader
 from training.train import run_train
@@ -55,6 +57,7 @@ def replicate(shards: Path, copies: int, out: Path) -> int:
     span = 1 + max(int(t["group_id"].max()) for t in tables)
     manifest, _ = Manifest.open(out, f"replicated-{copies}x-{shards.resolve()}")
     manifest.total_shards = copies * len(tables)
+    manifest.source = json.loads((shards / MANIFEST).read_text())["source"]  # the same records: the same provenance
     rows = 0
     for c in range(copies):
         for i, table in enumerate(tables):

@@ -90,8 +90,10 @@ class ModelConfig(_Section):
     max_length: int = Field(default=128, ge=16, description="Maximum tokens of prompt plus response (also vLLM's max_model_len).")
     dtype: Literal["auto", "fp32", "bf16"] = Field(
         default="auto",
-        description="Precision of the models prepare and evaluate run (vLLM, meanfield sampler, reference scorer, reward "
-        "model, embedder): 'auto' is bf16 on a GPU and fp32 on the CPU. Training precision is train.deepspeed.dtype.",
+        description="Precision of the models prepare runs (meanfield sampler, reference scorer, reward model, embedder) "
+        "and of evaluation's reward model: 'auto' is bf16 on a GPU and fp32 on the CPU. The manifest records the reference "
+        "log-probs' precision; training on them (train.deepspeed.dtype) must compute in the same one or is refused, and "
+        "held-out evaluation scores in the training precision.",
     )
     vllm_dtype: Literal["auto", "fp32", "bf16"] = Field(
         default="auto",

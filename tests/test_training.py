@@ -343,7 +343,7 @@ def test_stages_and_the_trainer_anchor_on_the_same_response_of_a_scored_row():
 def test_recorded_step0_reference_makes_a_bf16_policy_tie_with_itself_exactly():
     """The held-out reference is the trainer's own forward at step 0 (the policy is the reference then): a reference
     from another batch layout differs in bf16 by far more than any tie tolerance, so the start was not 0.5."""
-    from training.train import record_reference, with_recorded_reference
+    from training.batches import record_reference, with_recorded_reference
 
     groups = pack_groups(_rows())
     batch = collate(groups, pad_id=0, row_tokens=64)

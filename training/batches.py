@@ -135,3 +135,19 @@ def collate(groups: list[dict], pad_id: int, row_tokens: int, share_prompts: boo
         group_of_prompt=torch.tensor([g for g, _ in members]),
         similarity=[torch.tensor([m["similarity"] for m in group["members"]]) for group in groups],
     )
+
+
+def record_reference(record: dict[int, list[list[float]]], ids: list[int], batch: Batch, logps: torch.Tensor) -> None:
+    """Keep ``logps`` (``[P, K]``, the policy's at step 0: the reference in the trainer's own forward) per group and
+    prompt, in the order the groups' records list their responses."""
+    values = logps.detach().float().cpu()
+    for p, g in enumerate(batch.group_of_prompt.tolist()):
+        record.setdefault(ids[g], []).append(values[p][batch.mask[p].cpu()].tolist())
+
+
+def with_recorded_reference(groups: list[dict], record: dict[int, list[list[float]]]) -> list[dict]:
+    """``groups`` with each prompt's ``ref_logps`` replaced by the recorded ones (:func:`record_reference`)."""
+    for group in groups:
+        for member, values in zip(group["members"], record[group["group_id"]]):
+            member["ref_logps"] = values
+    return groups

@@ -35,7 +35,7 @@ from configs.schema import Config
 from pipeline.shards import MANIFEST, verified_shard_files
 from pipeline.tokenize import pad_token_id
 from training import checkpointing, run_identity
-from training.batches import Batch, collate
+from training.batches import Batch, collate, record_reference, with_recorded_reference
 from training.engine import (
     deepspeed_config,
     load_for_training,
@@ -94,22 +94,6 @@ def heldout_batches(held_ids: list[int], rank: int, world: int, micro_groups: in
     for ids in heldout_share(held_ids, rank, world, micro_groups):
         ids, counts = (ids, True) if ids is not None else (held_ids[:1], False)
         yield counts, ids, load(ids)
-
-
-def record_reference(record: dict[int, list[list[float]]], ids: list[int], batch: Batch, logps: torch.Tensor) -> None:
-    """Keep ``logps`` (``[P, K]``, the policy's at step 0: the reference in the trainer's own forward) per group and
-    prompt, in the order the groups' records list their responses."""
-    values = logps.detach().float().cpu()
-    for p, g in enumerate(batch.group_of_prompt.tolist()):
-        record.setdefault(ids[g], []).append(values[p][batch.mask[p].cpu()].tolist())
-
-
-def with_recorded_reference(groups: list[dict], record: dict[int, list[list[float]]]) -> list[dict]:
-    """``groups`` with each prompt's ``ref_logps`` replaced by the recorded ones (:func:`record_reference`)."""
-    for group in groups:
-        for member, values in zip(group["members"], record[group["group_id"]]):
-            member["ref_logps"] = values
-    return groups
 
 
 # Per-step and held-out figures: sums over micro-batches and ranks (objective.preference_loss's metrics), then ratios.

@@ -1,0 +1,305 @@
+"""The compute core on a bare GPU machine: exact and fast, with torch and transformers alone.
+
+``python -m benchmarks.gpu_core`` (``make gpu-core``) needs no Ray, vLLM or DeepSpeed: only torch, transformers and
+pydantic (for the configs; ``make gpu-core-wheels`` fetches its wheels for a machine without network). It writes one
+JSON (``--out``) and prints one table:
+
+1. **Conformance**: the zoo of ``tests/zoo.py`` with eager and sdpa attention, in fp32 (tolerance 1e-4, as on the
+   CPU) and in bf16 (tolerance: twice the round-off of the model's own direct bf16 forward against its fp32 one,
+   since the packed and the direct bf16 forwards each lie within that of the exact value). Measured for the
+   trainer's and the reference scorer's summed response log-probs and meanfield's log-softmax, with the sdpa
+   kernel the block mask runs on (from the profiler).
+2. **The trainer's step at real size**: random-weight models with the shapes of Llama-3.2-1B and Qwen2.5-1.5B,
+   bf16, fused AdamW, forward and backward through the project's objective (SWEPO over K responses, each prompt
+   packed once with its responses, the chunked head) at K = 2, 4 and 8, prompts of 256 and responses of up to 256
+   tokens; tokens/s, model FLOPs utilisation (6 x parameters per computed token, attention not counted) against
+   the bf16 matmul peak measured in the same run, and peak memory. Beside it, on the same model and tokens, the
+   padded forward and backward of every ``prompt + response`` as its own row, which is what TRL's DPOTrainer
+   does with its concatenated pairs.
+3. **Precision**: summed response log-probs of the same models in bf16 against fp32 (mean and maximum absolute
+   difference), and the implicit-reward accuracy at step 0 of a bf16 policy against a bf16 reference, as the
+   trainer scores it (its own step-0 forward: exactly 0.5) and against the reference scorer's other layout.
+
+``--smoke`` runs every part at toy sizes on the CPU (CI), so the script is known to work before a GPU is lent.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+from configs.schema import TrainConfig
+from pipeline.tokenize import pad_sequences
+from tests.conformance import REFUSED, measure
+from tests.zoo import ARCHITECTURES
+from training.batches import collate, record_reference, with_recorded_reference
+from training.logprobs import forward_plan, packed_logps, reference_logps, sequence_logps
+from training.objective import implicit_accuracy, preference_loss
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+FP32_TOLERANCE = 1e-4
+SHAPES = {
+    "llama-3.2-1b": lambda: LlamaConfig(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                                        num_attention_heads=32, num_key_value_heads=8, head_dim=64, rope_theta=500000.0,
+                                        max_position_embeddings=8192, tie_word_embeddings=True),
+    "qwen2.5-1.5b": lambda: Qwen2Config(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                                        num_attention_heads=12, num_key_value_heads=2, rope_theta=1000000.0,
+                                        max_position_embeddings=8192, tie_word_embeddings=True),
+}
+SMOKE_SHAPES = {
+    "llama-tiny": lambda: LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True),
+    "qwen2-tiny": lambda: Qwen2Config(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True),
+}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(device: torch.device, n: int) -> float:
+    """Measured bf16 matmul FLOP/s of ``n x n`` matrices on ``device``."""
+    a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    synchronize(device)
+    reps, started = 10, time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    synchronize(device)
+    return 2 * n**3 * reps / (time.perf_counter() - started)
+
+
+def sdpa_kernels(name: str, device: torch.device, dtype: torch.dtype) -> list[str]:
+    """The scaled-dot-product-attention kernels the trainer's packed forward (block masks) runs on."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from tests.conformance import TOKENIZER, VOCAB, sample_data
+    from tests.zoo import build_model
+    from pipeline.tokenize import pack_shared_prompts
+
+    model = build_model(name, VOCAB, "sdpa", tokenizer=TOKENIZER).to(device, dtype)
+    plan = forward_plan(model)
+    prompts, responses = sample_data()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch.no_grad(), profile(activities=activities) as prof:
+        packed_logps(model, pack_shared_prompts(prompts, responses, 0, 32, plan.share_prompts), plan)
+    return sorted({e.key for e in prof.key_averages() if "scaled_dot_product" in e.key and e.key != "aten::scaled_dot_product_attention"})
+
+
+def conformance(device: torch.device, smoke: bool) -> list[dict]:
+    names = ["llama", "qwen2", "gemma2"] if smoke else [n for n in ARCHITECTURES if n not in REFUSED]
+    rows = []
+    for name in names:
+        for backend in ("eager", "sdpa"):
+            for dname, dtype in DTYPES.items():
+                r = measure(name, backend, device, dtype)
+                tolerance = FP32_TOLERANCE if dtype == torch.float32 else 2 * r["roundoff"]
+                mf_tolerance = FP32_TOLERANCE if dtype == torch.float32 else 2 * r["meanfield_roundoff"]
+                ok = r["trainer"] <= tolerance and r["reference"] <= tolerance and r["meanfield"] <= mf_tolerance
+                row = {"architecture": name, "attention": backend, "dtype": dname, **r, "tolerance": tolerance,
+                       "meanfield_tolerance": mf_tolerance, "exact": ok}
+                if backend == "sdpa" and dtype == torch.bfloat16:
+                    row["sdpa_kernels"] = sdpa_kernels(name, device, dtype)
+                rows.append(row)
+                print(f"[gpu_core] {name:<16} {backend:<5} {dname}: trainer {r['trainer']:.1e} reference {r['reference']:.1e} "
+                      f"meanfield {r['meanfield']:.1e} (tolerance {tolerance:.1e}) {'ok' if ok else 'NOT EXACT'}", flush=True)
+    return rows
+
+
+def synthetic_groups(k: int, prompts: int, prompt_len: int, max_response: int, vocab: int, seed: int) -> list[dict]:
+    """One-prompt contrast groups with ``k`` scored responses of realistic, differing lengths."""
+    g = torch.Generator().manual_seed(seed)
+    ids = lambda n: torch.randint(10, vocab, (n,), generator=g).tolist()  # noqa: E731
+    groups = []
+    for i in range(prompts):
+        lengths = torch.randint(max_response // 2, max_response + 1, (k,), generator=g).tolist()
+        groups.append({"group_id": i, "members": [{
+            "prompt_ids": ids(prompt_len), "response_ids": [ids(n) for n in lengths], "origins": ["dataset"] * k,
+            "scores": torch.rand(k, generator=g).tolist(), "ref_logps": None, "rank": None, "similarity": [1.0]}]})
+    return groups
+
+
+def build(shape, device: torch.device, dtype: torch.dtype, seed: int = 0):
+    torch.manual_seed(seed)
+    with device:
+        model = AutoModelForCausalLM.from_config(shape(), attn_implementation="sdpa", dtype=dtype)
+    return model
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def timed_steps(step, device: torch.device, warmup: int, steps: int) -> float:
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    synchronize(device)
+    return (time.perf_counter() - started) / steps
+
+
+def trainer_step(model, groups: list[dict], device: torch.device, peak: float, warmup: int, steps: int) -> dict:
+    """The project's step: packed shared prompts, the chunked head, SWEPO, fused AdamW; and the padded baseline."""
+    plan = forward_plan(model)
+    tc = TrainConfig(loss="swepo")
+    row_tokens = max(len(m["prompt_ids"]) + sum(len(r) for r in m["response_ids"]) for g in groups for m in g["members"])
+    first = collate(groups, 0, row_tokens, plan.share_prompts).to(device)
+    record: dict = {}  # the reference: the policy's step-0 forward, as the trainer keeps it for its held-out figures
+    with torch.no_grad():
+        record_reference(record, [g["group_id"] for g in groups], first, first.gather(packed_logps(model, first.packed, plan)))
+    batch = collate(with_recorded_reference(groups, record), 0, row_tokens, plan.share_prompts).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=device.type == "cuda")
+    params = sum(p.numel() for p in model.parameters())
+    counts = batch.gather(batch.packed.response_lengths.float())
+
+    def step():
+        policy = batch.gather(packed_logps(model, batch.packed, plan))
+        loss, _ = preference_loss(tc, batch, policy, batch.ref_logps, counts)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    model.train()
+    reset_peak(device)
+    seconds = timed_steps(step, device, warmup, steps)
+    tokens = batch.packed.computed_tokens
+    ours = {"tokens_per_step": tokens, "seconds_per_step": seconds, "tokens_per_second": tokens / seconds,
+            "mfu": 6 * params * tokens / seconds / peak, "peak_memory_gb": peak_memory_gb(device)}
+
+    members = [m for g in groups for m in g["members"]]
+    padded = pad_sequences([m["prompt_ids"] for m in members for _ in m["response_ids"]],
+                           [r for m in members for r in m["response_ids"]], 0)
+    padded = {k: v.to(device) for k, v in padded.items()}
+
+    def padded_step():
+        logps = sequence_logps(model, padded["input_ids"], padded["attention_mask"], padded["response_mask"])
+        policy = torch.zeros_like(batch.mask, dtype=logps.dtype)
+        policy[batch.mask] = logps
+        loss, _ = preference_loss(tc, batch, policy, batch.ref_logps, counts)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    reset_peak(device)
+    seconds = timed_steps(padded_step, device, warmup, steps)
+    baseline = {"padded_tokens_per_step": int(padded["input_ids"].numel()), "seconds_per_step": seconds,
+                "tokens_per_second": tokens / seconds, "mfu": 6 * params * tokens / seconds / peak,
+                "peak_memory_gb": peak_memory_gb(device)}
+    return {"parameters": params, "project": ours, "padded": baseline, "speedup": baseline["seconds_per_step"] / ours["seconds_per_step"]}
+
+
+@torch.no_grad()
+def precision(shape, groups: list[dict], device: torch.device, beta: float = 0.1) -> dict:
+    """bf16 against fp32 on the same weights, and the step-0 accuracy of a bf16 policy against bf16 references."""
+    model = build(shape, device, torch.float32).eval()
+    plan = forward_plan(model)
+    row_tokens = max(len(m["prompt_ids"]) + sum(len(r) for r in m["response_ids"]) for g in groups for m in g["members"])
+    batch = collate(groups, 0, row_tokens, plan.share_prompts).to(device)
+    fp32 = batch.gather(packed_logps(model, batch.packed, plan))
+    model = model.to(torch.bfloat16)
+    bf16 = batch.gather(packed_logps(model, batch.packed, plan))
+    diff = (bf16 - fp32).abs()[batch.mask]
+    # the trainer's held-out reference: its own step-0 forward, recorded and read back as the groups' ref_logps
+    record: dict = {}
+    record_reference(record, [g["group_id"] for g in groups], batch, bf16)
+    again = collate(with_recorded_reference(groups, record), 0, row_tokens, plan.share_prompts).to(device)
+    policy = again.gather(packed_logps(model, again.packed, plan))
+    own = implicit_accuracy(beta * (policy - again.ref_logps), again)
+    # the reference scorer's layout (one prompt per pass), in the same precision
+    members = [m for g in groups for m in g["members"]]
+    scored = reference_logps(model, [m["prompt_ids"] for m in members], [m["response_ids"] for m in members], 0,
+                             row_tokens, prompts_per_pass=1)
+    ref = torch.zeros_like(policy)
+    ref[batch.mask] = torch.tensor(scored, device=device, dtype=ref.dtype)
+    other = implicit_accuracy(beta * (policy - ref), again)
+    return {"bf16_vs_fp32_mean_abs": float(diff.mean()), "bf16_vs_fp32_max_abs": float(diff.max()),
+            "step0_accuracy_own_forward": own[0] / max(own[1], 1),
+            "step0_accuracy_reference_scorer_layout": other[0] / max(other[1], 1), "pairs": own[1]}
+
+
+def table(report: dict) -> str:
+    lines = [f"device: {report['device']}; bf16 matmul peak {report['matmul_peak_tflops']:.0f} TFLOP/s", "",
+             "| architecture | attention | dtype | trainer | reference | meanfield | tolerance | exact | sdpa kernel |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in report["conformance"]:
+        lines.append(f"| {r['architecture']} | {r['attention']} | {r['dtype']} | {r['trainer']:.1e} | {r['reference']:.1e} | "
+                     f"{r['meanfield']:.1e} | {r['tolerance']:.1e} | {'yes' if r['exact'] else 'NO'} | "
+                     f"{', '.join(r.get('sdpa_kernels', []))} |")
+    lines += ["", "| model | K | tokens/step | project tok/s | MFU | peak GB | padded tok/s | padded MFU | padded GB | speedup |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, per_k in report["step"].items():
+        for k, s in per_k.items():
+            o, b = s["project"], s["padded"]
+            lines.append(f"| {name} | {k} | {o['tokens_per_step']} | {o['tokens_per_second']:.0f} | {o['mfu']:.1%} | "
+                         f"{o['peak_memory_gb']:.1f} | {b['tokens_per_second']:.0f} | {b['mfu']:.1%} | {b['peak_memory_gb']:.1f} | "
+                         f"{s['speedup']:.2f}x |")
+    lines += ["", "| model | bf16 vs fp32, mean abs | max abs | step-0 accuracy, trainer's own reference | reference scorer's layout |",
+              "| --- | --- | --- | --- | --- |"]
+    for name, p in report["precision"].items():
+        lines.append(f"| {name} | {p['bf16_vs_fp32_mean_abs']:.3g} | {p['bf16_vs_fp32_max_abs']:.3g} | "
+                     f"{p['step0_accuracy_own_forward']:.3f} | {p['step0_accuracy_reference_scorer_layout']:.3f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="toy sizes on whatever device there is (CI)")
+    parser.add_argument("--out", default="runs/gpu_core.json", help="where the JSON report goes")
+    parser.add_argument("--skip-conformance", action="store_true", help="only the step and precision parts")
+    args = parser.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    started = time.perf_counter()
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 conformance means fp32
+    peak = matmul_peak(device, 512 if args.smoke else 8192)
+    report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "smoke": args.smoke,
+              "torch": torch.__version__, "matmul_peak_tflops": peak / 1e12}
+    report["conformance"] = [] if args.skip_conformance else conformance(device, args.smoke)
+    shapes = SMOKE_SHAPES if args.smoke else SHAPES
+    prompt_len, max_response, prompts = (16, 16, 2) if args.smoke else (256, 256, 4)
+    warmup, steps = (1, 1) if args.smoke else (2, 5)
+    report["step"], report["precision"] = {}, {}
+    for name, shape in shapes.items():
+        vocab = shape().vocab_size
+        model = build(shape, device, torch.bfloat16)
+        report["step"][name] = {}
+        for k in (2, 4, 8):
+            groups = synthetic_groups(k, prompts, prompt_len, max_response, vocab, seed=k)
+            report["step"][name][str(k)] = s = trainer_step(model, groups, device, peak, warmup, steps)
+            print(f"[gpu_core] {name} K={k}: {s['project']['tokens_per_second']:.0f} tok/s, MFU {s['project']['mfu']:.1%}, "
+                  f"{s['project']['peak_memory_gb']:.1f} GB; padded {s['padded']['tokens_per_second']:.0f} tok/s "
+                  f"({s['speedup']:.2f}x)", flush=True)
+        del model
+        report["precision"][name] = precision(shape, synthetic_groups(4, prompts, prompt_len, max_response, vocab, seed=99), device)
+        print(f"[gpu_core] {name} precision: {report['precision'][name]}", flush=True)
+    report["wall_seconds"] = time.perf_counter() - started
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(table(report))
+    print(f"[gpu_core] {report['wall_seconds']:.0f} s; report: {out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
