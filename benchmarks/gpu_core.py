@@ -26,18 +26,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import time
 from pathlib import Path
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
 from configs.schema import TrainConfig
-from pipeline.tokenize import pad_sequences
-from tests.conformance import REFUSED, measure
-from tests.zoo import ARCHITECTURES
+from pipeline.tokenize import pack_shared_prompts, pad_sequences
+from tests.conformance import REFUSED, TOKENIZER, VOCAB, measure, sample_data
+from tests.zoo import ARCHITECTURES, build_model
 from training.batches import collate, record_reference, with_recorded_reference
-from training.logprobs import forward_plan, packed_logps, reference_logps, sequence_logps
+from training.logprobs import (
+    forward_plan,
+    packed_logps,
+    reference_logps,
+    sequence_logps,
+)
 from training.objective import implicit_accuracy, preference_loss
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -78,12 +85,6 @@ def matmul_peak(device: torch.device, n: int) -> float:
 
 def sdpa_kernels(name: str, device: torch.device, dtype: torch.dtype) -> list[str]:
     """The scaled-dot-product-attention kernels the trainer's packed forward (block masks) runs on."""
-    from torch.profiler import ProfilerActivity, profile
-
-    from tests.conformance import TOKENIZER, VOCAB, sample_data
-    from tests.zoo import build_model
-    from pipeline.tokenize import pack_shared_prompts
-
     model = build_model(name, VOCAB, "sdpa", tokenizer=TOKENIZER).to(device, dtype)
     plan = forward_plan(model)
     prompts, responses = sample_data()
@@ -136,8 +137,6 @@ def build(shape, device: torch.device, dtype: torch.dtype, seed: int = 0):
 def peak_memory_gb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
-    import resource
-
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 

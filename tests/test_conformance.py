@@ -7,7 +7,6 @@ model's own forward on each ``prompt + response`` alone within 1e-4 (fp32); or t
 from __future__ import annotations
 
 import pytest
-import torch
 
 from tests.conformance import REFUSED, TOKENIZER, VOCAB, measure
 from tests.zoo import ARCHITECTURES, build_model

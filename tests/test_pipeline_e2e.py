@@ -17,6 +17,16 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 MARGIN = 0.08  # held-out implicit-reward accuracy gained by training (measured +0.114: see the train test)
 
 
+@pytest.fixture
+def in_process_ray():
+    """Ray started in this process (the evaluation's actors) is shut down after the test: later modules start their own."""
+    import ray
+
+    yield
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 @pytest.fixture(scope="module")
 def run_dir(tiny_run) -> Path:
     return tiny_run["dir"]
@@ -179,7 +189,7 @@ def test_evaluate_scores_reference_and_policy_and_draws_the_plots(run_dir, prepa
     assert json.loads((run_dir / "evaluate" / "report.json").read_text())["policy_exact_match"] == report["policy_exact_match"]
 
 
-def test_evaluation_loads_no_model_in_the_driver(run_dir, monkeypatch):
+def test_evaluation_loads_no_model_in_the_driver(run_dir, monkeypatch, in_process_ray):
     """Held-out scoring, greedy answers and rewards run in Ray actors: the driver of an 8B evaluation must not hold
     two 32 GB models. Loading any model in this process fails the test; the actors are other processes."""
     from transformers import PreTrainedModel
@@ -203,7 +213,7 @@ def test_evaluation_loads_no_model_in_the_driver(run_dir, monkeypatch):
     assert report["driver_peak_rss_mb"] <= report["driver_peak_rss_mb_before"] + 200
 
 
-def test_evaluation_scores_a_live_reference_when_the_shards_hold_none(tiny_copy):
+def test_evaluation_scores_a_live_reference_when_the_shards_hold_none(tiny_copy, in_process_ray):
     """Shards without reference log-probs (prepare.ref_logps: false, train.reference: live) used to crash
     jobs.evaluate (``policy - None``); the reference model now scores the held-out groups itself."""
     from configs.schema import load_config
