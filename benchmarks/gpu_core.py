@@ -236,28 +236,29 @@ def precision(shape, groups: list[dict], device: torch.device, beta: float = 0.1
             "step0_accuracy_reference_scorer_layout": other[0] / max(other[1], 1), "pairs": own[1]}
 
 
+def _markdown(header: list[str], rows: list[list]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header), *("| " + " | ".join(map(str, r)) + " |" for r in rows)]
+
+
 def table(report: dict) -> str:
-    lines = [f"device: {report['device']}; bf16 matmul peak {report['matmul_peak_tflops']:.0f} TFLOP/s", "",
-             "| architecture | attention | dtype | trainer | reference | meanfield | tolerance | exact | sdpa kernel |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in report["conformance"]:
-        lines.append(f"| {r['architecture']} | {r['attention']} | {r['dtype']} | {r['trainer']:.1e} | {r['reference']:.1e} | "
-                     f"{r['meanfield']:.1e} | {r['tolerance']:.1e} | {'yes' if r['exact'] else 'NO'} | "
-                     f"{', '.join(r.get('sdpa_kernels', []))} |")
-    lines += ["", "| model | K | tokens/step | project tok/s | MFU | peak GB | padded tok/s | padded MFU | padded GB | speedup |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for name, per_k in report["step"].items():
-        for k, s in per_k.items():
-            o, b = s["project"], s["padded"]
-            lines.append(f"| {name} | {k} | {o['tokens_per_step']} | {o['tokens_per_second']:.0f} | {o['mfu']:.1%} | "
-                         f"{o['peak_memory_gb']:.1f} | {b['tokens_per_second']:.0f} | {b['mfu']:.1%} | {b['peak_memory_gb']:.1f} | "
-                         f"{s['speedup']:.2f}x |")
-    lines += ["", "| model | bf16 vs fp32, mean abs | max abs | step-0 accuracy, trainer's own reference | reference scorer's layout |",
-              "| --- | --- | --- | --- | --- |"]
-    for name, p in report["precision"].items():
-        lines.append(f"| {name} | {p['bf16_vs_fp32_mean_abs']:.3g} | {p['bf16_vs_fp32_max_abs']:.3g} | "
-                     f"{p['step0_accuracy_own_forward']:.3f} | {p['step0_accuracy_reference_scorer_layout']:.3f} |")
-    return "\n".join(lines)
+    conformance = [[r["architecture"], r["attention"], r["dtype"], f"{r['trainer']:.1e}", f"{r['reference']:.1e}",
+                    f"{r['meanfield']:.1e}", f"{r['tolerance']:.1e}", "yes" if r["exact"] else "NO",
+                    ", ".join(r.get("sdpa_kernels", []))] for r in report["conformance"]]
+    steps = [[name, k, s["project"]["tokens_per_step"], f"{s['project']['tokens_per_second']:.0f}",
+              f"{s['project']['mfu']:.1%}", f"{s['project']['peak_memory_gb']:.1f}", f"{s['padded']['tokens_per_second']:.0f}",
+              f"{s['padded']['mfu']:.1%}", f"{s['padded']['peak_memory_gb']:.1f}", f"{s['speedup']:.2f}x"]
+             for name, per_k in report["step"].items() for k, s in per_k.items()]
+    precision = [[name, f"{p['bf16_vs_fp32_mean_abs']:.3g}", f"{p['bf16_vs_fp32_max_abs']:.3g}",
+                  f"{p['step0_accuracy_own_forward']:.3f}", f"{p['step0_accuracy_reference_scorer_layout']:.3f}"]
+                 for name, p in report["precision"].items()]
+    return "\n".join([
+        f"device: {report['device']}; bf16 matmul peak {report['matmul_peak_tflops']:.3g} TFLOP/s", "",
+        *_markdown(["architecture", "attention", "dtype", "trainer", "reference", "meanfield", "tolerance", "exact",
+                    "sdpa kernel"], conformance), "",
+        *_markdown(["model", "K", "tokens/step", "project tok/s", "MFU", "peak GB", "padded tok/s", "padded MFU",
+                    "padded GB", "speedup"], steps), "",
+        *_markdown(["model", "bf16 vs fp32, mean abs", "max abs", "step-0 accuracy, trainer's own reference",
+                    "reference scorer's layout"], precision)])
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -210,7 +210,7 @@ def test_evaluation_loads_no_model_in_the_driver(run_dir, monkeypatch, in_proces
     init_ray(cfg)
     report = run_evaluate(cfg, job="evaluate_no_driver_model")
     assert report["reference_implicit_accuracy"] == 0.5 and report["policy_implicit_accuracy"] > 0.5
-    assert report["driver_peak_rss_mb"] <= report["driver_peak_rss_mb_before"] + 200
+    assert report["driver_peak_rss_mb"] <= report["driver_rss_mb_before"] + 200
 
 
 def test_evaluation_scores_a_live_reference_when_the_shards_hold_none(tiny_copy, in_process_ray):

@@ -25,7 +25,7 @@ from pipeline.stages import load_scorer
 from pipeline.tokenize import chat_renderer, encode_prompt, pad_token_id, response_end_id, user_prompt
 from training import plots
 from training.group_reader import split_heldout
-from training.progress import Progress, peak_rss_mb
+from training.progress import Progress, resident_mb, restart_peak
 from training.study_stats import interval
 
 
@@ -224,7 +224,8 @@ def run_evaluate(cfg, policy: Path | None = None, job: str = "evaluate") -> dict
     policy = Path(policy or cfg.job_dir("train") / "policy")
     if not (policy / "config.json").is_file():
         raise FileNotFoundError(f"trained policy {policy} not found: run `python -m jobs.train` first")
-    rss_before = peak_rss_mb()
+    rss_before = resident_mb()
+    restart_peak()
     scorer = answer_scorer(cfg) if cfg.data.source else None
     progress = Progress("evaluate", 4 if scorer or not cfg.data.source else 2, "parts")
     ref_acc, _ = heldout_margins(reference, cfg)
@@ -253,4 +254,4 @@ def run_evaluate(cfg, policy: Path | None = None, job: str = "evaluate") -> dict
     figures["margins"] = str(plots.margin_histogram(margins, out / "reward_margins.png", "held-out implicit-reward margins of the policy, by negative type"))
     figures["before_after"] = str(plots.before_after_bars(bars, out / "before_after.png", "held-out: reference vs trained policy"))
     # every model runs in an actor: the driver's memory does not grow with the models (the note's measurement)
-    return {**report, "figures": figures, "driver_peak_rss_mb_before": rss_before, "driver_peak_rss_mb": peak_rss_mb()}
+    return {**report, "figures": figures, "driver_rss_mb_before": rss_before, "driver_peak_rss_mb": resident_mb("VmHWM")}

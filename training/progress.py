@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import resource
 import time
+from pathlib import Path
 
 BAR_WIDTH = 20
 
@@ -61,3 +62,21 @@ class Progress:
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def resident_mb(field: str = "VmRSS") -> float:
+    """This process's resident memory now (``VmRSS``) or at its peak since :func:`restart_peak` (``VmHWM``), from
+    /proc; off Linux, the peak of the whole process (``ru_maxrss``) for both."""
+    try:
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(field + ":"))
+    except (OSError, StopIteration):
+        return peak_rss_mb()
+    return int(line.split()[1]) / 1024
+
+
+def restart_peak() -> None:
+    """Start this process's peak resident memory (``VmHWM``) afresh from its present size, where Linux allows it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
