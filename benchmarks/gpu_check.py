@@ -15,7 +15,6 @@ import time
 
 import pandas as pd
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 
 from configs.schema import Config, load_config
@@ -44,7 +43,7 @@ def stage_throughput(cfg: Config, peak_flops: float | None = None) -> dict:
     prep = json.loads((cfg.job_dir("prepare") / "report.json").read_text())
     train = json.loads((cfg.job_dir("train") / "report.json").read_text())
     seconds = prep["seconds_per_stage"]
-    shards = [pq.read_table(f, columns=["prompt_ids", "response_ids"]) for f in verified_shard_files(cfg.job_dir("prepare") / "shards")]
+    shards = [f.read_table(columns=["prompt_ids", "response_ids"]) for f in verified_shard_files(cfg.job_dir("prepare") / "shards")]
     prompts = sum(t.num_rows for t in shards)
     responses = sum(int(pc.sum(pc.list_value_length(t["response_ids"])).as_py()) for t in shards)
     response_tokens = sum(int(pc.sum(pc.list_value_length(pc.list_flatten(t["response_ids"]))).as_py()) for t in shards)

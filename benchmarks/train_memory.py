@@ -9,19 +9,18 @@ the addressed reader must not lose and the memory it used to take.
 """
 from __future__ import annotations
 
-import json
 
 import math
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.parquet as pq
 
 from benchmarks.common import bench_vocab, ensure_model, fresh
 from benchmarks.train_vs_trl import timed_steps
 from configs.schema import Config
 from pipeline.graph import run_prepare
-from pipeline.shards import MANIFEST, Manifest, verified_shard_files
+from pipeline.shards import Manifest, read_manifest, verified_shard_files
+from pipeline.storage import Store
 from training.batches import pack_groups
 from training.group_reader import GroupReader
 from training.train import run_train
@@ -34,8 +33,8 @@ SCALES = (1, 8)
 class WholeDataset:
     """The trainer's loader before the addressed reader: all shards read into every worker and packed up front."""
 
-    def __init__(self, files: list[str], max_responses: int | None = None):
-        rows = pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)
+    def __init__(self, files: list[Store], max_responses: int | None = None):
+        rows = pd.concat([f.read_table().to_pandas() for f in files], ignore_index=True)
         self.groups = {g["group_id"]: g for g in pack_groups(rows, max_responses)}
 
     @property
@@ -53,11 +52,11 @@ def replicate(shards: Path, copies: int, out: Path) -> int:
     """``copies`` copies of the shards in ``out`` (group ids offset per copy, one shard file per source shard and
     copy); returns the rows written."""
     files = verified_shard_files(shards)
-    tables = [pq.read_table(f).to_pandas() for f in files]
+    tables = [f.read_table().to_pandas() for f in files]
     span = 1 + max(int(t["group_id"].max()) for t in tables)
     manifest, _ = Manifest.open(out, f"replicated-{copies}x-{shards.resolve()}")
     manifest.total_shards = copies * len(tables)
-    manifest.source = json.loads((shards / MANIFEST).read_text())["source"]  # the same records: the same provenance
+    manifest.source = read_manifest(shards)["source"]  # the same records: the same provenance
     rows = 0
     for c in range(copies):
         for i, table in enumerate(tables):

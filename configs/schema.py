@@ -14,7 +14,27 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+# Object stores an output_dir may name (pyarrow.fs opens each); anything else with '://' is refused by name.
+OBJECT_STORE_SCHEMES = ("s3", "gs", "gcs")
+
+
+def is_uri(location: str) -> bool:
+    """Whether ``location`` names an object store (``scheme://...``) rather than a local path."""
+    return "://" in str(location)
+
+
+def check_location(location: str | None) -> str | None:
+    """``location`` if it is a local path or an object-store URI of a scheme in :data:`OBJECT_STORE_SCHEMES`."""
+    if location and is_uri(location):
+        scheme = location.split("://", 1)[0]
+        if scheme not in OBJECT_STORE_SCHEMES:
+            raise ValueError(f"{location}: the scheme '{scheme}' is not one this project stores to "
+                             f"({', '.join(OBJECT_STORE_SCHEMES)}, or a local path)")
+        if not location.split("://", 1)[1].strip("/"):
+            raise ValueError(f"{location}: name a bucket, e.g. s3://my-bucket/runs/demo")
+    return location
 
 
 def resolve_dtype(setting: str, accelerator: bool) -> str:
@@ -371,8 +391,31 @@ class RayConfig(_Section):
     num_cpus: int | None = Field(default=None, ge=1, description="CPUs of a local cluster started by the job (null: all).")
     storage_path: str | None = Field(
         default=None,
-        description="Shared storage for Ray Train checkpoints and results on a multi-node cluster (null: <output_dir>/ray).",
+        description="Shared storage for Ray Train checkpoints and results on a multi-node cluster: a path every node "
+                    "sees or an object-store URI (null: <output_dir>/ray).",
     )
+
+    _location = field_validator("storage_path")(check_location)
+
+
+class StorageConfig(_Section):
+    endpoint_url: str | None = Field(
+        default=None, description="S3 endpoint (e.g. http://127.0.0.1:8333 for a local server; null: AWS_ENDPOINT_URL or AWS's).")
+    region: str | None = Field(default=None, description="S3 region (null: AWS_REGION / AWS_DEFAULT_REGION).")
+    access_key_id: SecretStr | None = Field(
+        default=None, description="S3 access key (null: the standard chain: AWS_ACCESS_KEY_ID, AWS_PROFILE, an instance "
+                                  "role); never written to reports or logs.")
+    secret_access_key: SecretStr | None = Field(default=None, description="S3 secret key, with access_key_id.")
+    staging_dir: str | None = Field(
+        default=None,
+        description="Local directory for what a job writes as local files (models, logs, metrics, TensorBoard) when "
+                    "output_dir is an object store; copied into output_dir as the job goes (null: runs/staged/<name>).")
+
+    @model_validator(mode="after")
+    def _keys_together(self):
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("set storage.access_key_id and storage.secret_access_key together")
+        return self
 
 
 class TrackingConfig(_Section):
@@ -388,7 +431,9 @@ class TrackingConfig(_Section):
 
 class Config(_Section):
     name: str = Field(default="", description="Run name; defaults to the config file's stem.")
-    output_dir: str = Field(default="", description="Where jobs write results; defaults to runs/<name>.")
+    output_dir: str = Field(
+        default="", description="Where jobs write results: a local path, or an object store (s3://bucket/prefix, gs://...) "
+                                "on a cluster whose nodes share no file system; defaults to runs/<name>.")
     seed: int = Field(default=0, description="Seed of data generation, model initialisation and sampling.")
     task: TaskConfig = Field(default_factory=TaskConfig, description="The embedded default task.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="The from-scratch reference model.")
@@ -399,6 +444,9 @@ class Config(_Section):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="The evaluate job.")
     ray: RayConfig = Field(default_factory=RayConfig, description="Ray cluster settings.")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Experiment trackers that receive the metrics.")
+    storage: StorageConfig = Field(default_factory=StorageConfig, description="Object-store endpoint and credentials.")
+
+    _location = field_validator("output_dir")(check_location)
 
     def section_hash(self, *sections: str) -> str:
         """A stable hash of the named sections (plus the seed), used to decide whether an artifact can be reused."""
@@ -421,8 +469,15 @@ class Config(_Section):
         """Tokens per packed row of the trainer's and the reference scorer's forward passes."""
         return self.train.pack_tokens or 2 * self.model.max_length
 
+    def local_dir(self) -> Path:
+        """The local directory of this run's files: ``output_dir``, or the staging directory when that is a URI."""
+        if not is_uri(self.output_dir):
+            return Path(self.output_dir)
+        return Path(self.storage.staging_dir or Path("runs") / "staged" / self.name)
+
     def job_dir(self, job: str) -> Path:
-        return Path(self.output_dir) / job
+        """The local directory of ``job``'s files (``pipeline.storage.job_store`` is where they end up)."""
+        return self.local_dir() / job
 
     @property
     def own_model(self) -> bool:

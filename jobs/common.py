@@ -11,11 +11,15 @@ from pathlib import Path
 
 import ray
 
-from configs.schema import Config, ConfigError, load_config
+from configs.schema import Config, ConfigError, is_uri, load_config
 from jobs import console
+from pipeline import storage
 from training.pretrained import materialize_policy
 
 _models_shown: set[str] = set()
+_stores_checked: set[str] = set()
+# The jobs whose directories a job's end copies into output_dir: its own, and for `run` every stage's.
+STAGES = ("sft", "prepare", "train", "evaluate")
 
 
 def parse_config(job: str, argv: list[str] | None = None) -> Config:
@@ -33,9 +37,22 @@ def parse_config(job: str, argv: list[str] | None = None) -> Config:
         raise SystemExit(2) from None
 
 
+def check_storage(cfg: Config) -> None:
+    """Before any work: ``output_dir`` and ``ray.storage_path``, where they are object stores, exist and may be written
+    with the credentials at hand (:func:`pipeline.storage.check_writable` names the URI otherwise)."""
+    for location in (cfg.output_dir, cfg.ray.storage_path):
+        if location and is_uri(location) and location not in _stores_checked:
+            storage.check_writable(storage.at(location, cfg.storage), cfg.storage)
+            _stores_checked.add(location)
+
+
 def ensure_model(cfg: Config) -> None:
-    """Convert ``model.gguf_file`` into its cached directory (once; re-runs reuse it) and say, once per process,
-    which model the run starts from, where it came from and its checksum."""
+    """Check the storage (:func:`check_storage`); convert ``model.gguf_file`` into its cached directory (once; re-runs
+    reuse it), or fetch the toy model of an earlier jobs.sft from an object-store ``output_dir`` when this machine has
+    no copy; and say, once per process, which model the run starts from, where it came from and its checksum."""
+    check_storage(cfg)
+    if not cfg.own_model:
+        (storage.job_store(cfg, "sft") / "model").pull(cfg.job_dir("sft") / "model")
     started = time.perf_counter()
     record = materialize_policy(cfg)
     if record is None or record["directory"] in _models_shown:
@@ -74,15 +91,25 @@ def start_line(cfg: Config, job: str) -> str:
         "evaluate": f"reference {model} vs the trained policy",
         "run": " -> ".join(["sft"] * (not cfg.own_model) + ["prepare", f"train {cfg.train.loss}", "evaluate"]) + f" on {model}",
     }
-    return f"[{job}] {cfg.name}: {parts.get(job, model)}; output {cfg.job_dir(job)}"
+    staged = f" (staged in {cfg.job_dir(job)})" if is_uri(cfg.output_dir) else ""
+    return f"[{job}] {cfg.name}: {parts.get(job, model)}; output {storage.job_store(cfg, job)}{staged}"
 
 
 def run_cli(job: str, main, argv: list[str] | None = None, locate=None) -> None:
     """The command-line form of a job: its console (``jobs/console.py``; ``--verbose`` shows everything), a start
     line, and exit status 1 after printing the error and the path of the full log. ``locate(argv)`` gives the log
-    directory and the start line (default: from the run config)."""
+    directory, the start line and the local directories to copy into their stores at the end, logs included
+    (default: from the run config)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    log_dir, start = (locate or partial(_run_config_place, job))(argv)
+    log_dir, start, outputs = (locate or partial(_run_config_place, job))(argv)
+    try:
+        _run_with_console(job, main, argv, log_dir, start)
+    finally:
+        for local, store in outputs:
+            store.push(local)
+
+
+def _run_with_console(job: str, main, argv: list[str], log_dir: Path, start: str) -> None:
     try:
         with console.Console(log_dir, job, verbose="--verbose" in argv) as out:
             print(f"{start}; full log {out.log_path}", flush=True)
@@ -96,16 +123,21 @@ def run_cli(job: str, main, argv: list[str] | None = None, locate=None) -> None:
         raise SystemExit(1) from None
 
 
-def _run_config_place(job: str, argv: list[str]) -> tuple[Path, str]:
+def _run_config_place(job: str, argv: list[str]) -> tuple[Path, str, list[tuple[Path, storage.Store]]]:
     cfg = parse_config(job, argv)
-    return cfg.job_dir(job) / "logs", start_line(cfg, job)
+    jobs = (*(s for s in STAGES if s != "sft" or not cfg.own_model), "run") if job == "run" else (job,)
+    outputs = [(cfg.job_dir(j), storage.job_store(cfg, j)) for j in jobs] if is_uri(cfg.output_dir) else []
+    return cfg.job_dir(job) / "logs", start_line(cfg, job), outputs
 
 
 def write_report(cfg: Config, job: str, figures: dict) -> Path:
-    """Write ``<output_dir>/<job>/report.json`` with the job's figures."""
+    """Write ``<output_dir>/<job>/report.json`` with the job's figures, and copy the job's files (plots, metrics)
+    into ``output_dir`` when that is an object store."""
     path = cfg.job_dir(job) / "report.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     report = {"job": job, "config": cfg.name, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **figures}
     path.write_text(json.dumps(report, indent=2, sort_keys=True, default=str))
-    print(f"[{job}] report: {path}")
+    store = storage.job_store(cfg, job)
+    store.push(cfg.job_dir(job))
+    print(f"[{job}] report: {store / 'report.json'}")
     return path

@@ -43,12 +43,12 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
-def locate(argv: list[str]) -> tuple[Path, str]:
-    """The study's log directory and start line (jobs.common.run_cli)."""
+def locate(argv: list[str]) -> tuple[Path, str, list]:
+    """The study's log directory and start line, and nothing to copy to an object store (jobs.common.run_cli)."""
     study, args = parse_study(argv)
     runs = len(study.seeds_run(args.quick))
     return Path(study.output_dir) / "logs", (f"[study] {study.name}: {len(study.methods_run(args.quick))} methods, {runs} seed(s)"
-                                             f"{' (quick)' if args.quick else ''}, base {study.base}; output {study.output_dir}")
+                                             f"{' (quick)' if args.quick else ''}, base {study.base}; output {study.output_dir}"), []
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ import hashlib
 import json
 import math
 import random
-import shutil
 import time
 from functools import partial
 from pathlib import Path
@@ -27,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 from ray.data import ActorPoolStrategy
 from transformers import AutoConfig, AutoTokenizer
@@ -40,7 +38,9 @@ from configs.schema import Config
 from pipeline import grouping
 from pipeline.read import CHECKED_SCHEMA, OTHER_SPLIT, SourceSpec, read_checked, templated
 from pipeline.report import front_counts, merge_front_counts, shard_stats, summarize
-from pipeline.shards import Manifest, content_fingerprint, shard_name, write_parquet_atomic, write_shard
+from pipeline import storage
+from pipeline.shards import Manifest, content_fingerprint, shard_name, write_shard
+from pipeline.storage import Store
 from pipeline.sources import MAX_EXAMPLES, SourceError, bad_row_error, bad_row_message, duplicate_id
 from pipeline.stages import (
     active,
@@ -145,23 +145,21 @@ def _front_table(batch: pd.DataFrame) -> pa.Table:
     return pa.Table.from_pandas(batch[FRONT_SCHEMA.names], schema=FRONT_SCHEMA, preserve_index=False)
 
 
-def front_pass(cfg: Config, model_dir: str, tokenizer, directory: Path, key: str) -> tuple[SourceSpec | None, int]:
-    """Read, check, tokenize and embed every source row; workers write the rows (bad ones marked) as Parquet.
-    Kept across re-runs with the same records hash. Returns the source's spec and the token every response ends
-    with (:func:`pipeline.tokenize.response_end_id`)."""
-    done = directory / "_RECORDS_HASH"
+def front_pass(cfg: Config, model_dir: str, tokenizer, root: Store, key: str) -> tuple[SourceSpec | None, int, Store]:
+    """Read, check, tokenize and embed every source row; workers write the rows (bad ones marked) as Parquet into
+    ``<root>/front-<key>``, kept across re-runs with the same records hash (complete once its ``_DONE`` marker is
+    written: an object store cannot rename a directory into place). Returns the source's spec, the token every
+    response ends with (:func:`pipeline.tokenize.response_end_id`) and the directory."""
+    directory = root / f"front-{key}"
     ds, spec = read_checked(cfg, model_dir)
     chat_templated = templated(cfg, spec, model_dir)
     end_id = response_end_id(tokenizer, cfg.data.chat_template, chat_templated)
-    if done.is_file() and done.read_text() == key:
-        return spec, end_id
-    shutil.rmtree(directory, ignore_errors=True)
-    tmp = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    build_front_graph(ds, cfg, tokenizer, chat_templated, end_id).write_parquet(str(tmp))
-    tmp.rename(directory)
-    done.write_text(key)
-    return spec, end_id
+    if (directory / "_DONE").is_file():
+        return spec, end_id, directory
+    root.delete_dir()  # an older records hash's rows, or a killed write's
+    build_front_graph(ds, cfg, tokenizer, chat_templated, end_id).write_parquet(directory.path, filesystem=directory.fs)
+    (directory / "_DONE").write_text(key)
+    return spec, end_id, directory
 
 
 def build_front_graph(ds: ray.data.Dataset, cfg: Config, tokenizer, chat_templated: bool, end_id: int) -> ray.data.Dataset:
@@ -213,7 +211,7 @@ def _sample(batch: pd.DataFrame, drop: frozenset, seed: int, fraction: float) ->
     return batch[grouping.in_sample(batch["id"], seed, fraction)][["id", "prompt_embedding"]]
 
 
-def _group_bucket(rows: pd.DataFrame, cfg: Config, directory: str) -> pd.DataFrame:
+def _group_bucket(rows: pd.DataFrame, cfg: Config, directory: Store) -> pd.DataFrame:
     g = cfg.prepare.grouping
     grouped = grouping.bucket_groups(as_lists(rows), g.method, g.group_size, g.bucket_rows, cfg.prepare.shard_groups,
                                      cfg.prepare.negatives.batch, cfg.seed)
@@ -221,21 +219,20 @@ def _group_bucket(rows: pd.DataFrame, cfg: Config, directory: str) -> pd.DataFra
     for key, part in grouped.groupby("shard", sort=True):
         name = shard_name(key)
         table = pa.Table.from_pandas(part.reset_index(drop=True), preserve_index=False).replace_schema_metadata({})
-        write_parquet_atomic(table, Path(directory) / name)
+        (directory / name).write_parquet(table)
         similarity, pairs = grouping.mean_within_group_similarity(part)
         plan.append({"name": name, "rows": len(part), "groups": int(part["group_id"].nunique()),
                      "similarity_sum": similarity, "similarity_pairs": pairs})
     return pd.DataFrame(plan)
 
 
-def group_pass(cfg: Config, front: ray.data.Dataset, rows: int, drop: frozenset, directory: Path, key: str) -> dict:
+def group_pass(cfg: Config, front: ray.data.Dataset, rows: int, drop: frozenset, directory: Store, key: str) -> dict:
     """Bucket and group every good row; workers write each shard's grouped rows. Returns (and keeps) the plan."""
     plan_file = directory / "plan.json"
     kept = json.loads(plan_file.read_text()) if plan_file.is_file() else {}
     if kept.get("records_hash") == key:
         return kept
-    shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(parents=True)
+    directory.delete_dir()
     g = cfg.prepare.grouping
     buckets = grouping.bucket_count(rows, g.bucket_rows)
     centroids = None
@@ -251,7 +248,7 @@ def group_pass(cfg: Config, front: ray.data.Dataset, rows: int, drop: frozenset,
         .map_batches(grouping.assign_buckets, fn_kwargs={"centroids": centroids, "buckets": buckets, "seed": cfg.seed},
                      batch_format="pandas")
         .groupby("bucket", num_partitions=_partitions(buckets, 1))
-        .map_groups(_group_bucket, fn_kwargs={"cfg": cfg, "directory": str(directory)}, batch_format="pandas")
+        .map_groups(_group_bucket, fn_kwargs={"cfg": cfg, "directory": directory}, batch_format="pandas")
         .take_all()
     )
     plan = {"records_hash": key, "buckets": buckets, "shards": {s["name"]: {"rows": int(s["rows"]), "groups": int(s["groups"])} for s in shards},
@@ -311,9 +308,9 @@ def build_main_graph(ds: ray.data.Dataset, cfg: Config, model_dir: str, tokenize
 
 
 
-def _load_grouped(batch: pd.DataFrame, directory: str) -> pd.DataFrame:
+def _load_grouped(batch: pd.DataFrame, directory: Store) -> pd.DataFrame:
     (name,) = batch["shard"]
-    return as_lists(pq.read_table(Path(directory) / name).to_pandas())
+    return as_lists((directory / name).read_table().to_pandas())
 
 
 FINGERPRINTS = "fingerprints.json"  # per file: size, modification time and SHA-256 of the files records_hash read
@@ -326,7 +323,7 @@ def _fingerprint_cache(path: Path) -> dict:
         return {}
 
 
-def _write_shards(batch: pd.DataFrame, directory: str, expected: dict) -> pd.DataFrame:
+def _write_shards(batch: pd.DataFrame, directory: Store, expected: dict) -> pd.DataFrame:
     batch = as_lists(batch)
     out = []
     for key, rows in batch.groupby("shard", sort=True):
@@ -343,14 +340,15 @@ def _write_shards(batch: pd.DataFrame, directory: str, expected: dict) -> pd.Dat
 
 def run_prepare(cfg: Config) -> dict:
     started = time.perf_counter()
-    out_dir = cfg.job_dir("prepare")
-    shards_dir, work = out_dir / "shards", out_dir / "work"
+    out = storage.job_store(cfg, "prepare")  # shards and work files: written by the workers, on disk or in a bucket
+    shards_dir, work = out / "shards", out / "work"
+    local = cfg.job_dir("prepare")
     model_dir = str(cfg.policy_dir())
     check_architecture(AutoConfig.from_pretrained(model_dir))  # before any work: a model that cannot be scored exactly
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    key = records_hash(cfg, model_dir, fingerprints := _fingerprint_cache(out_dir / FINGERPRINTS))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / FINGERPRINTS).write_text(json.dumps(fingerprints))
+    key = records_hash(cfg, model_dir, fingerprints := _fingerprint_cache(local / FINGERPRINTS))
+    local.mkdir(parents=True, exist_ok=True)
+    (local / FINGERPRINTS).write_text(json.dumps(fingerprints))
     # A bad row stops the job with the reader's own error (file, row, field), not Ray's wrapper of it.
     ray.data.DataContext.get_current().raise_original_map_exception = True
     manifest, notes = Manifest.open(shards_dir, key)
@@ -361,8 +359,8 @@ def run_prepare(cfg: Config) -> dict:
         return summarize(manifest, time.perf_counter() - started)
 
     try:
-        spec, end_id = front_pass(cfg, model_dir, tokenizer, work / "front", key)
-        front = ray.data.read_parquet(str(work / "front"))
+        spec, end_id, front_dir = front_pass(cfg, model_dir, tokenizer, work / "front", key)
+        front = ray.data.read_parquet(front_dir.path, filesystem=front_dir.fs)
         counts = merge_front_counts(front.drop_columns(["prompt_embedding", "prompt_ids", "response_ids", "responses"])
                                     .map_batches(front_counts, batch_format="pandas").take_all())
         duplicates = find_duplicates(front, counts["good"])
@@ -402,9 +400,9 @@ def run_prepare(cfg: Config) -> dict:
           f"process); reward: {reward}", flush=True)
     if pending:
         ds = ray.data.from_items([{"shard": name} for name in pending], override_num_blocks=len(pending))
-        ds = ds.map_batches(_load_grouped, fn_kwargs={"directory": str(work / "grouped")}, batch_format="pandas", batch_size=None)
+        ds = ds.map_batches(_load_grouped, fn_kwargs={"directory": work / "grouped"}, batch_format="pandas", batch_size=None)
         ds = build_main_graph(ds, cfg, model_dir, tokenizer, reward, min(plan["shards"][n]["rows"] for n in pending), end_id)
-        ds = ds.map_batches(_write_shards, fn_kwargs={"directory": str(shards_dir),
+        ds = ds.map_batches(_write_shards, fn_kwargs={"directory": shards_dir,
                                                       "expected": {n: plan["shards"][n]["rows"] for n in pending}},
                             batch_format="pandas", batch_size=None, scheduling_strategy="SPREAD")
         for written in ds.iter_rows():
@@ -414,7 +412,7 @@ def run_prepare(cfg: Config) -> dict:
     if not manifest.complete:
         missing = sorted(set(plan["shards"]) - set(manifest.shards))
         raise RuntimeError(f"prepare lost rows: shards {missing} were never written")
-    shutil.rmtree(work, ignore_errors=True)
+    work.delete_dir()
     return summarize(manifest, time.perf_counter() - started)
 
 

@@ -2,23 +2,23 @@
 
 The manifest records the schema version, the hash of everything that determines the records
 (config sections and the policy's files), and per shard its rows, groups, SHA-256 and stage
-statistics. It is rewritten atomically after each shard, so a job stopped at any point can be
+statistics. It is rewritten atomically after each shard (on disk or in an object store: pipeline/storage.py), so a job stopped at any point can be
 re-run: shards whose checksum still matches are kept and only the rest is computed.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 
+from pipeline import storage
 from pipeline.records import SCHEMA_VERSION, check_schema_version, extend_schema, with_version
+from pipeline.storage import Store
 
 # Columns the prepare job adds to the base record (see DESIGN.md "Records").
 SHARD_SCHEMA = extend_schema(
@@ -95,19 +95,15 @@ def to_shard_table(rows: pd.DataFrame) -> pa.Table:
     return with_version(table.replace_schema_metadata({}))
 
 
-def write_parquet_atomic(table: pa.Table, path: Path) -> None:
-    """Write ``table`` to ``path`` so that a reader sees the whole file or none (a killed writer leaves a temp file)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+# Rows per Parquet row group of a shard: the trainer reads the row groups that hold its groups, as byte ranges.
+ROW_GROUP_ROWS = 64
 
 
-def write_shard(rows: pd.DataFrame, directory: str | Path, name: str, stats: dict) -> dict:
+def write_shard(rows: pd.DataFrame, directory: str | Path | Store, name: str, stats: dict) -> dict:
     """Write one shard (whole groups) atomically and return its manifest entry; runs on the worker that holds it."""
-    directory = Path(directory)
     table = to_shard_table(rows)
-    write_parquet_atomic(table, directory / name)
-    return {"rows": table.num_rows, "groups": int(rows["group_id"].nunique()), "sha256": file_sha256(directory / name),
+    data = (storage.at(directory) / name).write_parquet(table, row_group_size=ROW_GROUP_ROWS)
+    return {"rows": table.num_rows, "groups": int(rows["group_id"].nunique()), "sha256": hashlib.sha256(data).hexdigest(),
             "node": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None, "stats": stats}
 
 
@@ -115,7 +111,7 @@ def write_shard(rows: pd.DataFrame, directory: str | Path, name: str, stats: dic
 class Manifest:
     """What has been written so far; ``shards`` maps file name to its entry."""
 
-    directory: Path
+    directory: Store
     config_hash: str
     total_shards: int = 0
     shards: dict[str, dict] = field(default_factory=dict)
@@ -126,13 +122,13 @@ class Manifest:
         return bool(self.total_shards) and len(self.shards) == self.total_shards
 
     @property
-    def path(self) -> Path:
+    def path(self) -> Store:
         return self.directory / MANIFEST
 
     @classmethod
-    def open(cls, directory: Path, config_hash: str) -> tuple["Manifest", list[str]]:
+    def open(cls, directory: str | Path | Store, config_hash: str) -> tuple["Manifest", list[str]]:
         """Load the manifest if it matches ``config_hash`` and return it with notes on what was discarded."""
-        directory.mkdir(parents=True, exist_ok=True)
+        directory = storage.at(directory)
         path = directory / MANIFEST
         notes: list[str] = []
         if not path.is_file():
@@ -141,12 +137,12 @@ class Manifest:
         if data.get("schema_version") != SCHEMA_VERSION or data.get("config_hash") != config_hash:
             notes.append("settings or policy changed since the last run: rebuilding every shard")
             for name in filter(is_shard_name, data.get("shards", {})):  # an edited manifest must not delete other files
-                (directory / name).unlink(missing_ok=True)
+                (directory / name).delete()
             return cls(directory, config_hash), notes
         manifest = cls(directory, config_hash, data.get("total_shards", 0), {}, data.get("source", {}))
         for name, entry in data.get("shards", {}).items():
             file = directory / name
-            if file.is_file() and file_sha256(file) == entry["sha256"]:
+            if file.is_file() and file.sha256() == entry["sha256"]:
                 manifest.shards[name] = entry
             else:
                 notes.append(f"{name}: missing or checksum mismatch, recomputing it")
@@ -157,13 +153,14 @@ class Manifest:
         self.shards[name] = entry
         self.save()
 
-    def add(self, key: str | int, rows: pd.DataFrame, stats: dict) -> Path:
+    def add(self, key: str | int, rows: pd.DataFrame, stats: dict) -> Store:
         """Write and commit a shard from this process."""
         name = shard_name(str(key))
         self.commit(name, write_shard(rows, self.directory, name, stats))
         return self.directory / name
 
     def save(self) -> None:
+        """Replace the manifest in one atomic write (:meth:`pipeline.storage.Store.write_bytes`)."""
         data = {
             "schema_version": SCHEMA_VERSION,
             "config_hash": self.config_hash,
@@ -173,24 +170,26 @@ class Manifest:
             "source": self.source,
             "shards": dict(sorted(self.shards.items())),
         }
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2))
-        os.replace(tmp, self.path)
+        self.path.write_text(json.dumps(data, indent=2))
 
 
-def verified_shard_files(directory: str | Path) -> list[Path]:
-    """The shard files of a complete prepare run, each checked against the manifest's SHA-256."""
-    directory = Path(directory)
-    path = directory / MANIFEST
+def read_manifest(directory: str | Path | Store) -> dict:
+    path = storage.at(directory) / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run `python -m jobs.prepare --config ...` first")
-    data = json.loads(path.read_text())
+    return json.loads(path.read_text())
+
+
+def verified_shard_files(directory: str | Path | Store) -> list[Store]:
+    """The shard files of a complete prepare run, each checked against the manifest's SHA-256."""
+    directory = storage.at(directory)
+    path, data = directory / MANIFEST, read_manifest(directory)
     if not data.get("complete"):
         raise ValueError(f"{path}: prepare did not finish ({len(data['shards'])}/{data['total_shards']} shards); re-run it to resume")
     files = []
     for name, entry in sorted(data["shards"].items()):
         file = directory / name
-        if not file.is_file() or file_sha256(file) != entry["sha256"]:
+        if not file.is_file() or file.sha256() != entry["sha256"]:
             raise ValueError(f"{file}: missing or checksum does not match {path}; re-run prepare to rebuild it")
         files.append(file)
     return files
@@ -198,7 +197,7 @@ def verified_shard_files(directory: str | Path) -> list[Path]:
 
 def read_shards(directory: str | Path) -> pa.Table:
     """All shards of a complete prepare run, verified, as one table."""
-    tables = [pq.read_table(file) for file in verified_shard_files(directory)]
+    tables = [file.read_table() for file in verified_shard_files(directory)]
     for table in tables:
         check_schema_version(table)
     return pa.concat_tables(tables)

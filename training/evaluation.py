@@ -19,8 +19,8 @@ from transformers import AutoTokenizer
 from actors.generator import VLLMAnswers
 from actors.heldout import HeldoutScores
 from actors.reward_model import RewardModelScores
-from pipeline import task
-from pipeline.shards import MANIFEST, verified_shard_files
+from pipeline import storage, task
+from pipeline.shards import read_manifest, verified_shard_files
 from pipeline.stages import load_scorer
 from pipeline.tokenize import chat_renderer, encode_prompt, pad_token_id, response_end_id, user_prompt
 from training import plots
@@ -88,8 +88,8 @@ def greedy_answers(model_dir: str | Path, prompt_ids: list[list[int]], cfg, end_
 
 def heldout_groups(cfg) -> tuple[list[str], list[int]]:
     """The verified shard files and the ids of the held-out contrast groups (the trainer's split)."""
-    files = [str(f) for f in verified_shard_files(cfg.job_dir("prepare") / "shards")]
-    group_ids = sorted(set(pq.read_table(files, columns=["group_id"])["group_id"].to_pylist()))
+    files = verified_shard_files(storage.job_store(cfg, "prepare") / "shards")
+    group_ids = sorted({g for f in files for g in f.read_table(columns=["group_id"])["group_id"].to_pylist()})
     return files, split_heldout(group_ids, cfg.train.heldout_fraction, cfg.seed)[1]
 
 
@@ -159,11 +159,11 @@ def answer_scorer(cfg) -> Callable[[list[str], list[str]], list[float]] | None:
 def heldout_prompts(cfg) -> tuple[list[str], list[list[int]], int | None]:
     """Prompts of the held-out contrast groups (text and the token ids the shards hold), at most ``evaluate.max_prompts``,
     and the token the shards' responses end with (the manifest's record of prepare; None: the model's EOS alone)."""
-    shards = cfg.job_dir("prepare") / "shards"
     files, held = heldout_groups(cfg)
-    rows = pq.read_table(files, columns=["group_id", "prompt", "prompt_ids"], filters=[("group_id", "in", held)]).to_pandas()
+    rows = pq.read_table([f.path for f in files], filesystem=files[0].fs, columns=["group_id", "prompt", "prompt_ids"],
+                         filters=[("group_id", "in", held)]).to_pandas()
     rows = rows.sort_values("group_id", kind="stable").head(cfg.evaluate.max_prompts)
-    end_id = json.loads((shards / MANIFEST).read_text()).get("source", {}).get("response_end_id")
+    end_id = read_manifest(storage.job_store(cfg, "prepare") / "shards").get("source", {}).get("response_end_id")
     return list(rows["prompt"]), [[int(t) for t in ids] for ids in rows["prompt_ids"]], end_id
 
 
@@ -221,7 +221,9 @@ def run_evaluate(cfg, policy: Path | None = None, job: str = "evaluate") -> dict
     out = cfg.job_dir(job)
     out.mkdir(parents=True, exist_ok=True)
     reference = cfg.policy_dir()
-    policy = Path(policy or cfg.job_dir("train") / "policy")
+    if policy is None:  # the train job's export, fetched from output_dir when this machine has no copy of it
+        policy = (storage.job_store(cfg, "train") / "policy").pull(cfg.job_dir("train") / "policy")
+    policy = Path(policy)
     if not (policy / "config.json").is_file():
         raise FileNotFoundError(f"trained policy {policy} not found: run `python -m jobs.train` first")
     rss_before = resident_mb()

@@ -15,7 +15,7 @@ from ray.train.torch import TorchTrainer
 from transformers import AutoTokenizer, LlamaForCausalLM
 
 from configs.schema import Config
-from pipeline import task
+from pipeline import storage, task
 from pipeline.tokenize import encode_prompt, encode_response, pad_sequences
 from training.engine import deepspeed_config, lr_at, set_lr, set_worker_threads, trainer_resources, with_checkpointing
 from training.logprobs import response_token_counts, sequence_logps
@@ -109,7 +109,7 @@ def evaluate_reference(cfg: Config, model_dir: Path) -> dict[str, float]:
 
 def run_sft(cfg: Config) -> dict:
     """Train (or reuse) the reference model and return the SFT report."""
-    job_dir = cfg.job_dir("sft")
+    job_dir = storage.job_store(cfg, "sft").pull(cfg.job_dir("sft"))  # an object store's copy, if this machine has none
     model_dir = job_dir / "model"
     fingerprint = cfg.section_hash("task", "model", "sft")
     report_path = job_dir / "report.json"
@@ -124,13 +124,12 @@ def run_sft(cfg: Config) -> dict:
     tokenizer_dir = job_dir / "tokenizer"
     tokenizer.save_pretrained(tokenizer_dir)
     dataset = ray.data.from_items(sft_examples(cfg, tokenizer))
-    storage = Path(cfg.ray.storage_path or Path(cfg.output_dir) / "ray").resolve()
     trainer = TorchTrainer(
         sft_worker_loop,
         train_loop_config={"config": cfg.model_dump(mode="json"), "tokenizer_dir": str(tokenizer_dir.resolve())},
         **trainer_resources(cfg.sft.num_workers, cfg.sft.cpus_per_worker, cfg.sft.gpus_per_worker),
         datasets={"train": dataset},
-        run_config=RunConfig(name=f"{cfg.name}-sft", storage_path=str(storage)),
+        run_config=RunConfig(name=f"{cfg.name}-sft", **storage.ray_run_storage(cfg)),
     )
     result = trainer.fit()
     train_seconds = time.perf_counter() - started
@@ -151,4 +150,5 @@ def run_sft(cfg: Config) -> dict:
     }
     # Kept beside the model whoever called (jobs.sft adds its own fields): the reuse check above needs it.
     report_path.write_text(json.dumps(report, indent=2, default=str))
+    storage.job_store(cfg, "sft").push(job_dir)
     return report

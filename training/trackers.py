@@ -29,7 +29,7 @@ def check_installed(report_to: list[str]) -> None:
 
 
 def mlflow_uri(cfg: Config) -> str:
-    return cfg.tracking.mlflow_uri or (Path(cfg.output_dir).resolve() / "mlruns").as_uri()
+    return cfg.tracking.mlflow_uri or (cfg.local_dir().resolve() / "mlruns").as_uri()
 
 
 class Trackers:

@@ -21,7 +21,6 @@ from pathlib import Path
 import deepspeed
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import ray
 import ray.train
 import torch
@@ -32,7 +31,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from actors.device import load_on_device
 from configs.schema import Config
-from pipeline.shards import MANIFEST, verified_shard_files
+from pipeline import storage
+from pipeline.shards import read_manifest, verified_shard_files
 from pipeline.tokenize import pad_token_id
 from training import checkpointing, run_identity
 from training.batches import Batch, collate, record_reference, with_recorded_reference
@@ -164,7 +164,10 @@ def train_worker_loop(lc: dict) -> None:
     ctx = ray.train.get_context()
     world, rank = ctx.get_world_size(), ctx.get_world_rank()
     set_worker_threads(tc.cpus_per_worker)
-    job_dir = Path(lc["job_dir"])
+    job_dir, job_store = Path(lc["job_dir"]), lc["job_store"]
+    job_dir.mkdir(parents=True, exist_ok=True)
+    if rank == 0:  # a restored run on another machine continues the metrics and logs kept in output_dir
+        job_store.pull(job_dir, skip=EXPORTS)
     tokenizer = AutoTokenizer.from_pretrained(lc["policy_dir"])
 
     device = ray.train.torch.get_device()
@@ -235,7 +238,8 @@ def train_worker_loop(lc: dict) -> None:
     # A run that starts from step 0 (new settings, or a failure before the first checkpoint) starts its logs afresh.
     if rank == 0:
         _truncate_metrics(job_dir / "metrics.csv", start)
-    data_log = open(job_dir / f"data_rank{rank}.jsonl", "a" if start else "w")
+    data_log_name = f"data_rank{rank}.jsonl"
+    data_log = open(job_dir / data_log_name, "a" if start else "w")
     attempt = _all_sum([time.time() if rank == 0 else 0.0])[0]  # one id shared by the ranks of this attempt
 
     saturated = False  # said once per attempt
@@ -283,12 +287,15 @@ def train_worker_loop(lc: dict) -> None:
                       f"length-controlled {held['lc_accuracy']:.3f}", flush=True)
             extra = {f"heldout_{k}_end": v for k, v in held.items()} if done else {}
             state = {"heldout_accuracy_start": acc_start, "heldout_reference": heldout_reference}
+            data_log.flush()
+            job_store.push(job_dir, only=None if rank == 0 else data_log_name)  # metrics and logs, with each checkpoint
             _checkpoint(engine, tokenizer, rank, world, step + 1, bool(tc.lora), state,
                         {**row, **extra, "heldout_accuracy_start": acc_start, "trainable_parameters": n_trainable})
     prefetch.close()
     data_log.close()
     if trackers:
         trackers.close()
+    job_store.push(job_dir, only=None if rank == 0 else data_log_name)
 
 
 def _truncate_metrics(path: Path, start: int) -> None:
@@ -322,6 +329,9 @@ def _checkpoint(engine, tokenizer, rank: int, world: int, step: int, lora: bool,
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
 
 
+EXPORTS = ("policy", "adapter")  # what a train job exports into its directory, at its end
+
+
 def refuse_overwriting_the_policy(policy: Path, job_dir: Path) -> None:
     """The trained policy is exported to ``<job_dir>/policy`` (and adapters to ``adapter``), replacing what is there:
     a run that starts from that directory ("continue from my last policy") would delete its own input."""
@@ -333,7 +343,7 @@ def refuse_overwriting_the_policy(policy: Path, job_dir: Path) -> None:
                              f"replaces it: copy the policy elsewhere first, or write this run to another output_dir")
 
 
-def check_reference_precision(cfg: Config, stored: str | None, shards: Path) -> None:
+def check_reference_precision(cfg: Config, stored: str | None, shards: storage.Store | Path) -> None:
     """One precision on the whole path: the policy's log-probs are compared with the stored reference's, and summed
     over a response bf16 and fp32 differ by far more than any tie tolerance, so training on shards refuses a
     reference computed in another precision than its own."""
@@ -355,17 +365,17 @@ def run_train(cfg: Config, job: str = "train", reader: type = GroupReader) -> di
     policy = cfg.policy_dir()
     check_architecture(AutoConfig.from_pretrained(policy))  # before any work: a model that cannot be scored exactly
     check_installed(cfg.tracking.report_to)
-    job_dir = cfg.job_dir(job).resolve()
+    job_dir = storage.job_store(cfg, job).pull(cfg.job_dir(job), skip=EXPORTS).resolve()
     refuse_overwriting_the_policy(policy, job_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
     # Workers read their own groups from the shard files (training/group_reader.py); no row passes through here.
-    shards = cfg.job_dir("prepare") / "shards"
-    files = [str(f.resolve()) for f in verified_shard_files(shards)]
-    manifest = json.loads((shards / MANIFEST).read_text())
+    shards = storage.job_store(cfg, "prepare") / "shards"
+    files = verified_shard_files(shards)
+    manifest = read_manifest(shards)
     check_reference_precision(cfg, manifest.get("source", {}).get("ref_logps_dtype"), shards)
     if tc.reference == "shards":
         for f in files:
-            if pq.read_table(f, columns=["ref_logps"])["ref_logps"].null_count:
+            if f.read_table(columns=["ref_logps"])["ref_logps"].null_count:
                 raise ValueError(f"{f}: rows without reference log-probs; set prepare.ref_logps: true and re-run prepare, "
                                  "or train with train.reference: live")
     # Same identity (shards and the math of training), same run name: Ray Train restores a re-run from its latest
@@ -374,14 +384,14 @@ def run_train(cfg: Config, job: str = "train", reader: type = GroupReader) -> di
     note = run_identity.record(job_dir, settings)
     if note:
         print(f"[train] {note}", flush=True)
-    storage = Path(cfg.ray.storage_path or Path(cfg.output_dir) / "ray").resolve()
     trainer = TorchTrainer(
         train_worker_loop,
         train_loop_config={"config": cfg.model_dump(mode="json"), "policy_dir": str(policy.resolve()),
-                           "job_dir": str(job_dir), "job": job, "shard_files": files, "reader": reader},
+                           "job_dir": str(job_dir), "job_store": storage.job_store(cfg, job), "job": job,
+                           "shard_files": files, "reader": reader},
         **trainer_resources(tuple(tc.num_workers) if isinstance(tc.num_workers, (list, tuple)) else tc.num_workers,
                             tc.cpus_per_worker, tc.gpus_per_worker),
-        run_config=RunConfig(name=run_identity.run_name(cfg, job, settings), storage_path=str(storage),
+        run_config=RunConfig(name=run_identity.run_name(cfg, job, settings), **storage.ray_run_storage(cfg),
                              checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints),
                              failure_config=FailureConfig(max_failures=tc.max_failures)),
     )
@@ -395,6 +405,7 @@ def run_train(cfg: Config, job: str = "train", reader: type = GroupReader) -> di
         else:
             shutil.rmtree(policy_out, ignore_errors=True)
             shutil.copytree(Path(d) / "model", policy_out)
+    storage.job_store(cfg, job).push(job_dir)
     m = result.metrics
     return {
         "loss": tc.loss,
