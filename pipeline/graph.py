@@ -354,6 +354,9 @@ def run_prepare(cfg: Config) -> dict:
     manifest, notes = Manifest.open(shards_dir, key)
     for note in notes:
         print(f"[prepare] {note}", flush=True)
+    if manifest.shards:
+        print(f"[prepare] {len(manifest.shards)} shards written earlier match the manifest's SHA-256 in {shards_dir}: kept",
+              flush=True)
     if manifest.complete:
         print(f"[prepare] all {manifest.total_shards} shards already written for these settings", flush=True)
         return summarize(manifest, time.perf_counter() - started)

@@ -121,10 +121,9 @@ class Store:
 
     def files(self) -> dict[str, int]:
         """Every file under the directory, by path relative to it, with its size ({} when there is no directory)."""
-        if not self.is_dir():
-            return {}
         base = self.path.rstrip("/") + "/"
-        infos = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=True))
+        # allow_not_found: an object store may report a directory marker whose listing is already gone
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=True, allow_not_found=True))
         return {i.path[len(base):]: i.size for i in infos if i.type == pafs.FileType.File}
 
     def push(self, local: Path, only: str | None = None) -> int:

@@ -82,3 +82,13 @@ def tiny_copy(tiny_run, tmp_path) -> Path:
     for job in ("sft", "prepare"):
         shutil.copytree(tiny_run["dir"] / job, tmp_path / job)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 server (SeaweedFS) on localhost for the session: tests/s3_server.py."""
+    from tests import s3_server as server
+
+    running = server.start(tmp_path_factory.mktemp("seaweedfs"))
+    yield running
+    server.stop(running)

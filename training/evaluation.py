@@ -221,8 +221,8 @@ def run_evaluate(cfg, policy: Path | None = None, job: str = "evaluate") -> dict
     out = cfg.job_dir(job)
     out.mkdir(parents=True, exist_ok=True)
     reference = cfg.policy_dir()
-    if policy is None:  # the train job's export, fetched from output_dir when this machine has no copy of it
-        policy = (storage.job_store(cfg, "train") / "policy").pull(cfg.job_dir("train") / "policy")
+    if policy is None:  # the train job's export and metrics, fetched from output_dir when this machine has no copy
+        policy = storage.job_store(cfg, "train").pull(cfg.job_dir("train"), skip=("adapter", "tensorboard", "logs")) / "policy"
     policy = Path(policy)
     if not (policy / "config.json").is_file():
         raise FileNotFoundError(f"trained policy {policy} not found: run `python -m jobs.train` first")
