@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXTRA ?= cpu
 
-.PHONY: setup run own-model-demo test test-all bench gpu-check gpu-core gpu-core-wheels clean
+.PHONY: setup run own-model-demo lint test test-all bench gpu-check gpu-core gpu-core-wheels clean
 
 setup: $(STAMP)
 
@@ -33,7 +33,12 @@ own-model-demo: setup
 	$(BIN)/python -m tests.zoo runs/own_model
 	$(BIN)/python -m jobs.run --config configs/own_model.yaml
 
-test: setup
+# ruff (pyproject.toml [tool.ruff]): lint, and the format it keeps; `ruff format .` rewrites to it
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: setup lint
 	$(BIN)/python -m pytest -q -m "not slow or e2e"
 
 test-all: setup

@@ -1,5 +1,6 @@
 """The one device rule: a model-owning actor or training worker runs on the accelerator Ray assigned to it, and on
 the CPU when it has none; models run in bf16 on a GPU and in fp32 on the CPU unless the config says otherwise."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -1,4 +1,5 @@
 """Sentence embeddings of prompts and responses (sentence-transformers; all-MiniLM-L6-v2 by default)."""
+
 from __future__ import annotations
 
 import time
@@ -21,14 +22,22 @@ def default_embedder_dir() -> str:
 class Embedder:
     """Adds ``prompt_embedding`` (``what="prompts"``) or ``response_embeddings`` (``what="responses"``)."""
 
-    def __init__(self, model_dir: str | None, what: str, batch_size: int = 64, threads: int = 1, max_tokens: int = 256,
-                 dtype: str = "auto"):
+    def __init__(
+        self,
+        model_dir: str | None,
+        what: str,
+        batch_size: int = 64,
+        threads: int = 1,
+        max_tokens: int = 256,
+        dtype: str = "auto",
+    ):
         if what not in ("prompts", "responses"):
             raise ValueError(f"what must be 'prompts' or 'responses', got {what!r}")
         torch.set_num_threads(max(1, threads))
         device = assigned_device()
-        self.model = SentenceTransformer(model_dir or default_embedder_dir(), device=str(device),
-                                         model_kwargs={"dtype": model_dtype(dtype, device)})
+        self.model = SentenceTransformer(
+            model_dir or default_embedder_dir(), device=str(device), model_kwargs={"dtype": model_dtype(dtype, device)}
+        )
         self.model.max_seq_length = min(max_tokens, self.model.max_seq_length)
         self.what, self.batch_size = what, batch_size
 

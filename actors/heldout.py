@@ -1,4 +1,5 @@
 """Held-out implicit rewards of a policy against its reference, scored in a Ray actor (never in the driver)."""
+
 from __future__ import annotations
 
 import torch
@@ -17,14 +18,27 @@ class HeldoutScores:
     held-out groups a micro-batch at a time from the shards, as the trainer does, and scores both models with the
     same forward on the same batches: a policy equal to its reference scores exactly 0.5 in any precision."""
 
-    def __init__(self, reference_dir: str, policy_dir: str, shard_files: list[str], max_responses: int | None,
-                 dtype: str, row_tokens: int, threads: int = 1):
+    def __init__(
+        self,
+        reference_dir: str,
+        policy_dir: str,
+        shard_files: list[str],
+        max_responses: int | None,
+        dtype: str,
+        row_tokens: int,
+        threads: int = 1,
+    ):
         torch.set_num_threads(max(1, threads))
         self.reference = load_on_device(AutoModelForCausalLM, reference_dir, dtype).eval()
-        self.policy = (self.reference if policy_dir == reference_dir
-                       else load_on_device(AutoModelForCausalLM, policy_dir, dtype).eval())
+        self.policy = (
+            self.reference
+            if policy_dir == reference_dir
+            else load_on_device(AutoModelForCausalLM, policy_dir, dtype).eval()
+        )
         self.plan = forward_plan(self.policy)
-        self.pad_id = pad_token_id(AutoTokenizer.from_pretrained(policy_dir), self.policy.get_input_embeddings().num_embeddings)
+        self.pad_id = pad_token_id(
+            AutoTokenizer.from_pretrained(policy_dir), self.policy.get_input_embeddings().num_embeddings
+        )
         self.reader = GroupReader(shard_files, max_responses)
         self.row_tokens = row_tokens
 
@@ -39,7 +53,11 @@ class HeldoutScores:
             groups = self.reader.read(group_ids[start : start + micro_groups])
             batch = collate(groups, self.pad_id, self.row_tokens, self.plan.share_prompts).to(device)
             policy = batch.gather(packed_logps(self.policy, batch.packed, self.plan))
-            ref = policy if self.policy is self.reference else batch.gather(packed_logps(self.reference, batch.packed, self.plan))
+            ref = (
+                policy
+                if self.policy is self.reference
+                else batch.gather(packed_logps(self.reference, batch.packed, self.plan))
+            )
             rewards = (beta * (policy - ref)).float().cpu()
             c, p = implicit_accuracy(rewards, batch.to(torch.device("cpu")))
             correct, pairs = correct + c, pairs + p

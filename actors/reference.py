@@ -1,4 +1,5 @@
 """Stages that run the frozen reference model: meanfield negatives and reference log-probs."""
+
 from __future__ import annotations
 
 import time
@@ -21,6 +22,7 @@ from pipeline.stages import (
 from pipeline.tokenize import pad_token_id
 from training.logprobs import forward_plan, reference_logps, response_logits
 
+
 class _ReferenceActor:
     def __init__(self, model_dir: str, threads: int = 1, dtype: str = "auto"):
         torch.set_num_threads(max(1, threads))
@@ -33,8 +35,16 @@ class _ReferenceActor:
 class MeanfieldNegatives(_ReferenceActor):
     """One teacher-forced forward pass per ground truth; ``n`` negatives resample a fraction c of its tokens."""
 
-    def __init__(self, model_dir: str, n: int, fraction: float, seed: int, threads: int = 1, dtype: str = "auto",
-                 batch_size: int = 64):
+    def __init__(
+        self,
+        model_dir: str,
+        n: int,
+        fraction: float,
+        seed: int,
+        threads: int = 1,
+        dtype: str = "auto",
+        batch_size: int = 64,
+    ):
         super().__init__(model_dir, threads, dtype)
         self.n, self.fraction, self.seed, self.batch_size = n, fraction, seed, batch_size
 
@@ -64,7 +74,9 @@ class ReferenceLogps(_ReferenceActor):
     """``ref_logps``: summed reference log-probs of every response, computed as the trainer computes the
     policy's (same tokenization, each prompt packed once with its responses)."""
 
-    def __init__(self, model_dir: str, row_tokens: int, threads: int = 1, dtype: str = "auto", prompts_per_pass: int = 16):
+    def __init__(
+        self, model_dir: str, row_tokens: int, threads: int = 1, dtype: str = "auto", prompts_per_pass: int = 16
+    ):
         super().__init__(model_dir, threads, dtype)
         self.row_tokens, self.prompts_per_pass = row_tokens, prompts_per_pass
 
@@ -77,9 +89,13 @@ class ReferenceLogps(_ReferenceActor):
             per_row.setdefault(i, []).append(j)
         rows = list(per_row.items())
         values = reference_logps(  # prompt-major, as flat_responses orders them
-            self.model, [list(batch["prompt_ids"].iloc[i]) for i, _ in rows],
-            [[list(batch["response_ids"].iloc[i][j]) for j in js] for i, js in rows], self.pad_id, self.row_tokens,
-            self.prompts_per_pass)
+            self.model,
+            [list(batch["prompt_ids"].iloc[i]) for i, _ in rows],
+            [[list(batch["response_ids"].iloc[i][j]) for j in js] for i, js in rows],
+            self.pad_id,
+            self.row_tokens,
+            self.prompts_per_pass,
+        )
         out = batch.copy()
         out["ref_logps"] = regroup(batch, positions, values)
         out = as_lists(out)

@@ -1,4 +1,5 @@
 """Scores from a reward model: a ``transformers`` sequence-classification directory (one logit per text)."""
+
 from __future__ import annotations
 
 import time
@@ -27,7 +28,9 @@ class RewardModelScores:
         # The model finds each text's last token by its pad id: without one it refuses batches of more than one.
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
         if self.model.config.num_labels != 1:
-            raise ValueError(f"reward model {model_dir} has {self.model.config.num_labels} labels; expected 1 (a scalar score)")
+            raise ValueError(
+                f"reward model {model_dir} has {self.model.config.num_labels} labels; expected 1 (a scalar score)"
+            )
         positions = getattr(self.model.config, "max_position_embeddings", None) or self.tokenizer.model_max_length
         self.max_tokens = min(positions, self.tokenizer.model_max_length)
         self.batch_size = batch_size
@@ -36,8 +39,12 @@ class RewardModelScores:
         """What the reward model reads for each pair (see the class docstring)."""
         if not self.tokenizer.chat_template:
             return [p + r for p, r in zip(prompts, responses)]
-        return [self.tokenizer.apply_chat_template([{"role": "user", "content": p}, {"role": "assistant", "content": r}],
-                                                   tokenize=False) for p, r in zip(prompts, responses)]
+        return [
+            self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": p}, {"role": "assistant", "content": r}], tokenize=False
+            )
+            for p, r in zip(prompts, responses)
+        ]
 
     @torch.no_grad()
     def score_texts(self, prompts: list[str], responses: list[str]) -> list[float]:
@@ -47,16 +54,23 @@ class RewardModelScores:
         special = not self.tokenizer.chat_template
         values: list[float] = []
         for c in range(0, len(texts), self.batch_size):
-            enc = self.tokenizer(texts[c : c + self.batch_size], return_tensors="pt", padding=True, truncation=True,
-                                 max_length=self.max_tokens, add_special_tokens=special)
+            enc = self.tokenizer(
+                texts[c : c + self.batch_size],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=self.max_tokens,
+                add_special_tokens=special,
+            )
             values += self.model(**enc.to(self.model.device)).logits[:, 0].float().tolist()
         return values
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         started = time.perf_counter()
         positions = flat_responses(batch)
-        values = self.score_texts([batch["prompt"].iloc[i] for i, _ in positions],
-                                  [batch["responses"].iloc[i][j] for i, j in positions])
+        values = self.score_texts(
+            [batch["prompt"].iloc[i] for i, _ in positions], [batch["responses"].iloc[i][j] for i, j in positions]
+        )
         out = batch.copy()
         out["scores"] = regroup(batch, positions, values)
         out = as_lists(out)

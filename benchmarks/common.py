@@ -1,4 +1,5 @@
 """What the comparisons share: the benchmark models, the config, the matmul roofline and its limits."""
+
 from __future__ import annotations
 
 import json
@@ -20,9 +21,17 @@ CORPUS = ("../shared/data/ultrafeedback_binarized_1200.jsonl.gz", "../shared/dat
 RANDOM_SHAPE = ["model.hidden_size=256", "model.num_layers=4", "model.num_heads=4", "model.intermediate_size=768"]
 RANDOM_PRECISION = ["model.dtype=fp32", "model.vllm_dtype=fp32", "train.deepspeed.dtype=fp32", "train.lora=null"]
 # --smoke: the same code paths at toy size (a 2-layer random model, a handful of steps and rows).
-SMOKE_OVERRIDES = ["model.hidden_size=64", "model.num_layers=2", "model.num_heads=2", "model.intermediate_size=128",
-                   "prepare.max_rows=40", "train.steps=3", "train.warmup_steps=1",
-                   "train.heldout_fraction=0.1", "train.max_failures=0"]
+SMOKE_OVERRIDES = [
+    "model.hidden_size=64",
+    "model.num_layers=2",
+    "model.num_heads=2",
+    "model.intermediate_size=128",
+    "prepare.max_rows=40",
+    "train.steps=3",
+    "train.warmup_steps=1",
+    "train.heldout_fraction=0.1",
+    "train.max_failures=0",
+]
 PEAK_DTYPE = torch.bfloat16  # the limit every stage is measured against: this CPU's bf16 matmul rate
 
 

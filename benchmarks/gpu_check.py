@@ -6,6 +6,7 @@ training tokens/s and its fraction of the GPU's bf16 matmul peak (measured here)
 ``python -m benchmarks.gpu_check --summarize --config configs/demo.yaml`` gives the same figures for a run already
 made (the CPU demo, for the comparison), without running anything.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,12 +44,15 @@ def stage_throughput(cfg: Config, peak_flops: float | None = None) -> dict:
     prep = json.loads((cfg.job_dir("prepare") / "report.json").read_text())
     train = json.loads((cfg.job_dir("train") / "report.json").read_text())
     seconds = prep["seconds_per_stage"]
-    shards = [f.read_table(columns=["prompt_ids", "response_ids"]) for f in verified_shard_files(cfg.job_dir("prepare") / "shards")]
+    shards = [
+        f.read_table(columns=["prompt_ids", "response_ids"])
+        for f in verified_shard_files(cfg.job_dir("prepare") / "shards")
+    ]
     prompts = sum(t.num_rows for t in shards)
     responses = sum(int(pc.sum(pc.list_value_length(t["response_ids"])).as_py()) for t in shards)
     response_tokens = sum(int(pc.sum(pc.list_value_length(pc.list_flatten(t["response_ids"]))).as_py()) for t in shards)
     prompt_tokens = sum(int(pc.sum(pc.list_value_length(t["prompt_ids"])).as_py()) for t in shards)
-    steps = pd.read_csv(train["metrics_csv"]).drop_duplicates("step", keep="last").iloc[cfg.train.warmup_steps:]
+    steps = pd.read_csv(train["metrics_csv"]).drop_duplicates("step", keep="last").iloc[cfg.train.warmup_steps :]
     train_tps = float((steps["tokens_per_second"] * steps["seconds"]).sum() / steps["seconds"].sum())
     embedded = prompts + (responses if cfg.prepare.embed_responses else 0)
     embed_seconds = seconds.get("embed_prompts", 0.0) + seconds.get("embed_responses", 0.0)
@@ -56,10 +60,13 @@ def stage_throughput(cfg: Config, peak_flops: float | None = None) -> dict:
         "vllm_generated_tokens_per_second": prep["generation_tokens_per_second"],
         "embeddings_per_second": embedded / embed_seconds if embed_seconds else None,
         # each prompt is forwarded once with its responses (packed), so the work is prompt + response tokens
-        "reference_logprob_tokens_per_second": (prompt_tokens + response_tokens) / seconds["ref_logps"] if seconds.get("ref_logps") else None,
+        "reference_logprob_tokens_per_second": (prompt_tokens + response_tokens) / seconds["ref_logps"]
+        if seconds.get("ref_logps")
+        else None,
         "training_tokens_per_second": train_tps,
         "trainable_parameters": train["trainable_parameters"],
-        "prepare_wall_seconds": prep["wall_seconds"], "train_wall_seconds": train["wall_seconds"],
+        "prepare_wall_seconds": prep["wall_seconds"],
+        "train_wall_seconds": train["wall_seconds"],
     }
     if peak_flops:
         # forward + backward: about 6 FLOPs per parameter per token (attention's share is small at these lengths)
@@ -78,8 +85,11 @@ def main(argv: list[str] | None = None) -> dict:
         figures = stage_throughput(cfg)
     else:
         if not torch.cuda.is_available():
-            print("[gpu-check] no GPU here (torch sees no CUDA device): nothing to check. On a GPU machine: "
-                  "make gpu-check EXTRA=gpu", flush=True)
+            print(
+                "[gpu-check] no GPU here (torch sees no CUDA device): nothing to check. On a GPU machine: "
+                "make gpu-check EXTRA=gpu",
+                flush=True,
+            )
             return {}
         peak = bf16_matmul_flops()
         run_job.main(["--config", args.config, *rest])

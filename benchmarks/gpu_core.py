@@ -22,6 +22,7 @@ JSON (``--out``) and prints one table:
 
 ``--smoke`` runs every part at toy sizes on the CPU (CI), so the script is known to work before a GPU is lent.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,18 +51,49 @@ from training.objective import implicit_accuracy, preference_loss
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 FP32_TOLERANCE = 1e-4
 SHAPES = {
-    "llama-3.2-1b": lambda: LlamaConfig(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-                                        num_attention_heads=32, num_key_value_heads=8, head_dim=64, rope_theta=500000.0,
-                                        max_position_embeddings=8192, tie_word_embeddings=True),
-    "qwen2.5-1.5b": lambda: Qwen2Config(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-                                        num_attention_heads=12, num_key_value_heads=2, rope_theta=1000000.0,
-                                        max_position_embeddings=8192, tie_word_embeddings=True),
+    "llama-3.2-1b": lambda: LlamaConfig(
+        vocab_size=128256,
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=64,
+        rope_theta=500000.0,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+    ),
+    "qwen2.5-1.5b": lambda: Qwen2Config(
+        vocab_size=151936,
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        rope_theta=1000000.0,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+    ),
 }
 SMOKE_SHAPES = {
-    "llama-tiny": lambda: LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                      num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True),
-    "qwen2-tiny": lambda: Qwen2Config(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                      num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True),
+    "llama-tiny": lambda: LlamaConfig(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        tie_word_embeddings=True,
+    ),
+    "qwen2-tiny": lambda: Qwen2Config(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        tie_word_embeddings=True,
+    ),
 }
 
 
@@ -91,7 +123,13 @@ def sdpa_kernels(name: str, device: torch.device, dtype: torch.dtype) -> list[st
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with torch.no_grad(), profile(activities=activities) as prof:
         packed_logps(model, pack_shared_prompts(prompts, responses, 0, 32, plan.share_prompts), plan)
-    return sorted({e.key for e in prof.key_averages() if "scaled_dot_product" in e.key and e.key != "aten::scaled_dot_product_attention"})
+    return sorted(
+        {
+            e.key
+            for e in prof.key_averages()
+            if "scaled_dot_product" in e.key and e.key != "aten::scaled_dot_product_attention"
+        }
+    )
 
 
 def conformance(device: torch.device, smoke: bool) -> list[dict]:
@@ -104,13 +142,24 @@ def conformance(device: torch.device, smoke: bool) -> list[dict]:
                 tolerance = FP32_TOLERANCE if dtype == torch.float32 else 2 * r["roundoff"]
                 mf_tolerance = FP32_TOLERANCE if dtype == torch.float32 else 2 * r["meanfield_roundoff"]
                 ok = r["trainer"] <= tolerance and r["reference"] <= tolerance and r["meanfield"] <= mf_tolerance
-                row = {"architecture": name, "attention": backend, "dtype": dname, **r, "tolerance": tolerance,
-                       "meanfield_tolerance": mf_tolerance, "exact": ok}
+                row = {
+                    "architecture": name,
+                    "attention": backend,
+                    "dtype": dname,
+                    **r,
+                    "tolerance": tolerance,
+                    "meanfield_tolerance": mf_tolerance,
+                    "exact": ok,
+                }
                 if backend == "sdpa" and dtype == torch.bfloat16:
                     row["sdpa_kernels"] = sdpa_kernels(name, device, dtype)
                 rows.append(row)
-                print(f"[gpu_core] {name:<16} {backend:<5} {dname}: trainer {r['trainer']:.1e} reference {r['reference']:.1e} "
-                      f"meanfield {r['meanfield']:.1e} (tolerance {tolerance:.1e}) {'ok' if ok else 'NOT EXACT'}", flush=True)
+                print(
+                    f"[gpu_core] {name:<16} {backend:<5} {dname}: trainer {r['trainer']:.1e} reference "
+                    f"{r['reference']:.1e} "
+                    f"meanfield {r['meanfield']:.1e} (tolerance {tolerance:.1e}) {'ok' if ok else 'NOT EXACT'}",
+                    flush=True,
+                )
     return rows
 
 
@@ -121,9 +170,22 @@ def synthetic_groups(k: int, prompts: int, prompt_len: int, max_response: int, v
     groups = []
     for i in range(prompts):
         lengths = torch.randint(max_response // 2, max_response + 1, (k,), generator=g).tolist()
-        groups.append({"group_id": i, "members": [{
-            "prompt_ids": ids(prompt_len), "response_ids": [ids(n) for n in lengths], "origins": ["dataset"] * k,
-            "scores": torch.rand(k, generator=g).tolist(), "ref_logps": None, "rank": None, "similarity": [1.0]}]})
+        groups.append(
+            {
+                "group_id": i,
+                "members": [
+                    {
+                        "prompt_ids": ids(prompt_len),
+                        "response_ids": [ids(n) for n in lengths],
+                        "origins": ["dataset"] * k,
+                        "scores": torch.rand(k, generator=g).tolist(),
+                        "ref_logps": None,
+                        "rank": None,
+                        "similarity": [1.0],
+                    }
+                ],
+            }
+        )
     return groups
 
 
@@ -161,11 +223,15 @@ def trainer_step(model, groups: list[dict], device: torch.device, peak: float, w
     """The project's step: packed shared prompts, the chunked head, SWEPO, fused AdamW; and the padded baseline."""
     plan = forward_plan(model)
     tc = TrainConfig(loss="swepo")
-    row_tokens = max(len(m["prompt_ids"]) + sum(len(r) for r in m["response_ids"]) for g in groups for m in g["members"])
+    row_tokens = max(
+        len(m["prompt_ids"]) + sum(len(r) for r in m["response_ids"]) for g in groups for m in g["members"]
+    )
     first = collate(groups, 0, row_tokens, plan.share_prompts).to(device)
     record: dict = {}  # the reference: the policy's step-0 forward, as the trainer keeps it for its held-out figures
     with torch.no_grad():
-        record_reference(record, [g["group_id"] for g in groups], first, first.gather(packed_logps(model, first.packed, plan)))
+        record_reference(
+            record, [g["group_id"] for g in groups], first, first.gather(packed_logps(model, first.packed, plan))
+        )
     batch = collate(with_recorded_reference(groups, record), 0, row_tokens, plan.share_prompts).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=device.type == "cuda")
     params = sum(p.numel() for p in model.parameters())
@@ -182,12 +248,20 @@ def trainer_step(model, groups: list[dict], device: torch.device, peak: float, w
     reset_peak(device)
     seconds = timed_steps(step, device, warmup, steps)
     tokens = batch.packed.computed_tokens
-    ours = {"tokens_per_step": tokens, "seconds_per_step": seconds, "tokens_per_second": tokens / seconds,
-            "mfu": 6 * params * tokens / seconds / peak, "peak_memory_gb": peak_memory_gb(device)}
+    ours = {
+        "tokens_per_step": tokens,
+        "seconds_per_step": seconds,
+        "tokens_per_second": tokens / seconds,
+        "mfu": 6 * params * tokens / seconds / peak,
+        "peak_memory_gb": peak_memory_gb(device),
+    }
 
     members = [m for g in groups for m in g["members"]]
-    padded = pad_sequences([m["prompt_ids"] for m in members for _ in m["response_ids"]],
-                           [r for m in members for r in m["response_ids"]], 0)
+    padded = pad_sequences(
+        [m["prompt_ids"] for m in members for _ in m["response_ids"]],
+        [r for m in members for r in m["response_ids"]],
+        0,
+    )
     padded = {k: v.to(device) for k, v in padded.items()}
 
     def padded_step():
@@ -201,10 +275,19 @@ def trainer_step(model, groups: list[dict], device: torch.device, peak: float, w
 
     reset_peak(device)
     seconds = timed_steps(padded_step, device, warmup, steps)
-    baseline = {"padded_tokens_per_step": int(padded["input_ids"].numel()), "seconds_per_step": seconds,
-                "tokens_per_second": tokens / seconds, "mfu": 6 * params * tokens / seconds / peak,
-                "peak_memory_gb": peak_memory_gb(device)}
-    return {"parameters": params, "project": ours, "padded": baseline, "speedup": baseline["seconds_per_step"] / ours["seconds_per_step"]}
+    baseline = {
+        "padded_tokens_per_step": int(padded["input_ids"].numel()),
+        "seconds_per_step": seconds,
+        "tokens_per_second": tokens / seconds,
+        "mfu": 6 * params * tokens / seconds / peak,
+        "peak_memory_gb": peak_memory_gb(device),
+    }
+    return {
+        "parameters": params,
+        "project": ours,
+        "padded": baseline,
+        "speedup": baseline["seconds_per_step"] / ours["seconds_per_step"],
+    }
 
 
 @torch.no_grad()
@@ -212,7 +295,9 @@ def precision(shape, groups: list[dict], device: torch.device, beta: float = 0.1
     """bf16 against fp32 on the same weights, and the step-0 accuracy of a bf16 policy against bf16 references."""
     model = build(shape, device, torch.float32).eval()
     plan = forward_plan(model)
-    row_tokens = max(len(m["prompt_ids"]) + sum(len(r) for r in m["response_ids"]) for g in groups for m in g["members"])
+    row_tokens = max(
+        len(m["prompt_ids"]) + sum(len(r) for r in m["response_ids"]) for g in groups for m in g["members"]
+    )
     batch = collate(groups, 0, row_tokens, plan.share_prompts).to(device)
     fp32 = batch.gather(packed_logps(model, batch.packed, plan))
     model = model.to(torch.bfloat16)
@@ -226,39 +311,122 @@ def precision(shape, groups: list[dict], device: torch.device, beta: float = 0.1
     own = implicit_accuracy(beta * (policy - again.ref_logps), again)
     # the reference scorer's layout (one prompt per pass), in the same precision
     members = [m for g in groups for m in g["members"]]
-    scored = reference_logps(model, [m["prompt_ids"] for m in members], [m["response_ids"] for m in members], 0,
-                             row_tokens, prompts_per_pass=1)
+    scored = reference_logps(
+        model,
+        [m["prompt_ids"] for m in members],
+        [m["response_ids"] for m in members],
+        0,
+        row_tokens,
+        prompts_per_pass=1,
+    )
     ref = torch.zeros_like(policy)
     ref[batch.mask] = torch.tensor(scored, device=device, dtype=ref.dtype)
     other = implicit_accuracy(beta * (policy - ref), again)
-    return {"bf16_vs_fp32_mean_abs": float(diff.mean()), "bf16_vs_fp32_max_abs": float(diff.max()),
-            "step0_accuracy_own_forward": own[0] / max(own[1], 1),
-            "step0_accuracy_reference_scorer_layout": other[0] / max(other[1], 1), "pairs": own[1]}
+    return {
+        "bf16_vs_fp32_mean_abs": float(diff.mean()),
+        "bf16_vs_fp32_max_abs": float(diff.max()),
+        "step0_accuracy_own_forward": own[0] / max(own[1], 1),
+        "step0_accuracy_reference_scorer_layout": other[0] / max(other[1], 1),
+        "pairs": own[1],
+    }
 
 
 def _markdown(header: list[str], rows: list[list]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header), *("| " + " | ".join(map(str, r)) + " |" for r in rows)]
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + " --- |" * len(header),
+        *("| " + " | ".join(map(str, r)) + " |" for r in rows),
+    ]
 
 
 def table(report: dict) -> str:
-    conformance = [[r["architecture"], r["attention"], r["dtype"], f"{r['trainer']:.1e}", f"{r['reference']:.1e}",
-                    f"{r['meanfield']:.1e}", f"{r['tolerance']:.1e}", "yes" if r["exact"] else "NO",
-                    ", ".join(r.get("sdpa_kernels", []))] for r in report["conformance"]]
-    steps = [[name, k, s["project"]["tokens_per_step"], f"{s['project']['tokens_per_second']:.0f}",
-              f"{s['project']['mfu']:.1%}", f"{s['project']['peak_memory_gb']:.1f}", f"{s['padded']['tokens_per_second']:.0f}",
-              f"{s['padded']['mfu']:.1%}", f"{s['padded']['peak_memory_gb']:.1f}", f"{s['speedup']:.2f}x"]
-             for name, per_k in report["step"].items() for k, s in per_k.items()]
-    precision = [[name, f"{p['bf16_vs_fp32_mean_abs']:.3g}", f"{p['bf16_vs_fp32_max_abs']:.3g}",
-                  f"{p['step0_accuracy_own_forward']:.3f}", f"{p['step0_accuracy_reference_scorer_layout']:.3f}"]
-                 for name, p in report["precision"].items()]
-    return "\n".join([
-        f"device: {report['device']}; bf16 matmul peak {report['matmul_peak_tflops']:.3g} TFLOP/s", "",
-        *_markdown(["architecture", "attention", "dtype", "trainer", "reference", "meanfield", "tolerance", "exact",
-                    "sdpa kernel"], conformance), "",
-        *_markdown(["model", "K", "tokens/step", "project tok/s", "MFU", "peak GB", "padded tok/s", "padded MFU",
-                    "padded GB", "speedup"], steps), "",
-        *_markdown(["model", "bf16 vs fp32, mean abs", "max abs", "step-0 accuracy, trainer's own reference",
-                    "reference scorer's layout"], precision)])
+    conformance = [
+        [
+            r["architecture"],
+            r["attention"],
+            r["dtype"],
+            f"{r['trainer']:.1e}",
+            f"{r['reference']:.1e}",
+            f"{r['meanfield']:.1e}",
+            f"{r['tolerance']:.1e}",
+            "yes" if r["exact"] else "NO",
+            ", ".join(r.get("sdpa_kernels", [])),
+        ]
+        for r in report["conformance"]
+    ]
+    steps = [
+        [
+            name,
+            k,
+            s["project"]["tokens_per_step"],
+            f"{s['project']['tokens_per_second']:.0f}",
+            f"{s['project']['mfu']:.1%}",
+            f"{s['project']['peak_memory_gb']:.1f}",
+            f"{s['padded']['tokens_per_second']:.0f}",
+            f"{s['padded']['mfu']:.1%}",
+            f"{s['padded']['peak_memory_gb']:.1f}",
+            f"{s['speedup']:.2f}x",
+        ]
+        for name, per_k in report["step"].items()
+        for k, s in per_k.items()
+    ]
+    precision = [
+        [
+            name,
+            f"{p['bf16_vs_fp32_mean_abs']:.3g}",
+            f"{p['bf16_vs_fp32_max_abs']:.3g}",
+            f"{p['step0_accuracy_own_forward']:.3f}",
+            f"{p['step0_accuracy_reference_scorer_layout']:.3f}",
+        ]
+        for name, p in report["precision"].items()
+    ]
+    return "\n".join(
+        [
+            f"device: {report['device']}; bf16 matmul peak {report['matmul_peak_tflops']:.3g} TFLOP/s",
+            "",
+            *_markdown(
+                [
+                    "architecture",
+                    "attention",
+                    "dtype",
+                    "trainer",
+                    "reference",
+                    "meanfield",
+                    "tolerance",
+                    "exact",
+                    "sdpa kernel",
+                ],
+                conformance,
+            ),
+            "",
+            *_markdown(
+                [
+                    "model",
+                    "K",
+                    "tokens/step",
+                    "project tok/s",
+                    "MFU",
+                    "peak GB",
+                    "padded tok/s",
+                    "padded MFU",
+                    "padded GB",
+                    "speedup",
+                ],
+                steps,
+            ),
+            "",
+            *_markdown(
+                [
+                    "model",
+                    "bf16 vs fp32, mean abs",
+                    "max abs",
+                    "step-0 accuracy, trainer's own reference",
+                    "reference scorer's layout",
+                ],
+                precision,
+            ),
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -272,8 +440,12 @@ def main(argv: list[str] | None = None) -> dict:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 conformance means fp32
     peak = matmul_peak(device, 512 if args.smoke else 8192)
-    report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "smoke": args.smoke,
-              "torch": torch.__version__, "matmul_peak_tflops": peak / 1e12}
+    report = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "smoke": args.smoke,
+        "torch": torch.__version__,
+        "matmul_peak_tflops": peak / 1e12,
+    }
     report["conformance"] = [] if args.skip_conformance else conformance(device, args.smoke)
     shapes = SMOKE_SHAPES if args.smoke else SHAPES
     prompt_len, max_response, prompts = (16, 16, 2) if args.smoke else (256, 256, 4)
@@ -286,11 +458,17 @@ def main(argv: list[str] | None = None) -> dict:
         for k in (2, 4, 8):
             groups = synthetic_groups(k, prompts, prompt_len, max_response, vocab, seed=k)
             report["step"][name][str(k)] = s = trainer_step(model, groups, device, peak, warmup, steps)
-            print(f"[gpu_core] {name} K={k}: {s['project']['tokens_per_second']:.0f} tok/s, MFU {s['project']['mfu']:.1%}, "
-                  f"{s['project']['peak_memory_gb']:.1f} GB; padded {s['padded']['tokens_per_second']:.0f} tok/s "
-                  f"({s['speedup']:.2f}x)", flush=True)
+            print(
+                f"[gpu_core] {name} K={k}: {s['project']['tokens_per_second']:.0f} tok/s, MFU "
+                f"{s['project']['mfu']:.1%}, "
+                f"{s['project']['peak_memory_gb']:.1f} GB; padded {s['padded']['tokens_per_second']:.0f} tok/s "
+                f"({s['speedup']:.2f}x)",
+                flush=True,
+            )
         del model
-        report["precision"][name] = precision(shape, synthetic_groups(4, prompts, prompt_len, max_response, vocab, seed=99), device)
+        report["precision"][name] = precision(
+            shape, synthetic_groups(4, prompts, prompt_len, max_response, vocab, seed=99), device
+        )
         print(f"[gpu_core] {name} precision: {report['precision'][name]}", flush=True)
     report["wall_seconds"] = time.perf_counter() - started
     out = Path(args.out)

@@ -6,6 +6,7 @@ responses per prompt, truncated to the random bench model's length), the random 
 within-prompt correlation of implicit reward and response length, and length-controlled accuracy (pairs whose
 lengths differ by less than 10%). Writes ``length_study.png`` and the table the README shows.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,10 +22,21 @@ LOSSES = ("swepo", "infonca", "nca", "dpo")
 NORMALIZATIONS = ("sum", "mean")
 STEPS, SMOKE_STEPS = 100, 3
 RANDOM_MODEL = True  # the study of record ran on the random model (README, Length)
-OVERRIDES = ["data.source=../shared/data/alpacaeval_bo16_scored.jsonl.gz", "data.split=null", "data.max_chars=null",
-             "prepare.reward=source", "prepare.max_rows=400", "prepare.grouping.group_size=1", "model.max_length=128",
-             "train.batch_groups=2", "train.micro_groups=1", "train.warmup_steps=5", "train.lr=1.0e-4",
-             "train.heldout_fraction=0.1", "train.checkpoint_every=1000"]
+OVERRIDES = [
+    "data.source=../shared/data/alpacaeval_bo16_scored.jsonl.gz",
+    "data.split=null",
+    "data.max_chars=null",
+    "prepare.reward=source",
+    "prepare.max_rows=400",
+    "prepare.grouping.group_size=1",
+    "model.max_length=128",
+    "train.batch_groups=2",
+    "train.micro_groups=1",
+    "train.warmup_steps=5",
+    "train.lr=1.0e-4",
+    "train.heldout_fraction=0.1",
+    "train.checkpoint_every=1000",
+]
 CURVES = ("loss", "grad_norm", "reward_length_corr", "lc_accuracy")
 
 
@@ -65,10 +77,12 @@ def run(cfg: Config, out: Path, smoke: bool) -> dict:
             curves[f"{loss}_{norm}"] = df
             last = df.tail(max(1, steps // 5))  # the last fifth of training
             runs[f"{loss}_{norm}"] = {
-                "final_loss": float(last["loss"].mean()), "final_grad_norm": float(last["grad_norm"].mean()),
+                "final_loss": float(last["loss"].mean()),
+                "final_grad_norm": float(last["grad_norm"].mean()),
                 "train_reward_length_corr": float(last["reward_length_corr"].mean()),
                 "train_lc_accuracy": float(last["lc_accuracy"].mean()),
-                "heldout_accuracy": report["heldout_accuracy_end"], "heldout_lc_accuracy": report["heldout_lc_accuracy_end"],
+                "heldout_accuracy": report["heldout_accuracy_end"],
+                "heldout_lc_accuracy": report["heldout_lc_accuracy_end"],
                 "heldout_reward_length_corr": report["heldout_reward_length_corr_end"],
                 "heldout_top_response_tokens": report["heldout_top_response_tokens_end"],
             }

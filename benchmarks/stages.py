@@ -9,6 +9,7 @@ Beside the speeds: how far bf16's summed response log-probs and embeddings lie f
 
     python -m benchmarks.stages --stage reference --dtype bf16 --rows ROWS.parquet --model DIR --out FILE.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,24 +34,44 @@ DTYPES = ("fp32", "bf16")
 THREADS = os.cpu_count()
 ROWS, SMOKE_ROWS = 96, 8
 # The demo's task (configs/demo.yaml), prepared into prompts and nothing else: the stages run outside the graph.
-OVERRIDES = ["data.source=null", "task.form=chat", "task.families=[add_digits, copy]", "task.n_train=400",
-             "task.n_heldout=160", "model.max_length=128", "prepare.reward=none", "prepare.ref_logps=false"]
-SAMPLING = ["prepare.negatives.autoregressive=4", "prepare.negatives.temperature=0.7", "prepare.negatives.max_tokens=24"]
+OVERRIDES = [
+    "data.source=null",
+    "task.form=chat",
+    "task.families=[add_digits, copy]",
+    "task.n_train=400",
+    "task.n_heldout=160",
+    "model.max_length=128",
+    "prepare.reward=none",
+    "prepare.ref_logps=false",
+]
+SAMPLING = [
+    "prepare.negatives.autoregressive=4",
+    "prepare.negatives.temperature=0.7",
+    "prepare.negatives.max_tokens=24",
+]
 REFERENCE_PROMPTS_PER_PASS = 64
 
 
 def _sampling(cfg: Config, model_dir: str, dtype: str):
     from actors.generator import VLLMNegatives
 
-    return VLLMNegatives(model_dir, cfg.prepare.negatives, cfg.seed, cfg.model.max_length, cfg.prepare.vllm, dtype,
-                         cpu_bind=f"0-{THREADS - 1}")
+    return VLLMNegatives(
+        model_dir,
+        cfg.prepare.negatives,
+        cfg.seed,
+        cfg.model.max_length,
+        cfg.prepare.vllm,
+        dtype,
+        cpu_bind=f"0-{THREADS - 1}",
+    )
 
 
 def _meanfield(cfg: Config, model_dir: str, dtype: str):
     from actors.reference import MeanfieldNegatives
 
-    return MeanfieldNegatives(model_dir, 1, cfg.prepare.negatives.meanfield_fraction, cfg.seed, THREADS, dtype,
-                              cfg.prepare.score_batch_size)
+    return MeanfieldNegatives(
+        model_dir, 1, cfg.prepare.negatives.meanfield_fraction, cfg.seed, THREADS, dtype, cfg.prepare.score_batch_size
+    )
 
 
 def _reference(cfg: Config, model_dir: str, dtype: str):
@@ -62,8 +83,9 @@ def _reference(cfg: Config, model_dir: str, dtype: str):
 def _embeddings(cfg: Config, model_dir: str, dtype: str):
     from actors.embedder import Embedder
 
-    return Embedder(cfg.prepare.embedder_dir, "prompts", cfg.prepare.embed_batch_size, THREADS,
-                    cfg.prepare.embed_max_tokens, dtype)
+    return Embedder(
+        cfg.prepare.embedder_dir, "prompts", cfg.prepare.embed_batch_size, THREADS, cfg.prepare.embed_max_tokens, dtype
+    )
 
 
 ACTORS = {"sampling": _sampling, "meanfield": _meanfield, "reference": _reference, "embeddings": _embeddings}
@@ -79,7 +101,10 @@ def computed_tokens(stage: str, actor, rows: pd.DataFrame, result: pd.DataFrame)
     if stage == "sampling":  # each request's prompt once (its samples share the prefill) and every sampled token
         return sum(len(p) for p in rows["prompt_ids"]) + int(result["generated_tokens"].sum())
     if stage == "meanfield":
-        return sum(len(p) + len(r[anchor_index(o)]) for p, r, o in zip(rows["prompt_ids"], rows["response_ids"], rows["origins"]))
+        return sum(
+            len(p) + len(r[anchor_index(o)])
+            for p, r, o in zip(rows["prompt_ids"], rows["response_ids"], rows["origins"])
+        )
     if stage == "reference":
         return sum(len(p) + sum(len(r) for r in rs) for p, rs in zip(rows["prompt_ids"], rows["response_ids"]))
     limit = actor.model.max_seq_length
@@ -103,19 +128,48 @@ def measure(cfg: Config, stage: str, dtype: str, model_dir: str, rows_file: Path
         result.drop(columns=["skip_reason"]).to_parquet(out.with_suffix(".rows.parquet"))
     tokens = computed_tokens(stage, actor, rows, result)
     values = result[VALUES[stage]].map(list).tolist() if stage in VALUES else None
-    extra = {"generated_tokens_per_second": int(result["generated_tokens"].sum()) / seconds} if stage == "sampling" else {}
+    extra = (
+        {"generated_tokens_per_second": int(result["generated_tokens"].sum()) / seconds} if stage == "sampling" else {}
+    )
     # the embedder is a model of its own (all-MiniLM-L6-v2): its limit counts its own matmul parameters (its untied
     # embedding tables are lookups, not matmuls)
-    own = {"parameters": sum(p.numel() for n, p in actor.model.named_parameters() if ".embeddings." not in f".{n}")} \
-        if stage == "embeddings" else {}
-    return {"stage": stage, "dtype": dtype, "rows": len(rows), "tokens": tokens, "seconds": seconds,
-            "start_seconds": start, "tokens_per_second": tokens / seconds, "values": values, **extra, **own}
+    own = (
+        {"parameters": sum(p.numel() for n, p in actor.model.named_parameters() if ".embeddings." not in f".{n}")}
+        if stage == "embeddings"
+        else {}
+    )
+    return {
+        "stage": stage,
+        "dtype": dtype,
+        "rows": len(rows),
+        "tokens": tokens,
+        "seconds": seconds,
+        "start_seconds": start,
+        "tokens_per_second": tokens / seconds,
+        "values": values,
+        **extra,
+        **own,
+    }
 
 
 def _in_process(cfg_args: list[str], stage: str, dtype: str, model_dir: Path, rows: Path, out: Path) -> dict:
     result = out / f"{stage}_{dtype}.json"
-    cmd = [sys.executable, "-m", "benchmarks.stages", "--stage", stage, "--dtype", dtype, "--model", str(model_dir),
-           "--rows", str(rows), "--out", str(result), *[a for s in cfg_args for a in ("--set", s)]]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.stages",
+        "--stage",
+        stage,
+        "--dtype",
+        dtype,
+        "--model",
+        str(model_dir),
+        "--rows",
+        str(rows),
+        "--out",
+        str(result),
+        *[a for s in cfg_args for a in ("--set", s)],
+    ]
     subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": str(THREADS)})
     return json.loads(result.read_text())
 
@@ -145,19 +199,31 @@ def run(cfg: Config, out: Path, smoke: bool) -> dict:
             r["limit_tokens_per_second"] = limit_tokens_per_second(peak, r.get("parameters", n_params), 2)
             r["limit_fraction"] = r["tokens_per_second"] / r["limit_tokens_per_second"]
             results.setdefault(stage, {})[dtype] = r
-            print(f"[bench] {stage} {dtype}: {r['tokens_per_second']:.0f} tok/s = {r['limit_fraction']:.1%} of the limit",
-                  flush=True)
-    differences = {stage: _difference(results[stage]["fp32"].pop("values"), results[stage]["bf16"].pop("values"))
-                   for stage in VALUES}
+            print(
+                f"[bench] {stage} {dtype}: {r['tokens_per_second']:.0f} tok/s = {r['limit_fraction']:.1%} of the limit",
+                flush=True,
+            )
+    differences = {
+        stage: _difference(results[stage]["fp32"].pop("values"), results[stage]["bf16"].pop("values"))
+        for stage in VALUES
+    }
     for per_dtype in results.values():
         for r in per_dtype.values():
             r.pop("values", None)
-    return {"parameters": n_params, "matmul_flops": peak, "threads": THREADS,
-            "stages": results, "bf16_vs_fp32": differences,
-            "mean_response_tokens": float(pd.read_parquet(work / "sampling_bf16.rows.parquet")["response_ids"].map(
-                lambda rs: np.mean([len(r) for r in rs])).mean()),
-            "sampling_limit_fraction": results["sampling"]["bf16"]["limit_fraction"],
-            "reference_limit_fraction": results["reference"]["bf16"]["limit_fraction"]}
+    return {
+        "parameters": n_params,
+        "matmul_flops": peak,
+        "threads": THREADS,
+        "stages": results,
+        "bf16_vs_fp32": differences,
+        "mean_response_tokens": float(
+            pd.read_parquet(work / "sampling_bf16.rows.parquet")["response_ids"]
+            .map(lambda rs: np.mean([len(r) for r in rs]))
+            .mean()
+        ),
+        "sampling_limit_fraction": results["sampling"]["bf16"]["limit_fraction"],
+        "reference_limit_fraction": results["reference"]["bf16"]["limit_fraction"],
+    }
 
 
 def cfg_overrides(cfg: Config) -> list[str]:

@@ -7,8 +7,8 @@ peak RSS should not grow with the data; the ratio reported is 8x over 1x. In the
 replaced (every worker holds every group, read up front) trains the same steps at both sizes, for the tokens/s
 the addressed reader must not lose and the memory it used to take.
 """
-from __future__ import annotations
 
+from __future__ import annotations
 
 import math
 from pathlib import Path
@@ -73,25 +73,43 @@ def run(cfg: Config, out: Path, smoke: bool) -> dict:
     per_reader: dict[str, dict] = {name: {} for name in READERS}
     # At 1x each reader runs twice, in the order A B B A, so a drift in the machine's speed over the runs (the first
     # run of a fresh cluster is the slowest) falls on both; tokens/s is the mean of the two.
-    for scale, name in [(1, "addressed"), (1, "whole_dataset"), (1, "whole_dataset"), (1, "addressed"),
-                        (8, "addressed"), (8, "whole_dataset")]:
+    for scale, name in [
+        (1, "addressed"),
+        (1, "whole_dataset"),
+        (1, "whole_dataset"),
+        (1, "addressed"),
+        (8, "addressed"),
+        (8, "whole_dataset"),
+    ]:
         run_dir = out / f"memory_x{scale}_{name}"
         fresh(run_dir)
         rows = replicate(Path(prep["shards_dir"]), base * scale, run_dir / "prepare" / "shards")
         # its own storage too: a re-run of the benchmark must measure a run from scratch, not restore the last one
-        scfg = cfg.model_copy(update={"output_dir": str(run_dir),
-                                      "ray": cfg.ray.model_copy(update={"storage_path": str((run_dir / "ray").resolve())})})
+        scfg = cfg.model_copy(
+            update={
+                "output_dir": str(run_dir),
+                "ray": cfg.ray.model_copy(update={"storage_path": str((run_dir / "ray").resolve())}),
+            }
+        )
         report = run_train(scfg, job="train", reader=READERS[name])
         steps = timed_steps(Path(report["metrics_csv"]), cfg.train.warmup_steps)
         tokens_per_second = float((steps["tokens_per_second"] * steps["seconds"]).sum()) / float(steps["seconds"].sum())
-        print(f"[bench] {name} reader, {rows} rows: worker peak RSS {steps['worker_peak_rss_mb'].max():.0f} MB, "
-              f"{tokens_per_second:.0f} tokens/s", flush=True)
-        s = per_reader[name].setdefault(str(scale), {"rows": rows, "worker_peak_rss_mb": 0.0, "runs_tokens_per_second": []})
+        print(
+            f"[bench] {name} reader, {rows} rows: worker peak RSS {steps['worker_peak_rss_mb'].max():.0f} MB, "
+            f"{tokens_per_second:.0f} tokens/s",
+            flush=True,
+        )
+        s = per_reader[name].setdefault(
+            str(scale), {"rows": rows, "worker_peak_rss_mb": 0.0, "runs_tokens_per_second": []}
+        )
         s["worker_peak_rss_mb"] = max(s["worker_peak_rss_mb"], float(steps["worker_peak_rss_mb"].max()))
         s["runs_tokens_per_second"].append(tokens_per_second)
         s["tokens_per_second"] = sum(s["runs_tokens_per_second"]) / len(s["runs_tokens_per_second"])
     ours, before = per_reader["addressed"], per_reader["whole_dataset"]
-    return {"per_scale": ours, "whole_dataset": before,
-            "train_worker_rss_ratio": ours["8"]["worker_peak_rss_mb"] / ours["1"]["worker_peak_rss_mb"],
-            "whole_dataset_rss_ratio": before["8"]["worker_peak_rss_mb"] / before["1"]["worker_peak_rss_mb"],
-            "tokens_per_second_vs_whole_dataset": ours["1"]["tokens_per_second"] / before["1"]["tokens_per_second"]}
+    return {
+        "per_scale": ours,
+        "whole_dataset": before,
+        "train_worker_rss_ratio": ours["8"]["worker_peak_rss_mb"] / ours["1"]["worker_peak_rss_mb"],
+        "whole_dataset_rss_ratio": before["8"]["worker_peak_rss_mb"] / before["1"]["worker_peak_rss_mb"],
+        "tokens_per_second_vs_whole_dataset": ours["1"]["tokens_per_second"] / before["1"]["tokens_per_second"],
+    }

@@ -9,6 +9,7 @@ autocast; ours: DeepSpeed bf16 with fp32 master weights). The project's job also
 and in fp32, each against reference log-probs of its own precision, for the fp32-against-bf16 table; the
 fraction of the limit counts the tokens the forward pass computes (a shared prompt once).
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,12 @@ FLOPS_PER_PARAMETER = {"lora": 4, "full": 6}
 
 def trained_group_ids(job_dir: Path) -> set[int]:
     """The contrast groups the train job trained (its per-rank data logs)."""
-    return {g for log in job_dir.glob("data_rank*.jsonl") for line in log.read_text().splitlines()
-            for g in json.loads(line)["groups"]}
+    return {
+        g
+        for log in job_dir.glob("data_rank*.jsonl")
+        for line in log.read_text().splitlines()
+        for g in json.loads(line)["groups"]
+    }
 
 
 def export_pairs(shards_dir: Path, group_ids: set[int], path: Path) -> int:
@@ -42,7 +47,9 @@ def export_pairs(shards_dir: Path, group_ids: set[int], path: Path) -> int:
     with open(path, "w") as f:
         for row in rows:
             texts = dict(zip(row["origins"], row["responses"]))
-            f.write(json.dumps({"prompt": row["prompt"], "chosen": texts["chosen"], "rejected": texts["rejected"]}) + "\n")
+            f.write(
+                json.dumps({"prompt": row["prompt"], "chosen": texts["chosen"], "rejected": texts["rejected"]}) + "\n"
+            )
     return len(rows)
 
 
@@ -60,18 +67,29 @@ def step_rates(metrics_csv: Path, warmup: int) -> dict:
     def rate(column: str) -> float:
         return float((steps[column] * steps["seconds"]).sum()) / seconds
 
-    return {"timed_steps": len(steps), "seconds": seconds, "tokens_per_second": rate("tokens_per_second"),
-            "computed_tokens_per_second": rate("computed_tokens_per_second"),
-            "peak_rss_mb": float(steps["worker_peak_rss_mb"].max())}
+    return {
+        "timed_steps": len(steps),
+        "seconds": seconds,
+        "tokens_per_second": rate("tokens_per_second"),
+        "computed_tokens_per_second": rate("computed_tokens_per_second"),
+        "peak_rss_mb": float(steps["worker_peak_rss_mb"].max()),
+    }
 
 
 def precision_config(cfg: Config, out: Path, dtype: str, method: str) -> Config:
     """``cfg`` with every log-prob in ``dtype`` (its own shards: reference log-probs in the trainer's precision)."""
-    return cfg.model_copy(update={
-        "output_dir": str(out / f"train_{dtype}"),
-        "model": cfg.model.model_copy(update={"dtype": dtype}),
-        "train": cfg.train.model_copy(update={"deepspeed": cfg.train.deepspeed.model_copy(update={"dtype": dtype}),
-                                              "lora": cfg.train.lora if method == "lora" else None})})
+    return cfg.model_copy(
+        update={
+            "output_dir": str(out / f"train_{dtype}"),
+            "model": cfg.model.model_copy(update={"dtype": dtype}),
+            "train": cfg.train.model_copy(
+                update={
+                    "deepspeed": cfg.train.deepspeed.model_copy(update={"dtype": dtype}),
+                    "lora": cfg.train.lora if method == "lora" else None,
+                }
+            ),
+        }
+    )
 
 
 def run(cfg: Config, out: Path, smoke: bool) -> dict:
@@ -91,12 +109,18 @@ def run(cfg: Config, out: Path, smoke: bool) -> dict:
             report = run_train(pcfg, job=f"dpo_{method}")
             r = step_rates(Path(report["metrics_csv"]), tc.warmup_steps)
             limit = limit_tokens_per_second(peak, n_params, FLOPS_PER_PARAMETER[method])
-            runs[f"{method}_{dtype}"] = {**r, "samples_per_second": r["timed_steps"] * pairs_per_step / r["seconds"],
-                                         "limit_tokens_per_second": limit,
-                                         "limit_fraction": r["computed_tokens_per_second"] / limit}
-            print(f"[bench] project {method} {dtype}: {runs[f'{method}_{dtype}']['samples_per_second']:.2f} samples/s, "
-                  f"{r['computed_tokens_per_second']:.0f} computed tok/s = "
-                  f"{runs[f'{method}_{dtype}']['limit_fraction']:.1%} of the limit", flush=True)
+            runs[f"{method}_{dtype}"] = {
+                **r,
+                "samples_per_second": r["timed_steps"] * pairs_per_step / r["seconds"],
+                "limit_tokens_per_second": limit,
+                "limit_fraction": r["computed_tokens_per_second"] / limit,
+            }
+            print(
+                f"[bench] project {method} {dtype}: {runs[f'{method}_{dtype}']['samples_per_second']:.2f} samples/s, "
+                f"{r['computed_tokens_per_second']:.0f} computed tok/s = "
+                f"{runs[f'{method}_{dtype}']['limit_fraction']:.1%} of the limit",
+                flush=True,
+            )
     project = runs[f"lora_{PRECISIONS[0]}"]
 
     bf16_cfg = precision_config(cfg, out, PRECISIONS[0], "lora")
@@ -105,19 +129,53 @@ def run(cfg: Config, out: Path, smoke: bool) -> dict:
     export_pairs(Path(prepared[PRECISIONS[0]]["shards_dir"]), trained_group_ids(bf16_cfg.job_dir("dpo_lora")), pairs)
     result = out / "trl_result.json"
     lora = tc.lora
-    cmd = [sys.executable, "-m", "benchmarks.trl_dpo", "--model", str(model_dir), "--pairs", str(pairs),
-           "--steps", str(project["timed_steps"]), "--warmup", str(tc.warmup_steps), "--batch", str(pairs_per_step),
-           "--max-length", str(cfg.model.max_length), "--lr", str(tc.lr), "--beta", str(tc.beta),
-           "--threads", str(threads), "--bf16", "--lora-rank", str(lora.rank), "--lora-alpha", str(lora.alpha),
-           "--out", str(result)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.trl_dpo",
+        "--model",
+        str(model_dir),
+        "--pairs",
+        str(pairs),
+        "--steps",
+        str(project["timed_steps"]),
+        "--warmup",
+        str(tc.warmup_steps),
+        "--batch",
+        str(pairs_per_step),
+        "--max-length",
+        str(cfg.model.max_length),
+        "--lr",
+        str(tc.lr),
+        "--beta",
+        str(tc.beta),
+        "--threads",
+        str(threads),
+        "--bf16",
+        "--lora-rank",
+        str(lora.rank),
+        "--lora-alpha",
+        str(lora.alpha),
+        "--out",
+        str(result),
+    ]
     print(f"[bench] TRL DPOTrainer: {' '.join(cmd[2:])}", flush=True)
     subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     trl = json.loads(result.read_text())
-    trl["limit_fraction"] = trl["tokens_per_second"] / limit_tokens_per_second(peak, n_params, FLOPS_PER_PARAMETER["lora"])
+    trl["limit_fraction"] = trl["tokens_per_second"] / limit_tokens_per_second(
+        peak, n_params, FLOPS_PER_PARAMETER["lora"]
+    )
     return {
-        "model_max_length": cfg.model.max_length, "batch_pairs": pairs_per_step, "parameters": n_params,
-        "rows_prepared": prepared[PRECISIONS[0]]["rows_out"], "truncated_responses": prepared[PRECISIONS[0]]["truncated_responses"],
-        "matmul_flops": peak, "threads": threads, "project": project, "precision": runs, "trl": trl,
+        "model_max_length": cfg.model.max_length,
+        "batch_pairs": pairs_per_step,
+        "parameters": n_params,
+        "rows_prepared": prepared[PRECISIONS[0]]["rows_out"],
+        "truncated_responses": prepared[PRECISIONS[0]]["truncated_responses"],
+        "matmul_flops": peak,
+        "threads": threads,
+        "project": project,
+        "precision": runs,
+        "trl": trl,
         "train_vs_trl_ratio": project["samples_per_second"] / trl["samples_per_second"],
         "tokens_per_second_ratio": project["tokens_per_second"] / trl["tokens_per_second"],
         "train_limit_fraction": project["limit_fraction"],

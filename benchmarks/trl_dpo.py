@@ -7,6 +7,7 @@ layer, the reference being the base model with the adapters off.
 
     python -m benchmarks.trl_dpo --model DIR --pairs FILE.jsonl --steps N --warmup W --out FILE.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,20 +44,38 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
     config = DPOConfig(
-        output_dir=f"{args.out}.trl", per_device_train_batch_size=args.batch, gradient_accumulation_steps=1,
-        max_steps=args.warmup + args.steps, learning_rate=args.lr, beta=args.beta, max_length=args.max_length,
-        truncation_mode="keep_start", precompute_ref_log_probs=True, use_cpu=True, bf16=args.bf16, report_to="none",
-        save_strategy="no", logging_steps=10**6, dataloader_num_workers=0, seed=0,
+        output_dir=f"{args.out}.trl",
+        per_device_train_batch_size=args.batch,
+        gradient_accumulation_steps=1,
+        max_steps=args.warmup + args.steps,
+        learning_rate=args.lr,
+        beta=args.beta,
+        max_length=args.max_length,
+        truncation_mode="keep_start",
+        precompute_ref_log_probs=True,
+        use_cpu=True,
+        bf16=args.bf16,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=10**6,
+        dataloader_num_workers=0,
+        seed=0,
     )
     peft_config = None
     if args.lora_rank:
         from peft import LoraConfig
 
-        peft_config = LoraConfig(r=args.lora_rank, lora_alpha=args.lora_alpha, target_modules="all-linear",
-                                 task_type="CAUSAL_LM")
+        peft_config = LoraConfig(
+            r=args.lora_rank, lora_alpha=args.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM"
+        )
     started = time.perf_counter()
-    trainer = DPOTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                         peft_config=peft_config)
+    trainer = DPOTrainer(
+        model=model,
+        args=config,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
     setup_seconds = time.perf_counter() - started  # tokenizing and the reference pass (precompute)
 
     # Non-padding tokens of each batch, in the order the trainer consumes them.
@@ -85,7 +104,9 @@ def main(argv: list[str] | None = None) -> None:
     n_tokens = sum(tokens[args.warmup : args.warmup + len(timed)])
     result = {
         "trl_version": __import__("trl").__version__,
-        "threads": args.threads, "bf16": args.bf16, "lora_rank": args.lora_rank,
+        "threads": args.threads,
+        "bf16": args.bf16,
+        "lora_rank": args.lora_rank,
         "setup_seconds": setup_seconds,
         "timed_steps": len(timed),
         "seconds": seconds,

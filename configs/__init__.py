@@ -1,4 +1,5 @@
 """Typed configuration: the YAML files in this folder and the schema that validates them."""
+
 from configs.schema import Config, ConfigError, load_config
 
 __all__ = ["Config", "ConfigError", "load_config"]

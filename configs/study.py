@@ -3,6 +3,7 @@
 Every run of a study is the ``base`` run config with ``set``, then the method's ``set``, then one point of the
 method's ``grid`` applied as ``--set`` overrides; its seed, output directory and evaluation split are the study's.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,16 +19,21 @@ def path_part(text: str, what: str) -> str:
     """``text`` when it can name a directory inside the study (its runs are ``<method>/<key>=<value>,...``): no path
     separator, no NUL and not '.' or '..', so no setting can make a run write or delete outside the study."""
     if not text or text in (".", "..") or any(c in text for c in "/\\\0"):
-        raise ValueError(f"{what} {text!r} names a run directory: it must not be empty, '.' or '..', nor hold '/', '\\' or NUL")
+        raise ValueError(
+            f"{what} {text!r} names a run directory: it must not be empty, '.' or '..', nor hold '/', '\\' or NUL"
+        )
     return text
 
 
 class StudyMethod(_Section):
     name: str = Field(description="Row name in the study's table (a method, or a variant of one).")
-    set: dict[str, Any] = Field(default_factory=dict, description="Dotted config keys this method sets, e.g. {train.loss: dpo}.")
+    set: dict[str, Any] = Field(
+        default_factory=dict, description="Dotted config keys this method sets, e.g. {train.loss: dpo}."
+    )
     grid: dict[str, list[Any]] = Field(
         default_factory=dict,
-        description="Dotted key -> values tried on the validation split (every combination); the best is run on every seed.",
+        description="Dotted key -> values tried on the validation split (every combination); the best is run on "
+        "every seed.",
     )
 
     @field_validator("name")
@@ -61,24 +67,39 @@ class StudyConfig(_Section):
         "it share those (the runs themselves stay in output_dir).",
     )
     set: dict[str, Any] = Field(default_factory=dict, description="Dotted config keys set for every run of the study.")
-    seeds: list[int] = Field(default=[0, 1, 2], min_length=1, description="Seeds of the final runs: each has its own task data, initialisation and sampling.")
-    validation_prompts: int = Field(default=120, ge=10, description="Training prompts carved off as the validation split (task.n_validation) for the grid.")
+    seeds: list[int] = Field(
+        default=[0, 1, 2],
+        min_length=1,
+        description="Seeds of the final runs: each has its own task data, initialisation and sampling.",
+    )
+    validation_prompts: int = Field(
+        default=120,
+        ge=10,
+        description="Training prompts carved off as the validation split (task.n_validation) for the grid.",
+    )
     select_by: Literal["exact_match", "mean_reward", "implicit_accuracy"] = Field(
-        default="exact_match", description="The validation metric that chooses each method's grid point (higher is better)."
+        default="exact_match",
+        description="The validation metric that chooses each method's grid point (higher is better).",
     )
     choose_method: bool = Field(
         default=False,
-        description="Also score single-point methods on the validation split and name the best method there (a demo's default).",
+        description="Also score single-point methods on the validation split and name the best method there (a "
+        "demo's default).",
     )
-    control: str | None = Field(default=None, description="The method whose runs are the control of the paired differences, e.g. sft (null: none).")
+    control: str | None = Field(
+        default=None,
+        description="The method whose runs are the control of the paired differences, e.g. sft (null: none).",
+    )
     methods: list[StudyMethod] = Field(min_length=1, description="The rows of the study.")
     claims: list[StudyClaim] = Field(
         default_factory=list,
-        description="Paired comparisons the study answers: holds when the 95% interval of better − than on select_by lies above 0.",
+        description="Paired comparisons the study answers: holds when the 95% interval of better − than on select_by "
+        "lies above 0.",
     )
     quick: dict[str, Any] = Field(
         default_factory=dict,
-        description="--quick: one seed, the first grid point of each method its claims compare and of the control (of every method when it has neither), and these dotted keys set.",
+        description="--quick: one seed, the first grid point of each method its claims compare and of the control "
+        "(of every method when it has neither), and these dotted keys set.",
     )
 
     @model_validator(mode="after")
@@ -111,7 +132,10 @@ def overrides(*layers: dict[str, Any]) -> list[str]:
     merged: dict[str, Any] = {}
     for layer in layers:
         merged.update(layer)
-    return [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}" for k, v in merged.items()]
+    return [
+        f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+        for k, v in merged.items()
+    ]
 
 
 def run_config(study: StudyConfig, method: StudyMethod, point: dict[str, Any], seed: int, quick: bool) -> Config:

@@ -1,5 +1,6 @@
 """``calign <job> --config FILE [--set KEY=VALUE ...]``: the command the package installs; ``calign train ...`` is
 ``python -m jobs.train ...``."""
+
 from __future__ import annotations
 
 import importlib
@@ -16,7 +17,10 @@ JOBS = {
     "compare": ("jobs.compare", "every method from the same reference, shards and budget"),
     "study": ("jobs.study", "methods x grid (on a validation split) x seeds, with 95% intervals (--quick: one seed)"),
     "config": ("jobs.config_doc", "print every config field with its default and meaning"),
-    "gpu-check": ("benchmarks.gpu_check", "configs/gpu_single.yaml end to end on this machine's GPU, per-stage throughput"),
+    "gpu-check": (
+        "benchmarks.gpu_check",
+        "configs/gpu_single.yaml end to end on this machine's GPU, per-stage throughput",
+    ),
 }
 
 
@@ -26,7 +30,8 @@ CONSOLE_JOBS = {"sft", "prepare", "train", "evaluate", "run", "compare", "study"
 
 def usage() -> str:
     return "usage: calign <job> --config FILE [--set KEY=VALUE ...] [--verbose]\n\njobs:\n" + "\n".join(
-        f"  {name:<10} {what}" for name, (_, what) in JOBS.items())
+        f"  {name:<10} {what}" for name, (_, what) in JOBS.items()
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

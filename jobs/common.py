@@ -1,4 +1,5 @@
 """What every job entry point does: parse arguments, load the config, open the console, start Ray, write the report."""
+
 from __future__ import annotations
 
 import argparse
@@ -26,9 +27,15 @@ def parse_config(job: str, argv: list[str] | None = None) -> Config:
     parser = argparse.ArgumentParser(prog=f"python -m jobs.{job}")
     parser.add_argument("--config", required=True, help="YAML config file, e.g. configs/demo.yaml")
     parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field, e.g. --set sft.lr=1e-3"
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set sft.lr=1e-3",
     )
-    parser.add_argument("--verbose", action="store_true", help="show library logs (vLLM, Ray, transformers) on the console too")
+    parser.add_argument(
+        "--verbose", action="store_true", help="show library logs (vLLM, Ray, transformers) on the console too"
+    )
     args = parser.parse_args(argv)
     try:
         return load_config(args.config, args.set)
@@ -59,8 +66,11 @@ def ensure_model(cfg: Config) -> None:
         return
     _models_shown.add(record["directory"])
     how = f"converted in {time.perf_counter() - started:.0f} s" if record["converted_now"] else "converted earlier"
-    print(f"[model] {cfg.model.gguf_file}: {record['architecture']}, {record['parameters'] / 1e6:.1f}M parameters, from "
-          f"{record['origin']}, sha256 {record['sha256']}; {how}: {record['directory']}", flush=True)
+    print(
+        f"[model] {cfg.model.gguf_file}: {record['architecture']}, {record['parameters'] / 1e6:.1f}M parameters, from "
+        f"{record['origin']}, sha256 {record['sha256']}; {how}: {record['directory']}",
+        flush=True,
+    )
 
 
 def init_ray(cfg: Config) -> None:
@@ -71,7 +81,11 @@ def init_ray(cfg: Config) -> None:
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     # address="local": a new cluster of our own, never a head that happens to run on this machine.
-    kwargs = {"address": address} if address else {"address": "local", "num_cpus": cfg.ray.num_cpus, "include_dashboard": False}
+    kwargs = (
+        {"address": address}
+        if address
+        else {"address": "local", "num_cpus": cfg.ray.num_cpus, "include_dashboard": False}
+    )
     ray.init(log_to_driver=True, **kwargs)
     # Under the console, Ray Data logs its progress every 30 s and the console condenses it to one line; elsewhere
     # its bars redraw constantly in non-terminal logs.
@@ -83,13 +97,18 @@ def start_line(cfg: Config, job: str) -> str:
     model = cfg.model.gguf_file or cfg.model.policy_dir or "the toy model"
     parts = {
         "sft": f"toy reference model: {cfg.sft.steps} steps, lr {cfg.sft.lr:g}, {cfg.sft.num_workers} workers",
-        "prepare": f"source {cfg.data.source or 'embedded task'}, negatives " + ", ".join(
-            f"{k} {getattr(cfg.prepare.negatives, k)}" for k in ("autoregressive", "meanfield", "truncation", "batch")
-            if getattr(cfg.prepare.negatives, k)) + f"; grouping {cfg.prepare.grouping.method}",
+        "prepare": f"source {cfg.data.source or 'embedded task'}, negatives "
+        + ", ".join(
+            f"{k} {getattr(cfg.prepare.negatives, k)}"
+            for k in ("autoregressive", "meanfield", "truncation", "batch")
+            if getattr(cfg.prepare.negatives, k)
+        )
+        + f"; grouping {cfg.prepare.grouping.method}",
         "train": f"{cfg.train.loss} on {model}: {cfg.train.steps} steps, lr {cfg.train.lr:g}, beta {cfg.train.beta:g}, "
-                 f"{cfg.train.num_workers} workers" + (", LoRA" if cfg.train.lora else ""),
+        f"{cfg.train.num_workers} workers" + (", LoRA" if cfg.train.lora else ""),
         "evaluate": f"reference {model} vs the trained policy",
-        "run": " -> ".join(["sft"] * (not cfg.own_model) + ["prepare", f"train {cfg.train.loss}", "evaluate"]) + f" on {model}",
+        "run": " -> ".join(["sft"] * (not cfg.own_model) + ["prepare", f"train {cfg.train.loss}", "evaluate"])
+        + f" on {model}",
     }
     staged = f" (staged in {cfg.job_dir(job)})" if is_uri(cfg.output_dir) else ""
     return f"[{job}] {cfg.name}: {parts.get(job, model)}; output {storage.job_store(cfg, job)}{staged}"

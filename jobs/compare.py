@@ -4,6 +4,7 @@ beside the reference and a control that spends the same steps on the dataset ans
 ``python -m jobs.compare --config configs/demo.yaml`` writes
 ``<output_dir>/compare/report.json``, a table and a plot of held-out exact match and mean reward.
 """
+
 from __future__ import annotations
 
 import pandas as pd
@@ -34,28 +35,59 @@ def main(argv: list[str] | None = None) -> dict:
     out = cfg.job_dir("compare")
     ref = answer_scores(cfg, cfg.policy_dir())
     ref_accuracy = heldout_margins(cfg.policy_dir(), cfg)[0]
-    rows = {"reference": {**ref, "implicit_accuracy_start": ref_accuracy, "implicit_accuracy": ref_accuracy, "train_seconds": 0.0}}
+    rows = {
+        "reference": {
+            **ref,
+            "implicit_accuracy_start": ref_accuracy,
+            "implicit_accuracy": ref_accuracy,
+            "train_seconds": 0.0,
+        }
+    }
     for method in METHODS:
         c = cfg.model_copy(deep=True)
         c.train.loss = method
         trained = run_train(c, job=f"compare/{method}")
         scores = answer_scores(c, trained["policy_dir"])
         rows[LABELS.get(method, method)] = {
-            **scores, "implicit_accuracy_start": trained["heldout_accuracy_start"],
-            "implicit_accuracy": trained["heldout_accuracy_end"], "train_seconds": trained["wall_seconds"]}
-        print(f"[compare] {method}: " + ", ".join(f"{k} {v:.3f}" for k, v in rows[LABELS.get(method, method)].items()), flush=True)
-    columns = ["exact_match", "mean_reward", "slip_rate", "implicit_accuracy_start", "implicit_accuracy", "train_seconds"]
+            **scores,
+            "implicit_accuracy_start": trained["heldout_accuracy_start"],
+            "implicit_accuracy": trained["heldout_accuracy_end"],
+            "train_seconds": trained["wall_seconds"],
+        }
+        print(
+            f"[compare] {method}: " + ", ".join(f"{k} {v:.3f}" for k, v in rows[LABELS.get(method, method)].items()),
+            flush=True,
+        )
+    columns = [
+        "exact_match",
+        "mean_reward",
+        "slip_rate",
+        "implicit_accuracy_start",
+        "implicit_accuracy",
+        "train_seconds",
+    ]
     table = pd.DataFrame(rows).T
     table = table[[c for c in columns if c in table.columns]]
-    shown = ("exact_match", "mean_reward") if "exact_match" in table else (
-        "implicit_accuracy", "mean_reward" if "mean_reward" in table else "implicit_accuracy_start")
-    plot = plots.method_bars(table, shown, out / "methods.png", f"held-out results per method ({cfg.name}, {cfg.train.steps} steps each)")
+    shown = (
+        ("exact_match", "mean_reward")
+        if "exact_match" in table
+        else ("implicit_accuracy", "mean_reward" if "mean_reward" in table else "implicit_accuracy_start")
+    )
+    plot = plots.method_bars(
+        table, shown, out / "methods.png", f"held-out results per method ({cfg.name}, {cfg.train.steps} steps each)"
+    )
     header = "| method | " + " | ".join(table.columns) + " |\n|" + " --- |" * (len(table.columns) + 1) + "\n"
-    (out / "table.md").write_text(header + "".join(
-        f"| {name} | " + " | ".join(f"{v:.3f}" for v in row) + " |\n" for name, row in table.iterrows()))
+    (out / "table.md").write_text(
+        header
+        + "".join(f"| {name} | " + " | ".join(f"{v:.3f}" for v in row) + " |\n" for name, row in table.iterrows())
+    )
     console.show(table.to_string(float_format=lambda v: f"{v:.3f}"))
-    report = {"methods": {k: {kk: float(vv) for kk, vv in v.items()} for k, v in rows.items()},
-              "steps_per_method": cfg.train.steps, "plot": str(plot), "table": str(out / "table.md")}
+    report = {
+        "methods": {k: {kk: float(vv) for kk, vv in v.items()} for k, v in rows.items()},
+        "steps_per_method": cfg.train.steps,
+        "plot": str(plot),
+        "table": str(out / "table.md"),
+    }
     write_report(cfg, "compare", report)
     return report
 

@@ -1,4 +1,5 @@
 """Print every config field with its default and meaning: ``python -m jobs.config_doc``."""
+
 from __future__ import annotations
 
 from configs.schema import field_reference

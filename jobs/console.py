@@ -5,6 +5,7 @@ driver) goes to ``<output_dir>/<job>/logs/<job>.log``, complete. The console sho
 user: those that start with ``[job]`` (from the driver or, through Ray's log forwarding, from any worker), the
 tables a job prints with :func:`show`, and errors. ``--verbose`` shows everything on the console too.
 """
+
 from __future__ import annotations
 
 import logging
@@ -158,7 +159,9 @@ class Console:
             self.log.write("".join(traceback.format_exception(exc_type, exc, tb)))
             if self._on_bar:  # a progress bar drawn in place ends here
                 self.terminal.write("\n")
-            self.errors.write(f"[{self.job}] failed: {type(exc).__name__}: {exc}\n[{self.job}] full log: {self.log_path}\n")
+            self.errors.write(
+                f"[{self.job}] failed: {type(exc).__name__}: {exc}\n[{self.job}] full log: {self.log_path}\n"
+            )
         self._ray_data_logger.removeHandler(self._ray_data)
         sys.stdout, sys.stderr = self._saved_streams
         self.log.flush()

@@ -1,4 +1,5 @@
 """Turn a source into training shards: ``python -m jobs.prepare --config configs/demo.yaml``."""
+
 from __future__ import annotations
 
 from jobs import console

@@ -3,6 +3,7 @@ or reused) -> prepare -> train -> evaluate.
 
 ``python -m jobs.run --config configs/demo.yaml`` (what ``make run`` runs).
 """
+
 from __future__ import annotations
 
 import sys
@@ -32,13 +33,33 @@ def main(argv: list[str] | None = None) -> dict:
     wall = time.perf_counter() - started
     if console.active() is not None:
         console.active().log_to(cfg.job_dir("run") / "logs", "run")
-    print(evaluate.comparison_table(reports["evaluate"]), flush=True)  # shown by the evaluate stage; the log keeps it here
-    console.show(f"===== {cfg.name}: reference vs {cfg.train.loss} policy, {wall / 60:.1f} min ("
-                 + ", ".join(f"{k} {v / 60:.1f}" for k, v in seconds.items()) + "): the table above =====")
-    headline = ("reference_exact_match", "policy_exact_match", "exact_match_diff", "exact_match_diff_ci95", "win_rate",
-                "reference_implicit_accuracy", "policy_implicit_accuracy")
-    write_report(cfg, "run", {"wall_seconds": wall, "stage_seconds": seconds, "stages": {k: str(cfg.job_dir(k) / "report.json") for k in reports},
-                              **{k: reports["evaluate"][k] for k in headline if k in reports["evaluate"]}})
+    print(
+        evaluate.comparison_table(reports["evaluate"]), flush=True
+    )  # shown by the evaluate stage; the log keeps it here
+    console.show(
+        f"===== {cfg.name}: reference vs {cfg.train.loss} policy, {wall / 60:.1f} min ("
+        + ", ".join(f"{k} {v / 60:.1f}" for k, v in seconds.items())
+        + "): the table above ====="
+    )
+    headline = (
+        "reference_exact_match",
+        "policy_exact_match",
+        "exact_match_diff",
+        "exact_match_diff_ci95",
+        "win_rate",
+        "reference_implicit_accuracy",
+        "policy_implicit_accuracy",
+    )
+    write_report(
+        cfg,
+        "run",
+        {
+            "wall_seconds": wall,
+            "stage_seconds": seconds,
+            "stages": {k: str(cfg.job_dir(k) / "report.json") for k in reports},
+            **{k: reports["evaluate"][k] for k in headline if k in reports["evaluate"]},
+        },
+    )
     return reports
 
 

@@ -1,6 +1,8 @@
 """Train the toy reference model (or reuse it): ``python -m jobs.sft --config configs/toy_demo.yaml``.
 
-With ``model.policy_dir`` or ``model.gguf_file`` (a pretrained model) there is nothing to train: the job says so and exits."""
+With ``model.policy_dir`` or ``model.gguf_file`` (a pretrained model) there is nothing to train: the job says so and
+exits."""
+
 from __future__ import annotations
 
 from jobs.common import init_ray, parse_config, run_cli, write_report

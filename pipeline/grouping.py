@@ -8,6 +8,7 @@ twice ``bucket_rows`` are split along their principal direction, so no worker ev
 The cost is linear in N; with at most ``bucket_rows`` prompts there is one bucket and the result is the exact
 grouping. ``random`` puts prompts into buckets by a seeded hash and groups them at random (the paper's baseline).
 """
+
 from __future__ import annotations
 
 import math
@@ -114,8 +115,15 @@ def _split_large(e: np.ndarray, bucket_rows: int) -> list[np.ndarray]:
     return [np.sort(order[i : i + bucket_rows]) for i in range(0, len(order), bucket_rows)]
 
 
-def bucket_groups(rows: pd.DataFrame, method: str, group_size: int, bucket_rows: int, shard_groups: int,
-                  batch_negatives: int, seed: int) -> pd.DataFrame:
+def bucket_groups(
+    rows: pd.DataFrame,
+    method: str,
+    group_size: int,
+    bucket_rows: int,
+    shard_groups: int,
+    batch_negatives: int,
+    seed: int,
+) -> pd.DataFrame:
     """One bucket's prompts grouped: adds ``group_id`` (unique across buckets), ``group_position``, ``group_size``,
     ``group_similarity`` (the member's row of the group's cosine matrix), ``batch_negative_ids`` (the anchors of
     up to ``batch_negatives`` other members) and ``shard`` (``"{bucket}-{part}"``: whole groups only)."""
@@ -140,8 +148,15 @@ def bucket_groups(rows: pd.DataFrame, method: str, group_size: int, bucket_rows:
     return rows.sort_values(["group_id", "group_position"], kind="stable").reset_index(drop=True)
 
 
-def group_in_process(rows: pd.DataFrame, method: str, group_size: int, bucket_rows: int, shard_groups: int,
-                     batch_negatives: int, seed: int) -> pd.DataFrame:
+def group_in_process(
+    rows: pd.DataFrame,
+    method: str,
+    group_size: int,
+    bucket_rows: int,
+    shard_groups: int,
+    batch_negatives: int,
+    seed: int,
+) -> pd.DataFrame:
     """The prepare graph's grouping pass on rows held in one process (tests and benchmarks): the same sample,
     centroids, buckets and per-bucket grouping."""
     buckets = bucket_count(len(rows), bucket_rows)
@@ -152,8 +167,10 @@ def group_in_process(rows: pd.DataFrame, method: str, group_size: int, bucket_ro
         centroids = fit_centroids(np.stack([np.asarray(e) for e in picked["prompt_embedding"]]), buckets, seed)
         buckets = len(centroids)
     rows = assign_buckets(rows, centroids, buckets, seed)
-    parts = [bucket_groups(part, method, group_size, bucket_rows, shard_groups, batch_negatives, seed)
-             for _, part in rows.groupby("bucket")]
+    parts = [
+        bucket_groups(part, method, group_size, bucket_rows, shard_groups, batch_negatives, seed)
+        for _, part in rows.groupby("bucket")
+    ]
     return pd.concat(parts, ignore_index=True)
 
 

@@ -8,6 +8,7 @@ reason codes and messages as :func:`pipeline.sources.read_source`. A bad row eit
 ``skip_reason`` so that the report counts it; no row comes to the driver. Duplicate ids need every row, so the
 prepare graph finds them afterwards (:func:`duplicate_rows`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,25 +28,33 @@ from pipeline.sources import (
     BATCH_ROWS,
     BadRow,
     SourceError,
-    open_hf,
-    source_stem,
     bad_row_error,
     bad_row_message,
     check_row,
     decode_line,
     detect_source_format,
     iter_jsonl_lines,
+    open_hf,
     source_kind,
+    source_stem,
 )
 from pipeline.tokenize import chat_renderer, user_prompt
 
 ROW, LINE = "__row", "__line"
 # Checked rows: the base record columns, plus why a row is left out ("" for a good row) and the message that says so.
-CHECKED_SCHEMA = pa.schema([
-    ("id", pa.string()), ("prompt", pa.string()), ("responses", pa.list_(pa.string())),
-    ("origins", pa.list_(pa.string())), ("scores", pa.list_(pa.float64())), ("source", pa.string()),
-    ("row", pa.int64()), ("skip_reason", pa.string()), ("skip_message", pa.string()),
-])
+CHECKED_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("prompt", pa.string()),
+        ("responses", pa.list_(pa.string())),
+        ("origins", pa.list_(pa.string())),
+        ("scores", pa.list_(pa.float64())),
+        ("source", pa.string()),
+        ("row", pa.int64()),
+        ("skip_reason", pa.string()),
+        ("skip_message", pa.string()),
+    ]
+)
 OTHER_SPLIT = "other_split"
 
 
@@ -148,10 +157,14 @@ class SourceDatasource(Datasource):
     def estimate_inmemory_data_size(self) -> int:
         return sum(Path(p.path).stat().st_size for p in self.pieces)
 
-    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context=None) -> list[ReadTask]:
+    def get_read_tasks(
+        self, parallelism: int, per_task_row_limit: int | None = None, data_context=None
+    ) -> list[ReadTask]:
         return [
-            ReadTask(partial(read_piece, piece, self.max_row),
-                     BlockMetadata(num_rows=piece.rows, size_bytes=None, exec_stats=None, input_files=[piece.path]))
+            ReadTask(
+                partial(read_piece, piece, self.max_row),
+                BlockMetadata(num_rows=piece.rows, size_bytes=None, exec_stats=None, input_files=[piece.path]),
+            )
             for piece in self.pieces
         ]
 
@@ -171,18 +184,33 @@ def check_batch(batch: pa.Table, spec: SourceSpec) -> pa.Table:
         items = batch.drop_columns([ROW]).to_pylist()
     out = {name: [] for name in CHECKED_SCHEMA.names}
     for number, item in zip(numbers, items):
-        record = {"id": f"{spec.stem}:{number}", "prompt": "", "responses": [], "origins": [], "scores": [],
-                  "source": spec.name, "row": number, "skip_reason": "", "skip_message": ""}
+        record = {
+            "id": f"{spec.stem}:{number}",
+            "prompt": "",
+            "responses": [],
+            "origins": [],
+            "scores": [],
+            "source": spec.name,
+            "row": number,
+            "skip_reason": "",
+            "skip_message": "",
+        }
         try:
             fmt = spec.format if number >= spec.detect_row else None
-            checked = check_row(item, number, fmt=fmt, split=spec.split, max_chars=spec.max_chars, renderer=render,
-                                stem=spec.stem)
+            checked = check_row(
+                item, number, fmt=fmt, split=spec.split, max_chars=spec.max_chars, renderer=render, stem=spec.stem
+            )
             if checked is None:
                 record["skip_reason"] = OTHER_SPLIT
             else:
                 rid, _, group = checked
-                record.update(id=rid, prompt=group.prompt, responses=group.responses, origins=group.origins,
-                              scores=group.scores or [])
+                record.update(
+                    id=rid,
+                    prompt=group.prompt,
+                    responses=group.responses,
+                    origins=group.origins,
+                    scores=group.scores or [],
+                )
         except BadRow as bad:
             if spec.on_bad_row == "error":
                 raise bad_row_error(spec.path, number, bad) from None
@@ -197,9 +225,19 @@ def source_spec(cfg: Config, model_dir: str) -> tuple[SourceSpec, list[Piece]]:
     d = cfg.data
     kind, stem, pieces = source_pieces(d.source, d.hf_split)
     fmt, detect_row = detect_source_format(d.source, format=d.format, split=d.split, hf_split=d.hf_split)
-    spec = SourceSpec(path=str(Path(d.source)), name=Path(d.source).name, stem=stem, kind=kind, format=fmt,
-                      detect_row=detect_row, split=d.split, max_chars=d.max_chars, on_bad_row=d.on_bad_row,
-                      model_dir=model_dir, chat_template=d.chat_template)
+    spec = SourceSpec(
+        path=str(Path(d.source)),
+        name=Path(d.source).name,
+        stem=stem,
+        kind=kind,
+        format=fmt,
+        detect_row=detect_row,
+        split=d.split,
+        max_chars=d.max_chars,
+        on_bad_row=d.on_bad_row,
+        model_dir=model_dir,
+        chat_template=d.chat_template,
+    )
     return spec, pieces
 
 
@@ -208,8 +246,15 @@ def read_checked(cfg: Config, model_dir: str) -> tuple[ray.data.Dataset, SourceS
     if not cfg.data.source:
         n = cfg.task.n_train if cfg.prepare.max_rows is None else min(cfg.task.n_train, cfg.prepare.max_rows)
         return ray.data.range(n).map_batches(
-            task_rows, fn_kwargs={"seed": cfg.seed, "spec": cfg.task.model_dump_json(), "model_dir": model_dir,
-                                   "chat_template": cfg.data.chat_template}, batch_format="pyarrow"), None
+            task_rows,
+            fn_kwargs={
+                "seed": cfg.seed,
+                "spec": cfg.task.model_dump_json(),
+                "model_dir": model_dir,
+                "chat_template": cfg.data.chat_template,
+            },
+            batch_format="pyarrow",
+        ), None
     spec, pieces = source_spec(cfg, model_dir)
     ds = ray.data.read_datasource(SourceDatasource(pieces, cfg.prepare.max_rows))
     return ds.map_batches(check_batch, fn_kwargs={"spec": spec}, batch_format="pyarrow"), spec
@@ -225,12 +270,20 @@ def task_rows(batch: pa.Table, seed: int, spec: str, model_dir: str, chat_templa
     render = _renderer(model_dir, chat_template) if chat_template != "none" else None
     rows = [train[i] for i in batch["id"].to_pylist()]
     n = len(rows)
-    return pa.table({
-        "id": [r["id"] for r in rows], "prompt": [user_prompt(r["prompt"], render)[0] for r in rows],
-        "responses": [[r["response"]] for r in rows], "origins": [["ground_truth"]] * n, "scores": [[]] * n,
-        "source": ["embedded-task"] * n, "row": [i + 1 for i in batch["id"].to_pylist()],
-        "skip_reason": [""] * n, "skip_message": [""] * n,
-    }, schema=CHECKED_SCHEMA)
+    return pa.table(
+        {
+            "id": [r["id"] for r in rows],
+            "prompt": [user_prompt(r["prompt"], render)[0] for r in rows],
+            "responses": [[r["response"]] for r in rows],
+            "origins": [["ground_truth"]] * n,
+            "scores": [[]] * n,
+            "source": ["embedded-task"] * n,
+            "row": [i + 1 for i in batch["id"].to_pylist()],
+            "skip_reason": [""] * n,
+            "skip_message": [""] * n,
+        },
+        schema=CHECKED_SCHEMA,
+    )
 
 
 def templated(cfg: Config, spec: SourceSpec | None, model_dir: str) -> bool:

@@ -173,11 +173,7 @@ def with_version(schema_or_table: pa.Schema | pa.Table) -> pa.Schema | pa.Table:
 
 def extend_schema(fields: Iterable[pa.Field] | Mapping[str, pa.DataType]) -> pa.Schema:
     """``BASE_SCHEMA`` followed by ``fields``, for stages that add columns."""
-    extra = (
-        [pa.field(name, type_) for name, type_ in fields.items()]
-        if isinstance(fields, Mapping)
-        else list(fields)
-    )
+    extra = [pa.field(name, type_) for name, type_ in fields.items()] if isinstance(fields, Mapping) else list(fields)
     for field in extra:
         if field.name in BASE_FIELD_NAMES:
             raise SchemaError(f"column {field.name!r} is a base column and cannot be redefined")
@@ -201,9 +197,7 @@ def _cast_column(table: pa.Table, field: pa.Field) -> pa.ChunkedArray:
         # safe=True: refuse lossy casts (e.g. float -> int64 row numbers).
         return column.cast(field.type, safe=True)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise SchemaError(
-            f"column {field.name!r} has type {column.type}, expected {field.type} ({exc})"
-        ) from None
+        raise SchemaError(f"column {field.name!r} has type {column.type}, expected {field.type} ({exc})") from None
 
 
 def _first_true(mask: pa.ChunkedArray | pa.Array) -> int:
@@ -255,9 +249,7 @@ def _check_values(table: pa.Table) -> None:
     j = _first_true(bad)
     if j >= 0:
         parent = pc.list_parent_indices(origins)[j].as_py()
-        raise _fail(
-            table, parent, "origins", f"unknown origin {flat_origins[j].as_py()!r}; allowed: {list(ORIGINS)}"
-        )
+        raise _fail(table, parent, "origins", f"unknown origin {flat_origins[j].as_py()!r}; allowed: {list(ORIGINS)}")
 
     i = _first_true(pc.equal(k, 0))
     if i >= 0:
@@ -309,9 +301,7 @@ def validate_records(table: pa.Table, *, check_values: bool = True) -> pa.Table:
     :class:`RecordError` for values that break the contract.
     """
     base_columns = [_cast_column(table, field) for field in BASE_SCHEMA]
-    extra = [
-        (field, table.column(i)) for i, field in enumerate(table.schema) if field.name not in BASE_FIELD_NAMES
-    ]
+    extra = [(field, table.column(i)) for i, field in enumerate(table.schema) if field.name not in BASE_FIELD_NAMES]
     metadata = dict(table.schema.metadata or {})
     metadata.update(_METADATA)
     schema = pa.schema(list(BASE_SCHEMA) + [f for f, _ in extra], metadata=metadata)

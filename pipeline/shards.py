@@ -2,9 +2,11 @@
 
 The manifest records the schema version, the hash of everything that determines the records
 (config sections and the policy's files), and per shard its rows, groups, SHA-256 and stage
-statistics. It is rewritten atomically after each shard (on disk or in an object store: pipeline/storage.py), so a job stopped at any point can be
+statistics. It is rewritten atomically after each shard (on disk or in an object store: pipeline/storage.py), so a job
+stopped at any point can be
 re-run: shards whose checksum still matches are kept and only the rest is computed.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -47,7 +49,8 @@ def shard_name(key: str) -> str:
 
 
 def is_shard_name(name: str) -> bool:
-    """Whether ``name`` is a shard file this module names: a plain file name inside the shard directory, never a path."""
+    """Whether ``name`` is a shard file this module names: a plain file name inside the shard directory, never a
+    path."""
     return name.startswith("shard-") and name.endswith(".parquet") and Path(name).name == name and ".." not in name
 
 
@@ -103,8 +106,13 @@ def write_shard(rows: pd.DataFrame, directory: str | Path | Store, name: str, st
     """Write one shard (whole groups) atomically and return its manifest entry; runs on the worker that holds it."""
     table = to_shard_table(rows)
     data = (storage.at(directory) / name).write_parquet(table, row_group_size=ROW_GROUP_ROWS)
-    return {"rows": table.num_rows, "groups": int(rows["group_id"].nunique()), "sha256": hashlib.sha256(data).hexdigest(),
-            "node": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None, "stats": stats}
+    return {
+        "rows": table.num_rows,
+        "groups": int(rows["group_id"].nunique()),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "node": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
+        "stats": stats,
+    }
 
 
 @dataclass
@@ -126,7 +134,7 @@ class Manifest:
         return self.directory / MANIFEST
 
     @classmethod
-    def open(cls, directory: str | Path | Store, config_hash: str) -> tuple["Manifest", list[str]]:
+    def open(cls, directory: str | Path | Store, config_hash: str) -> tuple[Manifest, list[str]]:
         """Load the manifest if it matches ``config_hash`` and return it with notes on what was discarded."""
         directory = storage.at(directory)
         path = directory / MANIFEST
@@ -185,7 +193,9 @@ def verified_shard_files(directory: str | Path | Store) -> list[Store]:
     directory = storage.at(directory)
     path, data = directory / MANIFEST, read_manifest(directory)
     if not data.get("complete"):
-        raise ValueError(f"{path}: prepare did not finish ({len(data['shards'])}/{data['total_shards']} shards); re-run it to resume")
+        raise ValueError(
+            f"{path}: prepare did not finish ({len(data['shards'])}/{data['total_shards']} shards); re-run it to resume"
+        )
     files = []
     for name, entry in sorted(data["shards"].items()):
         file = directory / name

@@ -261,9 +261,7 @@ def _pair_scores(row: Mapping[str, Any]) -> list[float] | None:
     if chosen is None and rejected is None:
         return None
     if chosen is None or rejected is None:
-        missing, given = (
-            ("score_chosen", "score_rejected") if chosen is None else ("score_rejected", "score_chosen")
-        )
+        missing, given = ("score_chosen", "score_rejected") if chosen is None else ("score_rejected", "score_chosen")
         raise BadRow(MISSING_FIELD, missing, f"field is missing ({given} is given; scores come in pairs)")
     return [_score(chosen, "score_chosen"), _score(rejected, "score_rejected")]
 
@@ -294,9 +292,7 @@ def plain_chat_renderer(messages: Sequence[Mapping[str, str]]) -> str:
 def _messages(value: Any, name: str) -> list[dict[str, str]]:
     items = _list(value, name)
     if not items:
-        raise BadRow(
-            EMPTY_PROMPT if name in ("messages", "prompt") else EMPTY_RESPONSE, name, "message list is empty"
-        )
+        raise BadRow(EMPTY_PROMPT if name in ("messages", "prompt") else EMPTY_RESPONSE, name, "message list is empty")
     out: list[dict[str, str]] = []
     for i, item in enumerate(items):
         where = f"{name}[{i}]"
@@ -340,13 +336,9 @@ def _render(prompt_messages: list[dict[str, str]], name: str, renderer: ChatRend
         text = renderer([dict(m) for m in prompt_messages])
     except Exception as exc:
         # Any template failure (roles it rejects, missing variables) is this row's problem.
-        raise BadRow(
-            RENDER_FAILED, name, f"chat_template_renderer failed: {type(exc).__name__}: {exc}"
-        ) from None
+        raise BadRow(RENDER_FAILED, name, f"chat_template_renderer failed: {type(exc).__name__}: {exc}") from None
     if not isinstance(text, str):
-        raise BadRow(
-            RENDER_FAILED, name, f"chat_template_renderer returned {_type_name(text)}, not a string"
-        )
+        raise BadRow(RENDER_FAILED, name, f"chat_template_renderer returned {_type_name(text)}, not a string")
     return _prompt_text(text, name)
 
 
@@ -357,9 +349,7 @@ def _parse_paired(row: Mapping[str, Any], renderer: ChatRenderer | None) -> _Gro
     prompt = _prompt_text(_get(row, "prompt"), "prompt")
     chosen = _response_text(_get(row, "chosen"), "chosen")
     rejected = _response_text(_get(row, "rejected"), "rejected")
-    return _Group(
-        prompt, [chosen, rejected], ["chosen", "rejected"], ["chosen", "rejected"], _pair_scores(row)
-    )
+    return _Group(prompt, [chosen, rejected], ["chosen", "rejected"], ["chosen", "rejected"], _pair_scores(row))
 
 
 def _parse_scored(row: Mapping[str, Any], renderer: ChatRenderer | None) -> _Group:
@@ -376,9 +366,7 @@ def _parse_scored(row: Mapping[str, Any], renderer: ChatRenderer | None) -> _Gro
     if raw_scores is not None:
         raw_scores = _list(raw_scores, "scores")
         if len(raw_scores) != len(responses):
-            raise BadRow(
-                LENGTH_MISMATCH, "scores", f"{len(raw_scores)} scores for {len(responses)} responses"
-            )
+            raise BadRow(LENGTH_MISMATCH, "scores", f"{len(raw_scores)} scores for {len(responses)} responses")
         scores = [_score(v, f"scores[{i}]") for i, v in enumerate(raw_scores)]
     return _Group(prompt, responses, fields, ["dataset"] * len(responses), scores)
 
@@ -445,8 +433,7 @@ def _parse_conversational_pair(row: Mapping[str, Any], renderer: ChatRenderer | 
         raise BadRow(
             PREFIX_MISMATCH,
             f"rejected[{first}]",
-            "chosen and rejected must share every message before the final answer; "
-            f"they differ at message {first}",
+            f"chosen and rejected must share every message before the final answer; they differ at message {first}",
         )
     prompt = _render(chosen_prompt, "chosen", renderer)
     return _Group(
@@ -616,8 +603,14 @@ def _before_format(item: Any, split: str | None) -> bool:
 
 
 def check_row(
-    item: Any, number: int, *, fmt: str | None, split: str | None, max_chars: int | None,
-    renderer: ChatRenderer | None, stem: str,
+    item: Any,
+    number: int,
+    *,
+    fmt: str | None,
+    split: str | None,
+    max_chars: int | None,
+    renderer: ChatRenderer | None,
+    stem: str,
 ) -> tuple[str, str, _Group] | None:
     """One source row (a decoded JSON value or a table row) as ``(id, format, record)``; None for a row of another
     split.  ``fmt=None`` detects the format from this row's keys.  Raises :class:`BadRow` for a bad row; duplicate
@@ -635,7 +628,9 @@ def check_row(
         total = len(group.prompt) + len(group.responses[longest])
         if total > max_chars:
             where = "prompt" if len(group.prompt) >= len(group.responses[longest]) else group.response_fields[longest]
-            raise BadRow(TOO_LONG, where, f"prompt + longest response is {total} characters, over max_chars={max_chars}")
+            raise BadRow(
+                TOO_LONG, where, f"prompt + longest response is {total} characters, over max_chars={max_chars}"
+            )
     return rid, fmt, group
 
 
@@ -644,7 +639,9 @@ def bad_row_message(path: str | Path, number: int, bad: BadRow) -> str:
 
 
 def bad_row_error(path: str | Path, number: int, bad: BadRow) -> SourceError:
-    return SourceError(bad_row_message(path, number, bad), path=str(path), row=number, field=bad.field, reason=bad.reason)
+    return SourceError(
+        bad_row_message(path, number, bad), path=str(path), row=number, field=bad.field, reason=bad.reason
+    )
 
 
 def duplicate_id(rid: str) -> BadRow:
@@ -724,8 +721,9 @@ def read_source(
     for number, item in rows:
         report.rows_read += 1
         try:
-            checked = check_row(item, number, fmt=fmt, split=split, max_chars=max_chars,
-                                renderer=chat_template_renderer, stem=stem)
+            checked = check_row(
+                item, number, fmt=fmt, split=split, max_chars=max_chars, renderer=chat_template_renderer, stem=stem
+            )
             if checked is None:
                 report.filtered += 1
                 continue

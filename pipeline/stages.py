@@ -10,6 +10,7 @@ later stages pass such rows through, so the writer can count every skip by its r
 Absent values are empty (``""``, ``[]``) rather than null so every batch has the same Arrow
 types; the shard writer turns them into nulls.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -93,8 +94,14 @@ def best_scored_first(origins: list[str], scores: list[float]) -> list[int] | No
     return [best, *(i for i in range(len(origins)) if i != best)] if best else None
 
 
-def tokenize_records(batch: pd.DataFrame, tokenizer, max_length: int, on_overlength: str, templated: bool = False,
-                     end_id: int | None = None) -> pd.DataFrame:
+def tokenize_records(
+    batch: pd.DataFrame,
+    tokenizer,
+    max_length: int,
+    on_overlength: str,
+    templated: bool = False,
+    end_id: int | None = None,
+) -> pd.DataFrame:
     """Add ``prompt_ids``, ``response_ids`` and ``truncated`` (responses cut); mark rows over ``max_length`` tokens
     (rows already marked keep their ``skip_reason`` and are not tokenized).
     ``templated``: the prompts were rendered by a chat template (see :func:`pipeline.tokenize.encode_prompt`);
@@ -117,8 +124,10 @@ def tokenize_records(batch: pd.DataFrame, tokenizer, max_length: int, on_overlen
         p = encode_prompt(tokenizer, row.prompt, templated)
         order = best_scored_first(list(row.origins), [] if row.scores is None else list(row.scores))
         if order:
-            moved[row.Index] = {c: [list(v)[i] for i in order] for c, v in
-                                (("responses", row.responses), ("origins", row.origins), ("scores", row.scores))}
+            moved[row.Index] = {
+                c: [list(v)[i] for i in order]
+                for c, v in (("responses", row.responses), ("origins", row.origins), ("scores", row.scores))
+            }
         rs = [encode_response(tokenizer, r, end_id) for r in moved.get(row.Index, {}).get("responses", row.responses)]
         longest = len(p) + max(len(r) for r in rs)
         reason, cut = "", 0
@@ -159,9 +168,7 @@ def anchor_index(origins) -> int:
     return 0
 
 
-def append_negatives(
-    batch: pd.DataFrame, new_ids: list[list[list[int]]], origin: str, tokenizer
-) -> pd.DataFrame:
+def append_negatives(batch: pd.DataFrame, new_ids: list[list[list[int]]], origin: str, tokenizer) -> pd.DataFrame:
     """Append token-id negatives (one list per row) with their decoded text and origin.
 
     A negative identical to the row's anchor is not a negative: it is dropped and counted in
@@ -227,7 +234,9 @@ def load_scorer(spec: str) -> Callable[[str, str], float]:
         return task.reward
     module, _, name = spec.partition(":")
     if not module or not name:
-        raise ValueError(f"prepare.reward={spec!r}: expected 'source', 'task', 'auto', 'model:<dir>' or 'module:function'")
+        raise ValueError(
+            f"prepare.reward={spec!r}: expected 'source', 'task', 'auto', 'model:<dir>' or 'module:function'"
+        )
     try:
         fn = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as exc:
@@ -264,7 +273,9 @@ def score_responses(batch: pd.DataFrame, scorer: Callable[[str, str], float]) ->
             values = [float(scorer(prompt, r)) for r in batch["responses"].iloc[i]]
             bad = [j for j, v in enumerate(values) if not np.isfinite(v)]
             if bad:
-                raise ValueError(f"reward of row id={batch['id'].iloc[i]!r}, response {bad[0]} is not finite: {values[bad[0]]}")
+                raise ValueError(
+                    f"reward of row id={batch['id'].iloc[i]!r}, response {bad[0]} is not finite: {values[bad[0]]}"
+                )
             scores[i] = values
     batch["scores"] = scores
     return batch

@@ -11,6 +11,7 @@ a multipart upload completed on close): a reader sees the old object or the new 
 manifest's commit is such an upload of the whole manifest (:mod:`pipeline.shards`), as atomic on S3 and GCS as a
 rename is on disk.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -124,7 +125,7 @@ class Store:
         base = self.path.rstrip("/") + "/"
         # allow_not_found: an object store may report a directory marker whose listing is already gone
         infos = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=True, allow_not_found=True))
-        return {i.path[len(base):]: i.size for i in infos if i.type == pafs.FileType.File}
+        return {i.path[len(base) :]: i.size for i in infos if i.type == pafs.FileType.File}
 
     def push(self, local: Path, only: str | None = None) -> int:
         """Copy the files under ``local`` (or the one file ``only`` names there) into this directory where the store
@@ -136,8 +137,12 @@ class Store:
         for file in (f for f in files if f.is_file() and not f.name.endswith(".tmp")):
             rel = file.relative_to(local).as_posix()
             if held.get(rel) != file.stat().st_size:
-                pafs.copy_files(str(file), (self / rel).path, source_filesystem=pafs.LocalFileSystem(),
-                                destination_filesystem=self.fs)
+                pafs.copy_files(
+                    str(file),
+                    (self / rel).path,
+                    source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=self.fs,
+                )
                 copied += 1
         return copied
 
@@ -162,9 +167,13 @@ def _filesystem(uri: str, options: StorageConfig) -> tuple[pafs.FileSystem, str]
         parsed = urlparse(uri)
         kwargs = {"endpoint_override": options.endpoint_url, "region": options.region}
         if options.access_key_id is not None:
-            kwargs |= {"access_key": options.access_key_id.get_secret_value(),
-                       "secret_key": options.secret_access_key.get_secret_value()}
-        return pafs.S3FileSystem(**{k: v for k, v in kwargs.items() if v is not None}), f"{parsed.netloc}{parsed.path}".rstrip("/")
+            kwargs |= {
+                "access_key": options.access_key_id.get_secret_value(),
+                "secret_key": options.secret_access_key.get_secret_value(),
+            }
+        return pafs.S3FileSystem(
+            **{k: v for k, v in kwargs.items() if v is not None}
+        ), f"{parsed.netloc}{parsed.path}".rstrip("/")
     try:
         return pafs.FileSystem.from_uri(uri)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
@@ -224,14 +233,23 @@ def check_writable(store: Store, options: StorageConfig | None = None) -> None:
         if "ACCESS_DENIED" not in str(exc) and "403" not in str(exc):
             raise StorageError(f"{store.uri}: cannot be reached ({exc})") from None
         if not (options and options.access_key_id) and not _credentials_configured():
-            raise StorageError(f"{store.uri}: access denied and no credentials found: set AWS_ACCESS_KEY_ID and "
-                               "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), or storage.access_key_id and "
-                               "storage.secret_access_key") from None
-        raise StorageError(f"{store.uri}: these credentials may not write here (read-only, or no access to the "
-                           "bucket); output_dir and ray.storage_path must be writable") from None
+            raise StorageError(
+                f"{store.uri}: access denied and no credentials found: set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), or storage.access_key_id and storage.secret_access_key"
+            ) from None
+        raise StorageError(
+            f"{store.uri}: these credentials may not write here (read-only, or no access to the "
+            "bucket); output_dir and ray.storage_path must be writable"
+        ) from None
 
 
 def _credentials_configured() -> bool:
-    names = ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-             "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "GOOGLE_APPLICATION_CREDENTIALS")
+    names = (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_PROFILE",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "GOOGLE_APPLICATION_CREDENTIALS",
+    )
     return any(os.environ.get(n) for n in names) or (Path.home() / ".aws" / "credentials").is_file()

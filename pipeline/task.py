@@ -9,7 +9,8 @@ is a pure function of the seed. The reward re-derives the answer from the prompt
 Two forms of prompt (``form``). ``cue``, the toy's: the question, then ``Answer: ``; its reward is graded by edit
 similarity, which a model that knows nothing needs to learn from at all. ``chat``, for an instruction-tuned model:
 the question, then an instruction that states the form of the answer ("Reply in the form: The answer is <number>."),
-rendered as a user message by the model's chat template. Its verifier (:func:`verify`) pays 1 for the exact answer in that form,
+rendered as a user message by the model's chat template. Its verifier (:func:`verify`) pays 1 for the exact answer in
+that form,
 ``NEAR_MISS`` for a reply whose final answer is right among other words ("17 + 25 = 42."), and 0 for any wrong
 answer, even one that shows the right number elsewhere: a wrong answer never pays more than a near-miss of the
 right one (edit similarity fails this: "1 2 6 4 9" for "1 2 4 6 9" earns 0.78).
@@ -20,6 +21,7 @@ upper case, off by one, ...) instead of the answer. That is the setting preferen
 exists for: supervised learning imitates the demonstrator, slips included, while the reward
 (an exact verifier here) knows better. Held-out rows always carry the exact answer.
 """
+
 from __future__ import annotations
 
 import random
@@ -43,18 +45,30 @@ def _numbers(text: str) -> list[int]:
 
 
 # Common English words: SmolLM2 copies a word it knows far more often than a pseudo-word (copy_word).
-_ENGLISH = ("cat dog sun hat pen cup box red map car bed egg fish bird milk book tree star door lamp rain snow wind "
-            "road ship boat king frog bell coat desk farm gold hill jump kite leaf moon nest park ring rock salt sand "
-            "seed shoe silk soap song swim tent toy wall wolf yard apple bread chair clock cloud dream earth field "
-            "flower glass grape green horse house juice lemon light money mouse music night ocean paper party piano "
-            "plant queen river robot shirt smile sugar table tiger train water whale world zebra happy quick brave "
-            "bright quiet sweet").split()
+_ENGLISH = (
+    "cat dog sun hat pen cup box red map car bed egg fish bird milk book tree star door lamp rain snow wind "
+    "road ship boat king frog bell coat desk farm gold hill jump kite leaf moon nest park ring rock salt sand "
+    "seed shoe silk soap song swim tent toy wall wolf yard apple bread chair clock cloud dream earth field "
+    "flower glass grape green horse house juice lemon light money mouse music night ocean paper party piano "
+    "plant queen river robot shirt smile sugar table tiger train water whale world zebra happy quick brave "
+    "bright quiet sweet"
+).split()
 
 # What the chat verifier reads as a reply's final answer, per kind of answer: the last number, the last run of
 # digits, or the last word.
 _FINAL = {"number": re.compile(r"\d+"), "digits": re.compile(r"\d(?:[ ,]+\d)*"), "word": re.compile(r"[A-Za-z]+")}
-_ANSWER_KIND = {"add": "number", "max": "number", "count": "number", "sort": "digits", "reverse": "word", "copy": "word",
-                "upper": "word", "add_digits": "number", "larger": "number", "copy_word": "word"}
+_ANSWER_KIND = {
+    "add": "number",
+    "max": "number",
+    "count": "number",
+    "sort": "digits",
+    "reverse": "word",
+    "copy": "word",
+    "upper": "word",
+    "add_digits": "number",
+    "larger": "number",
+    "copy_word": "word",
+}
 _KIND_WORDS = {"number": "number", "digits": "digits, separated by spaces", "word": "word"}
 # The chat form's instruction per family: it states the form the verifier pays 1 for ("The answer is 42."), a
 # sentence SmolLM2-135M-Instruct writes of its own accord often enough to learn from (README: the family table).
@@ -235,7 +249,11 @@ def demonstrator_slip(prompt: str) -> str:
 
 
 def generate(
-    seed: int, n_train: int, n_heldout: int, families: Sequence[str], demonstrator_error: float = 0.0,
+    seed: int,
+    n_train: int,
+    n_heldout: int,
+    families: Sequence[str],
+    demonstrator_error: float = 0.0,
     form: str = "cue",
 ) -> tuple[list[dict], list[dict]]:
     """Deterministic train and held-out splits of ``{"id", "prompt", "response", "family"}`` rows.
@@ -269,7 +287,9 @@ def generate(
         if prompt in seen:
             continue
         seen.add(prompt)
-        rows.append({"id": f"task-{seed}-{len(rows)}", "prompt": prompt, "response": response(prompt), "family": family})
+        rows.append(
+            {"id": f"task-{seed}-{len(rows)}", "prompt": prompt, "response": response(prompt), "family": family}
+        )
     rng.shuffle(rows)
     train = rows[:n_train]
     slips = random.Random(f"{seed}-demonstrator")

@@ -9,6 +9,7 @@ the prefix the tokenizer adds (``add_special_tokens=True``: Llama's BOS, nothing
 prompt rendered by a chat template already carries the template's special tokens, so it is tokenized
 as ``apply_chat_template(..., tokenize=True)`` does, with ``add_special_tokens=False``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -28,7 +29,9 @@ def encode_prompt(tokenizer, prompt: str, templated: bool = False) -> list[int]:
 
 def encode_response(tokenizer, response: str, end_id: int | None = None) -> list[int]:
     """Token ids of a response and the token that ends it: ``end_id`` (:func:`response_end_id`), else EOS."""
-    return tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id if end_id is None else end_id]
+    return tokenizer(response, add_special_tokens=False)["input_ids"] + [
+        tokenizer.eos_token_id if end_id is None else end_id
+    ]
 
 
 def pad_token_id(tokenizer, num_embeddings: int | None = None) -> int:
@@ -84,8 +87,9 @@ def chat_renderer(tokenizer, setting: str) -> Callable[[Messages], str] | None:
         return None
 
     def render(messages: Messages) -> str:
-        return tokenizer.apply_chat_template(list(messages), chat_template=template, tokenize=False,
-                                             add_generation_prompt=True)
+        return tokenizer.apply_chat_template(
+            list(messages), chat_template=template, tokenize=False, add_generation_prompt=True
+        )
 
     return render
 
@@ -96,9 +100,7 @@ def user_prompt(text: str, render: Callable[[Messages], str] | None) -> tuple[st
     return (render([{"role": "user", "content": text}]), True) if render else (text, False)
 
 
-def pad_sequences(
-    prompts: list[list[int]], responses: list[list[int]], pad_id: int
-) -> dict[str, torch.Tensor]:
+def pad_sequences(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad ``prompt + response`` sequences into ``input_ids``, ``attention_mask`` and ``response_mask`` [N, L]."""
     lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
     width = max(lengths)
@@ -143,10 +145,16 @@ class Packed:
     computed_tokens: int  # tokens the forward pass computes, padding aside (a shared prompt counts once per block)
     shared: bool = True
 
-    def to(self, device: torch.device) -> "Packed":
+    def to(self, device: torch.device) -> Packed:
         """The same batch with its tensors on ``device``."""
-        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)
-                                if isinstance(getattr(self, f.name), torch.Tensor)})
+        return replace(
+            self,
+            **{
+                f.name: getattr(self, f.name).to(device)
+                for f in fields(self)
+                if isinstance(getattr(self, f.name), torch.Tensor)
+            },
+        )
 
 
 def _blocks(prompts, responses, row_tokens):
@@ -166,8 +174,9 @@ def _blocks(prompts, responses, row_tokens):
     return blocks, seq
 
 
-def pack_shared_prompts(prompts: list[list[int]], responses: list[list[list[int]]], pad_id: int, row_tokens: int,
-                        share_prompts: bool = True) -> Packed:
+def pack_shared_prompts(
+    prompts: list[list[int]], responses: list[list[list[int]]], pad_id: int, row_tokens: int, share_prompts: bool = True
+) -> Packed:
     """Pack ``responses[p]`` (each ending in EOS) after ``prompts[p]``; rows filled first-fit by decreasing length.
     With ``share_prompts=False`` every ``prompt + response`` gets a row of its own (see :class:`Packed`).
 
@@ -225,7 +234,12 @@ def pack_shared_prompts(prompts: list[list[int]], responses: list[list[list[int]
         mask = block >= 0
     cat = {k: torch.from_numpy(np.concatenate(v).astype(np.int64)) for k, v in idx.items()}
     return Packed(
-        input_ids=torch.from_numpy(input_ids), position_ids=torch.from_numpy(position_ids),
-        attention_mask=mask, response_lengths=torch.from_numpy(lengths), tokens=tokens, computed_tokens=sum(sizes),
-        shared=share_prompts, **cat,
+        input_ids=torch.from_numpy(input_ids),
+        position_ids=torch.from_numpy(position_ids),
+        attention_mask=mask,
+        response_lengths=torch.from_numpy(lengths),
+        tokens=tokens,
+        computed_tokens=sum(sizes),
+        shared=share_prompts,
+        **cat,
     )

@@ -5,6 +5,7 @@ log-softmax, lie from the model's own forward of each ``prompt + response`` alon
 ``tests/test_conformance.py`` asserts it on the CPU in fp32; ``benchmarks/gpu_core.py`` runs it on a GPU in fp32 and
 bf16.
 """
+
 from __future__ import annotations
 
 import torch
@@ -59,7 +60,9 @@ def measure(name: str, backend: str, device: str | torch.device = "cpu", dtype: 
     result = {
         "trainer": max(abs(a - d) for a, (d, _) in zip(trainer.tolist(), direct)),
         "reference": max(abs(a - d) for a, (d, _) in zip(reference, direct)),
-        "meanfield": max((m.double().cpu().log_softmax(-1) - d).abs().max().item() for m, (_, d) in zip(meanfield, direct)),
+        "meanfield": max(
+            (m.double().cpu().log_softmax(-1) - d).abs().max().item() for m, (_, d) in zip(meanfield, direct)
+        ),
         "plan": plan.describe(),
     }
     if exact is not None:

@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny from-scratch reference model saved like the SFT job saves it."""
+
 from __future__ import annotations
 
 import os
@@ -53,12 +54,19 @@ def run_job_console(job: str, out: Path, *overrides: str, config: str = "configs
     import sys
 
     sets = [arg for o in (f"output_dir={out}", *overrides) for arg in ("--set", o)]
-    proc = subprocess.run([sys.executable, "-m", f"jobs.{job}", "--config", config, *sets], cwd=ROOT,
-                          capture_output=True, text=True, timeout=1500)
+    proc = subprocess.run(
+        [sys.executable, "-m", f"jobs.{job}", "--config", config, *sets],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     if proc.returncode != 0:
         log = out / job / "logs" / f"{job}.log"
-        raise AssertionError(f"{job} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}\n"
-                             + (f"end of {log}:\n{log.read_text()[-6000:]}" if log.is_file() else ""))
+        raise AssertionError(
+            f"{job} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}\n"
+            + (f"end of {log}:\n{log.read_text()[-6000:]}" if log.is_file() else "")
+        )
     return json.loads((out / job / "report.json").read_text()), proc.stdout
 
 

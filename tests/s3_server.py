@@ -2,6 +2,7 @@
 
 Two identities: ``writer`` may do everything; ``reader`` may only read and list (a read-only prefix).
 """
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,13 @@ class S3Server:
         return env
 
     def filesystem(self, keys: tuple[str, str] = WRITER) -> pafs.S3FileSystem:
-        return pafs.S3FileSystem(access_key=keys[0], secret_key=keys[1], endpoint_override=self.endpoint, region=REGION,
-                                 allow_bucket_creation=True)
+        return pafs.S3FileSystem(
+            access_key=keys[0],
+            secret_key=keys[1],
+            endpoint_override=self.endpoint,
+            region=REGION,
+            allow_bucket_creation=True,
+        )
 
     def create_bucket(self, name: str) -> None:
         self.filesystem().create_dir(name)
@@ -65,21 +71,46 @@ def weed_binary() -> str:
 def start(directory: Path, timeout: float = 90) -> S3Server:
     """Start ``weed server -s3`` with its data in ``directory``; returns once S3 answers and accepts writes."""
     directory.mkdir(parents=True, exist_ok=True)
-    identities = {"identities": [
-        {"name": "writer", "credentials": [{"accessKey": WRITER[0], "secretKey": WRITER[1]}],
-         "actions": ["Admin", "Read", "Write", "List", "Tagging"]},
-        {"name": "reader", "credentials": [{"accessKey": READER[0], "secretKey": READER[1]}], "actions": ["Read", "List"]},
-    ]}
+    identities = {
+        "identities": [
+            {
+                "name": "writer",
+                "credentials": [{"accessKey": WRITER[0], "secretKey": WRITER[1]}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+            },
+            {
+                "name": "reader",
+                "credentials": [{"accessKey": READER[0], "secretKey": READER[1]}],
+                "actions": ["Read", "List"],
+            },
+        ]
+    }
     (directory / "s3.json").write_text(json.dumps(identities))
     ports = {name: _free_port() for name in ("master", "volume", "filer", "s3")}
     (directory / "data").mkdir(exist_ok=True)
     log = open(directory / "weed.log", "w")
     process = subprocess.Popen(
-        [weed_binary(), "server", f"-dir={directory / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-         f"-master.port={ports['master']}", f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}",
-         "-volume.max=100", "-master.volumeSizeLimitMB=64", "-s3", f"-s3.port={ports['s3']}",
-         "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={directory / 's3.json'}"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            weed_binary(),
+            "server",
+            f"-dir={directory / 'data'}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-master.port={ports['master']}",
+            f"-volume.port={ports['volume']}",
+            f"-filer.port={ports['filer']}",
+            "-volume.max=100",
+            "-master.volumeSizeLimitMB=64",
+            "-s3",
+            f"-s3.port={ports['s3']}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            f"-s3.config={directory / 's3.json'}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     server = S3Server(f"http://127.0.0.1:{ports['s3']}", process)
     deadline, error = time.time() + timeout, None
     while time.time() < deadline:

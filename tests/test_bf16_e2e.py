@@ -1,4 +1,5 @@
 """bf16 on the CPU from prepare to evaluation: one precision throughout, refused where two would meet."""
+
 from __future__ import annotations
 
 import json

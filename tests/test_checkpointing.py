@@ -1,6 +1,7 @@
 """Adam's moments survive a change in the number of workers: saved by 2 DeepSpeed ranks, restored on 1, equal
 within 1e-6, under ZeRO-2 and ZeRO-3 (real DeepSpeed on CPU, gloo, no Ray); and checkpointing does not put a full
 copy of them on a rank other than the one that writes them."""
+
 from __future__ import annotations
 
 import ctypes
@@ -12,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-
 
 
 def _free_port() -> int:
@@ -36,15 +36,20 @@ def _peak_growth_mb(work) -> float:
 
 
 def _rank(rank: int, world: int, port: int, stage: int, directory: str, mode: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank), DS_ACCELERATOR="cpu")
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        DS_ACCELERATOR="cpu",
+    )
     torch.set_num_threads(1)
     import deepspeed
     import torch.distributed as dist
-
-    from configs.schema import DeepSpeedConfig
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from configs.schema import DeepSpeedConfig
     from tests.zoo import tokenizer_like
     from training import checkpointing
     from training.engine import deepspeed_config
@@ -53,12 +58,29 @@ def _rank(rank: int, world: int, port: int, stage: int, directory: str, mode: st
     tokenizer = tokenizer_like("plain")
     # ~10M parameters: their moments (~90 MB) stand well above the noise of a process's resident memory
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=512, intermediate_size=1024, num_hidden_layers=4,
-                                         num_attention_heads=8, num_key_value_heads=8, attn_implementation="eager"))
-    config = deepspeed_config(DeepSpeedConfig(zero_stage=stage), micro_batch=1, grad_accum=1, world_size=world,
-                              lr=1e-2, weight_decay=0.0, device=torch.device("cpu"))
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
-                                      config=config)
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=512,
+            intermediate_size=1024,
+            num_hidden_layers=4,
+            num_attention_heads=8,
+            num_key_value_heads=8,
+            attn_implementation="eager",
+        )
+    )
+    config = deepspeed_config(
+        DeepSpeedConfig(zero_stage=stage),
+        micro_batch=1,
+        grad_accum=1,
+        world_size=world,
+        lr=1e-2,
+        weight_decay=0.0,
+        device=torch.device("cpu"),
+    )
+    engine, *_ = deepspeed.initialize(
+        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=config
+    )
     out = Path(directory)
     if mode == "save":
         for step in range(3):
@@ -69,9 +91,12 @@ def _rank(rank: int, world: int, port: int, stage: int, directory: str, mode: st
         # the control: every rank holding the full moments, as checkpoints did before (a collective under ZeRO-3)
         kept: dict = {}
         control_mb = _peak_growth_mb(lambda: kept.update(checkpointing.full_moments(engine, keep=True)))
-        moments_mb = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad) * 4 * 2 / 2**20
-        (out / f"memory_rank{rank}.json").write_text(json.dumps(
-            {"growth_mb": growth_mb, "control_growth_mb": control_mb, "moments_mb": moments_mb}))
+        moments_mb = (
+            sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad) * 4 * 2 / 2**20
+        )
+        (out / f"memory_rank{rank}.json").write_text(
+            json.dumps({"growth_mb": growth_mb, "control_growth_mb": control_mb, "moments_mb": moments_mb})
+        )
         before = kept
         if rank == 0:
             torch.save({"step": checkpointing.adam_step(engine), "moments": before}, out / "before.pt")
@@ -79,14 +104,18 @@ def _rank(rank: int, world: int, port: int, stage: int, directory: str, mode: st
         state = checkpointing.restore(out / "ckpt", engine, world, lora=False)
         after = dict(checkpointing.full_moments(engine, keep=rank == 0))
         if rank == 0:
-            torch.save({"adam": {"step": checkpointing.adam_step(engine), "moments": after}, "moments": state["moments"]},
-                       out / "after.pt")
+            torch.save(
+                {"adam": {"step": checkpointing.adam_step(engine), "moments": after}, "moments": state["moments"]},
+                out / "after.pt",
+            )
     dist.barrier()
     dist.destroy_process_group()
 
 
 def _run(world: int, stage: int, directory: Path, mode: str) -> None:
-    mp.start_processes(_rank, args=(world, _free_port(), stage, str(directory), mode), nprocs=world, start_method="spawn")
+    mp.start_processes(
+        _rank, args=(world, _free_port(), stage, str(directory), mode), nprocs=world, start_method="spawn"
+    )
 
 
 @pytest.mark.parametrize("stage", [2, 3])
@@ -108,8 +137,12 @@ def test_a_rank_that_does_not_write_the_moments_never_holds_them_all(stage, tmp_
     _run(2, stage, tmp_path, "save")
     other = json.loads((tmp_path / "memory_rank1.json").read_text())
     writer = json.loads((tmp_path / "memory_rank0.json").read_text())
-    print(f"ZeRO-{stage} checkpoint, peak memory growth: rank 1 {other['growth_mb']:.1f} MB, rank 0 "
-          f"{writer['growth_mb']:.1f} MB; holding the full moments (the control): {other['control_growth_mb']:.1f} MB "
-          f"of {other['moments_mb']:.1f} MB")
+    print(
+        f"ZeRO-{stage} checkpoint, peak memory growth: rank 1 {other['growth_mb']:.1f} MB, rank 0 "
+        f"{writer['growth_mb']:.1f} MB; holding the full moments (the control): {other['control_growth_mb']:.1f} MB "
+        f"of {other['moments_mb']:.1f} MB"
+    )
     assert other["control_growth_mb"] > 0.75 * other["moments_mb"]  # the measurement sees a full copy
-    assert other["growth_mb"] < 0.5 * other["moments_mb"]  # its own partition of DeepSpeed's state and one parameter at a time
+    assert (
+        other["growth_mb"] < 0.5 * other["moments_mb"]
+    )  # its own partition of DeepSpeed's state and one parameter at a time

@@ -1,4 +1,5 @@
 """Typed configs: every shipped file validates; bad keys, types and values are named with the file."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -74,7 +75,9 @@ def test_section_hash_tracks_only_named_sections():
 
 
 def test_own_model_skips_the_toy_shape_rules_and_lora_validates(tmp_path):
-    cfg = load_config(ROOT / "configs/tiny.yaml", ["model.policy_dir=/models/mine", "model.hidden_size=48", "model.num_heads=3"])
+    cfg = load_config(
+        ROOT / "configs/tiny.yaml", ["model.policy_dir=/models/mine", "model.hidden_size=48", "model.num_heads=3"]
+    )
     assert cfg.own_model and cfg.model.hidden_size == 48
     with pytest.raises(ConfigError, match="head_dim"):
         load_config(ROOT / "configs/tiny.yaml", ["model.hidden_size=48", "model.num_heads=3"])
@@ -93,7 +96,9 @@ def test_the_installed_command_runs_the_jobs():
     calign = Path(sys.executable).with_name("calign")
     assert calign.is_file(), "the package installs the calign command (pyproject [project.scripts])"
     helped = subprocess.run([calign, "--help"], capture_output=True, text=True, timeout=120)
-    assert helped.returncode == 0 and all(job in helped.stdout for job in ("prepare", "train", "evaluate", "run", "gpu-check"))
+    assert helped.returncode == 0 and all(
+        job in helped.stdout for job in ("prepare", "train", "evaluate", "run", "gpu-check")
+    )
     doc = subprocess.run([calign, "config"], capture_output=True, text=True, timeout=120)
     assert doc.returncode == 0 and "| `train.pairing` |" in doc.stdout
     wrong = subprocess.run([calign, "fit"], capture_output=True, text=True, timeout=120)

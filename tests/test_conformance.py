@@ -4,6 +4,7 @@ model's own forward on each ``prompt + response`` alone within 1e-4 (fp32); or t
 
 ``python -m tests.test_conformance`` prints the table (README, "Align your own model").
 """
+
 from __future__ import annotations
 
 import pytest
@@ -51,14 +52,20 @@ def test_unknown_layer_types_are_refused():
 
 
 def conformance_table() -> str:
-    lines = ["| architecture | attention | trainer | reference scorer | meanfield | how |", "| --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| architecture | attention | trainer | reference scorer | meanfield | how |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for name in ARCHITECTURES:
         for backend in BACKENDS:
             if name in REFUSED:
                 lines.append(f"| {name} | {backend} | refused: {REFUSED[name]} | | | |")
                 continue
             r = measure(name, backend)
-            lines.append(f"| {name} | {backend} | {r['trainer']:.1e} | {r['reference']:.1e} | {r['meanfield']:.1e} | {r['plan']} |")
+            lines.append(
+                f"| {name} | {backend} | {r['trainer']:.1e} | {r['reference']:.1e} | {r['meanfield']:.1e} | "
+                f"{r['plan']} |"
+            )
     return "\n".join(lines)
 
 

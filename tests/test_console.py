@@ -1,4 +1,5 @@
 """The console: user lines on it, everything in the job's log, errors never hidden; progress lines."""
+
 from __future__ import annotations
 
 import json
@@ -17,9 +18,13 @@ def test_user_lines_are_told_from_library_lines_whatever_ray_prefixes_them_with(
     assert user_text("[sft] [####....] 40% 4/10 steps") == "[sft] [####....] 40% 4/10 steps"
     # what Ray forwards while a progress bar is drawn: blanks and a cursor move before the prefix
     assert user_text(" " * 40 + "\x1b[A\x1b[36m(RayTrainWorker pid=2)\x1b[0m [sft] step 1") == "[sft] step 1"
-    for chatter in ("INFO 11-29 00:30:01 [model_runner.py:1] Loading weights took 0.1 s",
-                    "\x1b[36m(PlacementGroupCleaner pid=2)\x1b[0m Failed to query Ray Train Controller actor state.",
-                    "(MapWorker pid=3) [repeated 2x across cluster]", "train: step 5 loss 0.4", "[rank0]: warning"):
+    for chatter in (
+        "INFO 11-29 00:30:01 [model_runner.py:1] Loading weights took 0.1 s",
+        "\x1b[36m(PlacementGroupCleaner pid=2)\x1b[0m Failed to query Ray Train Controller actor state.",
+        "(MapWorker pid=3) [repeated 2x across cluster]",
+        "train: step 5 loss 0.4",
+        "[rank0]: warning",
+    ):
         assert user_text(chatter) is None, chatter
 
 
@@ -29,9 +34,15 @@ def test_ray_data_progress_reports_become_one_line(capsys):
     handler = RayDataProgress("prepare", quiet_seconds=30)
 
     def report(at: float, done: int) -> None:
-        for message in ("======= Running Dataset: dataset_1 =======", f"Total Progress: {done}/300",
-                        "Active & requested resources: 1/2 CPU, 0.0B/1.0GiB object store", "", "ReadRange: 300/300",
-                        "MapBatches(Embedder): 120/?", "==================================="):
+        for message in (
+            "======= Running Dataset: dataset_1 =======",
+            f"Total Progress: {done}/300",
+            "Active & requested resources: 1/2 CPU, 0.0B/1.0GiB object store",
+            "",
+            "ReadRange: 300/300",
+            "MapBatches(Embedder): 120/?",
+            "===================================",
+        ):
             record = logging.LogRecord("ray.data", logging.INFO, __file__, 0, message, None, None)
             record.created = at
             handler.emit(record)
@@ -68,8 +79,13 @@ SCRIPT = textwrap.dedent("""
 
 
 def _console(tmp_path, verbose: bool, fail: bool) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "logs"), "1" if verbose else "0",
-                           "fail" if fail else "ok"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tmp_path / "logs"), "1" if verbose else "0", "fail" if fail else "ok"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_console_shows_user_lines_and_the_log_keeps_everything(tmp_path):
@@ -78,8 +94,13 @@ def test_console_shows_user_lines_and_the_log_keeps_everything(tmp_path):
     assert proc.stdout.splitlines() == ["[prepare] wrote shard-00000: 8 rows", "[train] step 3", "| table | 1 |"]
     assert proc.stderr == ""
     log = (tmp_path / "logs" / "demo.log").read_text()
-    for line in ("INFO vllm engine started", "Loading weights: 100%", "C++ core worker log line",
-                 "(RayTrainWorker pid=1) [train] step 3", "| table | 1 |"):
+    for line in (
+        "INFO vllm engine started",
+        "Loading weights: 100%",
+        "C++ core worker log line",
+        "(RayTrainWorker pid=1) [train] step 3",
+        "| table | 1 |",
+    ):
         assert line in log, line
     verbose = _console(tmp_path / "v", verbose=True, fail=False)
     assert "INFO vllm engine started" in verbose.stdout and "Loading weights: 100%" in verbose.stdout
@@ -89,7 +110,10 @@ def test_a_failure_is_printed_with_its_message_and_the_log_path(tmp_path):
     proc = _console(tmp_path, verbose=False, fail=True)
     assert proc.returncode != 0
     log_path = tmp_path / "logs" / "demo.log"
-    assert f"[demo] failed: ValueError: data.jsonl row 7, field 'rejected': response is empty\n[demo] full log: {log_path}" in proc.stderr
+    assert (
+        f"[demo] failed: ValueError: data.jsonl row 7, field 'rejected': response is empty\n[demo] full log: {log_path}"
+        in proc.stderr
+    )
     assert "Traceback (most recent call last)" in log_path.read_text()
 
 
@@ -98,12 +122,30 @@ def test_a_malformed_source_fails_prepare_with_file_row_and_field_on_the_console
     rows = [{"prompt": f"p{i}", "chosen": "a", "rejected": "b"} for i in range(5)]
     rows[3]["rejected"] = ""
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    sets = [f"output_dir={tmp_path / 'out'}", f"model.policy_dir={tiny_model_dir}", f"data.source={source}",
-            "data.on_bad_row=error"]
-    proc = subprocess.run([sys.executable, "-m", "jobs.prepare", "--config", "configs/tiny.yaml",
-                           *[a for s in sets for a in ("--set", s)]], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    sets = [
+        f"output_dir={tmp_path / 'out'}",
+        f"model.policy_dir={tiny_model_dir}",
+        f"data.source={source}",
+        "data.on_bad_row=error",
+    ]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jobs.prepare",
+            "--config",
+            "configs/tiny.yaml",
+            *[a for s in sets for a in ("--set", s)],
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 1
-    assert f"[prepare] failed: SourceError: {source} row 4, field 'rejected': response is empty" in proc.stderr, proc.stderr
+    assert f"[prepare] failed: SourceError: {source} row 4, field 'rejected': response is empty" in proc.stderr, (
+        proc.stderr
+    )
     log = tmp_path / "out" / "prepare" / "logs" / "prepare.log"
     assert f"[prepare] full log: {log}" in proc.stderr and "Traceback" in log.read_text()
     assert len(proc.stdout.splitlines()) < 10, proc.stdout

@@ -5,6 +5,7 @@ assignment a CPU-only torch refuses to place the model, which shows the actor as
 resources of every prepare stage are read from the built Ray Data plan and those of the trainers from their
 ``TorchTrainer`` arguments, for the shipped GPU configs.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -38,8 +39,13 @@ def test_the_rule_gives_the_assigned_gpu_else_the_cpu():
 def test_vllm_engine_arguments_follow_the_device():
     settings = VLLMConfig(gpu_memory_utilization=0.5, tensor_parallel_size=2, max_num_seqs=64)
     on_gpu = vllm_engine_args(settings, "auto", CUDA)
-    assert on_gpu == {"dtype": "bfloat16", "tensor_parallel_size": 2, "enforce_eager": False,
-                      "gpu_memory_utilization": 0.5, "max_num_seqs": 64}
+    assert on_gpu == {
+        "dtype": "bfloat16",
+        "tensor_parallel_size": 2,
+        "enforce_eager": False,
+        "gpu_memory_utilization": 0.5,
+        "max_num_seqs": 64,
+    }
     on_cpu = vllm_engine_args(VLLMConfig(), "auto", CPU)
     assert on_cpu == {"dtype": "float32", "tensor_parallel_size": 1, "enforce_eager": True}
     assert vllm_engine_args(VLLMConfig(enforce_eager=True), "fp32", CUDA)["enforce_eager"] is True
@@ -51,8 +57,16 @@ def reward_model_dir(tiny_model_dir, tmp_path_factory):
 
     path = tmp_path_factory.mktemp("reward")
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    LlamaForSequenceClassification(LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=64,
-                                               num_hidden_layers=1, num_attention_heads=2, num_labels=1)).save_pretrained(path)
+    LlamaForSequenceClassification(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_labels=1,
+        )
+    ).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
 
@@ -88,8 +102,11 @@ def _stages(ds) -> dict[str, dict]:
         if getattr(op, "ray_remote_args", None) is not None:
             name = op.name.removeprefix("MapBatches(").removesuffix(")")
             compute = getattr(op.compute, "max_size", None)
-            out[name] = {**{k: op.ray_remote_args.get(k) for k in ("num_cpus", "num_gpus")}, "actors": compute,
-                         "batch_size": op.batch_size}
+            out[name] = {
+                **{k: op.ray_remote_args.get(k) for k in ("num_cpus", "num_gpus")},
+                "actors": compute,
+                "batch_size": op.batch_size,
+            }
         op = op.input_dependencies[0]
     return out
 
@@ -110,17 +127,41 @@ def test_prepare_stages_ask_ray_for_the_configured_resources(name, local_ray):
     cfg = load_config(ROOT / "configs" / f"{name}.yaml")
     p = cfg.prepare
     reward = "model:/rm" if name == "cluster_example" else "task"
-    main = _stages(build_main_graph(ray.data.from_items([{"shard": "x"}]), cfg, "/model", _Tokenizer(), reward, shard_rows=300,
-                                  end_id=_Tokenizer.eos_token_id))
-    small = {"num_cpus": p.model_actor_cpus, "num_gpus": p.model_actor_gpus, "actors": p.model_actors, "batch_size": 300}
-    expected = {"VLLMNegatives": {"num_cpus": p.generator_cpus, "num_gpus": p.generator_gpus, "actors": p.generator_actors,
-                                  "batch_size": 300},
-                "MeanfieldNegatives": small, "Embedder": small, "ReferenceLogps": small}
+    main = _stages(
+        build_main_graph(
+            ray.data.from_items([{"shard": "x"}]),
+            cfg,
+            "/model",
+            _Tokenizer(),
+            reward,
+            shard_rows=300,
+            end_id=_Tokenizer.eos_token_id,
+        )
+    )
+    small = {
+        "num_cpus": p.model_actor_cpus,
+        "num_gpus": p.model_actor_gpus,
+        "actors": p.model_actors,
+        "batch_size": 300,
+    }
+    expected = {
+        "VLLMNegatives": {
+            "num_cpus": p.generator_cpus,
+            "num_gpus": p.generator_gpus,
+            "actors": p.generator_actors,
+            "batch_size": 300,
+        },
+        "MeanfieldNegatives": small,
+        "Embedder": small,
+        "ReferenceLogps": small,
+    }
     if reward.startswith("model:"):
         expected["RewardModelScores"] = small
     assert {k: v for k, v in main.items() if k in expected} == expected
     assert all(v["num_gpus"] is None for k, v in main.items() if k not in expected)  # the CPU stages ask for none
-    front = _stages(build_front_graph(ray.data.from_items([{"id": "x"}]), cfg, _Tokenizer(), chat_templated=False, end_id=2))
+    front = _stages(
+        build_front_graph(ray.data.from_items([{"id": "x"}]), cfg, _Tokenizer(), chat_templated=False, end_id=2)
+    )
     assert front["Embedder"] == {**small, "batch_size": p.batch_size}
 
 
@@ -133,13 +174,15 @@ def test_trainers_ask_ray_for_gpu_workers_and_nccl(name):
     assert scaling.num_workers == tc.num_workers and scaling.use_gpu
     assert scaling.resources_per_worker == {"CPU": tc.cpus_per_worker, "GPU": tc.gpus_per_worker}
     assert args["torch_config"].backend == "nccl"
-    assert deepspeed_config(tc.deepspeed, micro_batch=1, grad_accum=1, world_size=1, lr=1e-5, weight_decay=0.0,
-                            device=CUDA)["bf16"]["enabled"]
+    assert deepspeed_config(
+        tc.deepspeed, micro_batch=1, grad_accum=1, world_size=1, lr=1e-5, weight_decay=0.0, device=CUDA
+    )["bf16"]["enabled"]
     cpu = trainer_resources(2, 1, 0)
     assert not cpu["scaling_config"].use_gpu and cpu["scaling_config"].resources_per_worker == {"CPU": 1}
     assert cpu["torch_config"].backend == "gloo"
-    assert not deepspeed_config(tc.deepspeed, micro_batch=1, grad_accum=1, world_size=1, lr=1e-5, weight_decay=0.0,
-                                device=CPU)["bf16"]["enabled"]
+    assert not deepspeed_config(
+        tc.deepspeed, micro_batch=1, grad_accum=1, world_size=1, lr=1e-5, weight_decay=0.0, device=CPU
+    )["bf16"]["enabled"]
 
 
 def test_tensor_parallel_needs_as_many_generator_gpus(tmp_path):
@@ -154,7 +197,9 @@ def test_gpu_check_without_a_gpu_says_so_and_exits_0():
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu_check"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0 and "no GPU here" in proc.stdout and "nothing to check" in proc.stdout
 
 
@@ -166,4 +211,6 @@ def test_gradient_checkpointing_is_switched_on_by_the_config(tiny_model_dir):
     on = load_for_training(tiny_model_dir, DeepSpeedConfig(gradient_checkpointing=True), CPU)
     assert not off.is_gradient_checkpointing and on.is_gradient_checkpointing and not on.config.use_cache
     assert next(on.parameters()).dtype == torch.float32  # auto on the CPU
-    assert next(load_for_training(tiny_model_dir, DeepSpeedConfig(dtype="bf16"), CPU).parameters()).dtype == torch.bfloat16
+    assert (
+        next(load_for_training(tiny_model_dir, DeepSpeedConfig(dtype="bf16"), CPU).parameters()).dtype == torch.bfloat16
+    )

@@ -1,4 +1,5 @@
 """The trainer's data path: groups read by address from shard files, in the order asked for, whole."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -14,10 +15,25 @@ def _rows(gids_sizes):
     rows = []
     for gid, size in gids_sizes:
         for k in range(size):
-            rows.append({"id": f"{gid}-{k}", "prompt": "p", "responses": ["a", "b"], "origins": ["chosen", "rejected"],
-                         "scores": None, "source": "t", "row": 1, "prompt_ids": [1, 2], "response_ids": [[3, 4], [5, 6]],
-                         "group_id": gid, "group_position": k, "group_size": size, "group_similarity": [1.0] * size,
-                         "skip_reason": "", "ref_logps": [-1.0 - gid, -2.0]})
+            rows.append(
+                {
+                    "id": f"{gid}-{k}",
+                    "prompt": "p",
+                    "responses": ["a", "b"],
+                    "origins": ["chosen", "rejected"],
+                    "scores": None,
+                    "source": "t",
+                    "row": 1,
+                    "prompt_ids": [1, 2],
+                    "response_ids": [[3, 4], [5, 6]],
+                    "group_id": gid,
+                    "group_position": k,
+                    "group_size": size,
+                    "group_similarity": [1.0] * size,
+                    "skip_reason": "",
+                    "ref_logps": [-1.0 - gid, -2.0],
+                }
+            )
     return pd.DataFrame(rows)
 
 

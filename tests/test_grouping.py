@@ -1,4 +1,5 @@
 """Contrast groups at scale: k-means buckets, exact grouping inside each, shards of whole groups, quality kept."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,8 +30,14 @@ def _clustered(n: int, clusters: int, dim: int = 32, seed: int = 0) -> np.ndarra
 
 
 def _bucket_rows(e: np.ndarray) -> pd.DataFrame:
-    return pd.DataFrame({"id": [f"r{i:05d}" for i in range(len(e))], "prompt_embedding": list(e),
-                         "response_ids": [[[i, 1]] for i in range(len(e))], "origins": [["ground_truth"]] * len(e)})
+    return pd.DataFrame(
+        {
+            "id": [f"r{i:05d}" for i in range(len(e))],
+            "prompt_embedding": list(e),
+            "response_ids": [[[i, 1]] for i in range(len(e))],
+            "origins": [["ground_truth"]] * len(e),
+        }
+    )
 
 
 def _grouped(e: np.ndarray, bucket_rows: int, method: str = "neighbors") -> pd.DataFrame:
@@ -80,5 +87,6 @@ def test_oversized_buckets_are_split_and_the_sample_does_not_depend_on_order():
     grouped = grouping.bucket_groups(rows, "neighbors", 4, 300, 8, 0, seed=0)
     assert len(grouped) == 2000 and grouped["group_id"].nunique() == 500
     ids = rows["id"].tolist()
-    assert list(np.array(ids)[grouping.in_sample(ids, 3, 0.1)]) == \
-        sorted(np.array(ids[::-1])[grouping.in_sample(ids[::-1], 3, 0.1)].tolist())
+    assert list(np.array(ids)[grouping.in_sample(ids, 3, 0.1)]) == sorted(
+        np.array(ids[::-1])[grouping.in_sample(ids[::-1], 3, 0.1)].tolist()
+    )

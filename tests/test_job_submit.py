@@ -1,4 +1,5 @@
 """A real Ray head, a job submitted with `ray job submit --working-dir .`, and its artifacts."""
+
 from __future__ import annotations
 
 import json
@@ -22,16 +23,34 @@ def test_ray_job_submit_runs_sft_on_a_ray_head(tmp_path, monkeypatch):
     # A throwaway head on loopback: no token authentication, for the CLI and this process's client alike.
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     # The job's `python` is looked up on the head's PATH, as with an activated virtualenv.
-    env = {**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "disabled",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": "",
+        "RAY_AUTH_MODE": "disabled",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     # --block ties the head's processes to this one, so stopping it stops only this cluster.
     head = subprocess.Popen(
-        [ray_cli, "start", "--head", "--block", "--port=6399", f"--dashboard-port={DASHBOARD_PORT}",
-         "--include-dashboard=true", "--num-cpus=4", "--disable-usage-stats",
-         # ports of its own, so a Ray instance already on this machine cannot block its job agent
-         "--dashboard-agent-listen-port=52399", "--dashboard-agent-grpc-port=52398", "--runtime-env-agent-port=52397",
-         "--metrics-export-port=52396"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        [
+            ray_cli,
+            "start",
+            "--head",
+            "--block",
+            "--port=6399",
+            f"--dashboard-port={DASHBOARD_PORT}",
+            "--include-dashboard=true",
+            "--num-cpus=4",
+            "--disable-usage-stats",
+            # ports of its own, so a Ray instance already on this machine cannot block its job agent
+            "--dashboard-agent-listen-port=52399",
+            "--dashboard-agent-grpc-port=52398",
+            "--runtime-env-agent-port=52397",
+            "--metrics-export-port=52396",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
     )
     address = f"http://127.0.0.1:{DASHBOARD_PORT}"
     try:
@@ -50,9 +69,30 @@ def test_ray_job_submit_runs_sft_on_a_ray_head(tmp_path, monkeypatch):
         out = tmp_path / "run"
         for _ in range(10):  # the head's job agent comes up a little after its dashboard
             submit = subprocess.run(
-                [ray_cli, "job", "submit", "--address", address, "--working-dir", ".", "--",
-                 "python", "-m", "jobs.sft", "--config", "configs/tiny.yaml", "--set", f"output_dir={out}", "--set", "sft.steps=10"],
-                cwd=ROOT, capture_output=True, text=True, timeout=900, env=env,
+                [
+                    ray_cli,
+                    "job",
+                    "submit",
+                    "--address",
+                    address,
+                    "--working-dir",
+                    ".",
+                    "--",
+                    "python",
+                    "-m",
+                    "jobs.sft",
+                    "--config",
+                    "configs/tiny.yaml",
+                    "--set",
+                    f"output_dir={out}",
+                    "--set",
+                    "sft.steps=10",
+                ],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=900,
+                env=env,
             )
             if "No available agent" not in submit.stdout + submit.stderr:
                 break

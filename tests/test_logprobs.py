@@ -121,7 +121,11 @@ def test_bf16_logits_are_upcast() -> None:
 
 
 # prompts with several responses (each ending in its own last token), for the packed layout
-SHARED = [([5, 6, 7], [[8, 9, 10, 11], [20, 21]]), ([12, 13], [[14], [23, 24, 25], [8, 9]]), ([22], [[23, 24, 25, 26, 27, 28]])]
+SHARED = [
+    ([5, 6, 7], [[8, 9, 10, 11], [20, 21]]),
+    ([12, 13], [[14], [23, 24, 25], [8, 9]]),
+    ([22], [[23, 24, 25, 26, 27, 28]]),
+]
 
 
 def _padded_logps(model: torch.nn.Module) -> Tensor:

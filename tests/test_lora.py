@@ -1,4 +1,5 @@
 """LoRA adapters: only they train, and the merged export equals the adapted model."""
+
 from __future__ import annotations
 
 import torch
@@ -13,7 +14,9 @@ from training.lora import export_merged, with_lora
 def test_only_adapters_train_and_the_merged_export_scores_like_the_adapted_model(tmp_path):
     base_dir = save_own_model(tmp_path / "base", "qwen2", "chatml")
     tok = tokenizer_like("chatml")
-    model = with_lora(build_model("qwen2", len(tok), tokenizer=tok), LoraConfig(rank=4, target_modules=["q_proj", "v_proj"]))
+    model = with_lora(
+        build_model("qwen2", len(tok), tokenizer=tok), LoraConfig(rank=4, target_modules=["q_proj", "v_proj"])
+    )
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
     with torch.no_grad():  # move the adapters away from their zero start so the merge has something to carry

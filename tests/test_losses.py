@@ -218,8 +218,12 @@ def test_swepo_all_equal_scores_is_invalid() -> None:
 
 def test_swepo_equal_real_scores_with_padding_is_invalid() -> None:
     # The padded score differs, but padding must not create a positive.
-    out = swepo_loss(A_POLICY[:, :3], A_REF[:, :3], torch.tensor([[1.0, 1.0, 9.0]], dtype=D),
-                     mask=torch.tensor([[True, True, False]]))
+    out = swepo_loss(
+        A_POLICY[:, :3],
+        A_REF[:, :3],
+        torch.tensor([[1.0, 1.0, 9.0]], dtype=D),
+        mask=torch.tensor([[True, True, False]]),
+    )
     assert out.valid.tolist() == [False]
 
 
@@ -244,9 +248,9 @@ LOSSES_WITH_SCORES: dict[str, Callable[..., Tensor]] = {
     "nca": lambda lp, ref, s, m: nca_loss(lp, ref, s, mask=m).losses,
     "cpo": lambda lp, ref, s, m: cpo_loss(lp, ref, mask=m).losses,
     # Padding placed in the middle of the ranking must be skipped too.
-    "cpo_ranked": lambda lp, ref, s, m: cpo_loss(
-        lp, ref, mask=m, order=torch.tensor([[0, 3, 4, 1, 2]] * lp.shape[0])[:, : lp.shape[1]]
-    ).losses,
+    "cpo_ranked": lambda lp, ref, s, m: (
+        cpo_loss(lp, ref, mask=m, order=torch.tensor([[0, 3, 4, 1, 2]] * lp.shape[0])[:, : lp.shape[1]]).losses
+    ),
 }
 
 
@@ -328,7 +332,7 @@ def test_swepo_equal_float32_scores_have_no_positive():
         assert not out.valid.any() and out.losses.item() == 0.0
 
 
-# ---------------------------------------------------------------- length-normalised rewards (train.reward_normalization)
+# ------------------------------------------------------------- length-normalised rewards (train.reward_normalization)
 
 # Token counts of the four responses of inputs A: under "mean", summed log-probs of n * A give the rewards of A.
 A_TOKENS = torch.tensor([[3.0, 5.0, 2.0, 4.0]], dtype=D)
@@ -346,9 +350,15 @@ def test_golden_values_hold_under_mean_for_length_scaled_inputs() -> None:
     close(nca_loss(policy, ref, A_SCORES, beta=0.1, temperature=1.0).losses, [1.344356])
     close(cpo_loss(policy, ref, beta=0.1, order=torch.tensor([[0, 1, 2, 3]])).losses, [3.042241])
     # DPO on responses 0 and 1 (3 and 5 tokens), by hand: beta * ((-30 + 33) / 3 - (-60 + 55) / 5) = 0.2
-    close(dpo_loss(policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], beta=0.1).losses, [-math.log(1 / (1 + math.exp(-0.2)))])
+    close(
+        dpo_loss(policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], beta=0.1).losses,
+        [-math.log(1 / (1 + math.exp(-0.2)))],
+    )
     # the same summed inputs under "sum" are another loss entirely
-    assert abs(float(dpo_loss(*(A_POLICY * A_TOKENS)[:, :2].T, *(A_REF * A_TOKENS)[:, :2].T, beta=0.1).losses) - 0.598139) > 0.01
+    assert (
+        abs(float(dpo_loss(*(A_POLICY * A_TOKENS)[:, :2].T, *(A_REF * A_TOKENS)[:, :2].T, beta=0.1).losses) - 0.598139)
+        > 0.01
+    )
 
 
 def test_golden_rpo_under_mean() -> None:
@@ -362,16 +372,27 @@ def test_golden_rpo_under_mean() -> None:
 def test_length_penalty_is_r_dpo() -> None:
     tc = TrainConfig(beta=0.1, length_penalty=0.01)
     n = torch.tensor([[3.0, 5.0]], dtype=D)
-    policy, ref = implicit_logps(tc, torch.tensor([[-10.0, -12.0]], dtype=D), torch.tensor([[-11.0, -11.0]], dtype=D), n)
+    policy, ref = implicit_logps(
+        tc, torch.tensor([[-10.0, -12.0]], dtype=D), torch.tensor([[-11.0, -11.0]], dtype=D), n
+    )
     # R-DPO: -log sigmoid(beta * (1 - (-1)) - alpha * (3 - 5)) = -log sigmoid(0.22)
-    close(dpo_loss(policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], beta=0.1).losses, [-math.log(1 / (1 + math.exp(-0.22)))])
+    close(
+        dpo_loss(policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], beta=0.1).losses,
+        [-math.log(1 / (1 + math.exp(-0.22)))],
+    )
 
 
 @pytest.mark.parametrize("loss", ["swepo", "cpo", "infonca", "nca"])
 def test_gradcheck_under_mean(loss: str) -> None:
     counts = torch.tensor([[3.0, 5.0, 2.0, 4.0], [1.0, 7.0, 2.0, 0.0], [4.0, 4.0, 0.0, 0.0]], dtype=D)
-    fns = {"swepo": lambda lp, ref: swepo_loss(lp, ref, SCORES, MASK),
-           "cpo": lambda lp, ref: cpo_loss(lp, ref, mask=MASK),
-           "infonca": lambda lp, ref: infonca_loss(lp, ref, SCORES, mask=MASK),
-           "nca": lambda lp, ref: nca_loss(lp, ref, SCORES, mask=MASK)}
-    _gradcheck(lambda lp, ref: fns[loss](*implicit_logps(MEAN, lp, ref, counts)).losses, _rand(B, K, seed=1), _rand(B, K, seed=2))
+    fns = {
+        "swepo": lambda lp, ref: swepo_loss(lp, ref, SCORES, MASK),
+        "cpo": lambda lp, ref: cpo_loss(lp, ref, mask=MASK),
+        "infonca": lambda lp, ref: infonca_loss(lp, ref, SCORES, mask=MASK),
+        "nca": lambda lp, ref: nca_loss(lp, ref, SCORES, mask=MASK),
+    }
+    _gradcheck(
+        lambda lp, ref: fns[loss](*implicit_logps(MEAN, lp, ref, counts)).losses,
+        _rand(B, K, seed=1),
+        _rand(B, K, seed=2),
+    )

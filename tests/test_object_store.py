@@ -1,5 +1,6 @@
 """output_dir in an object store: a real S3 server (SeaweedFS, tests/s3_server.py) holds the shards, the manifest,
 checkpoints, reports and logs; a store that cannot be used fails before any work, naming the URI."""
+
 from __future__ import annotations
 
 import json
@@ -25,19 +26,33 @@ from training.group_reader import GroupReader
 
 def _rows(groups: int, per_group: int = 3) -> pd.DataFrame:
     n = groups * per_group
-    return pd.DataFrame({
-        "id": [f"r{i}" for i in range(n)], "prompt": [f"p{i}" for i in range(n)],
-        "responses": [["x", "y"]] * n, "origins": [["chosen", "rejected"]] * n, "scores": [[1.0, 0.0]] * n,
-        "source": "s", "row": list(range(n)), "group_id": [i // per_group for i in range(n)],
-        "group_position": [i % per_group for i in range(n)], "group_size": per_group,
-        "group_similarity": [[1.0] * per_group] * n,
-        "prompt_ids": [[1, 2, 3]] * n, "response_ids": [[[4, 5], [6]]] * n, "ref_logps": [[-1.0, -2.0]] * n,
-    })
+    return pd.DataFrame(
+        {
+            "id": [f"r{i}" for i in range(n)],
+            "prompt": [f"p{i}" for i in range(n)],
+            "responses": [["x", "y"]] * n,
+            "origins": [["chosen", "rejected"]] * n,
+            "scores": [[1.0, 0.0]] * n,
+            "source": "s",
+            "row": list(range(n)),
+            "group_id": [i // per_group for i in range(n)],
+            "group_position": [i % per_group for i in range(n)],
+            "group_size": per_group,
+            "group_similarity": [[1.0] * per_group] * n,
+            "prompt_ids": [[1, 2, 3]] * n,
+            "response_ids": [[[4, 5], [6]]] * n,
+            "ref_logps": [[-1.0, -2.0]] * n,
+        }
+    )
 
 
 def _store(s3_server, uri: str) -> storage.Store:
-    return storage.at(uri, StorageConfig(endpoint_url=s3_server.endpoint, region=REGION,
-                                         access_key_id=WRITER[0], secret_access_key=WRITER[1]))
+    return storage.at(
+        uri,
+        StorageConfig(
+            endpoint_url=s3_server.endpoint, region=REGION, access_key_id=WRITER[0], secret_access_key=WRITER[1]
+        ),
+    )
 
 
 def test_the_manifest_and_shards_in_a_bucket_are_verified_by_sha256_and_read_by_row_group(s3_server, tmp_path):
@@ -46,7 +61,8 @@ def test_the_manifest_and_shards_in_a_bucket_are_verified_by_sha256_and_read_by_
     manifest, notes = Manifest.open(shards, "h1")
     assert not notes and not manifest.shards
     manifest.total_shards = 2
-    frames = [_rows(30).assign(group_id=lambda f: f["group_id"] + 100 * k, id=lambda f: f["id"] + f"-{k}") for k in range(2)]
+    frames = [_rows(30) for _ in range(2)]
+    frames = [f.assign(group_id=f["group_id"] + 100 * k, id=f["id"] + f"-{k}") for k, f in enumerate(frames)]
     for k, frame in enumerate(frames):
         manifest.add(k, frame, {})
     assert {i.split("/")[-1] for i in shards.files()} == {"manifest.json", "shard-0.parquet", "shard-1.parquet"}
@@ -84,8 +100,10 @@ def test_a_uri_scheme_the_project_cannot_store_to_is_refused_by_name():
 
 
 def test_credentials_from_the_config_never_appear_in_its_dump():
-    cfg = load_config(ROOT / "configs/tiny.yaml", ["output_dir=s3://bucket/run", f"storage.access_key_id={WRITER[0]}",
-                                                   f"storage.secret_access_key={WRITER[1]}"])
+    cfg = load_config(
+        ROOT / "configs/tiny.yaml",
+        ["output_dir=s3://bucket/run", f"storage.access_key_id={WRITER[0]}", f"storage.secret_access_key={WRITER[1]}"],
+    )
     dumped = json.dumps(cfg.model_dump(mode="json"))
     assert WRITER[1] not in dumped and WRITER[0] not in dumped
     assert cfg.storage.secret_access_key.get_secret_value() == WRITER[1]
@@ -96,8 +114,14 @@ def test_credentials_from_the_config_never_appear_in_its_dump():
 def _prepare(s3_server, uri: str, tmp_path, keys) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | s3_server.env(keys)
     sets = [a for o in (f"output_dir={uri}", f"storage.staging_dir={tmp_path / 'staged'}") for a in ("--set", o)]
-    return subprocess.run([sys.executable, "-m", "jobs.prepare", "--config", "configs/tiny.yaml", *sets], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "jobs.prepare", "--config", "configs/tiny.yaml", *sets],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.parametrize("case", ["no such bucket", "no credentials", "read-only prefix"])
@@ -118,7 +142,7 @@ def test_a_store_that_cannot_be_written_fails_before_any_work_naming_the_uri(s3_
     assert WRITER[1] not in proc.stdout + proc.stderr and READER[1] not in proc.stdout + proc.stderr
 
 
-# --- end to end on the bucket (slow): prepare killed and resumed, training killed and restored, evaluation -------------
+# --- end to end on the bucket (slow): prepare killed and resumed, training killed and restored, evaluation ------------
 
 CHEAP = ["prepare.max_rows=48", "prepare.negatives.autoregressive=0", "prepare.shard_groups=1", "prepare.batch_size=8"]
 STEPS = 24
@@ -126,8 +150,15 @@ STEPS = 24
 
 def _job(job: str, overrides: list[str], env: dict, wait: bool = True):
     sets = [a for o in overrides for a in ("--set", o)]
-    proc = subprocess.Popen([sys.executable, "-m", f"jobs.{job}", "--config", "configs/tiny.yaml", *sets], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", f"jobs.{job}", "--config", "configs/tiny.yaml", *sets],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     if not wait:
         return proc
     output, _ = proc.communicate(timeout=1500)
@@ -171,17 +202,23 @@ def _registered_checkpoint(ray_dir: storage.Store) -> bool:
 
 
 @pytest.mark.slow
-def test_prepare_train_and_evaluate_on_s3_survive_a_killed_prepare_and_a_killed_training(s3_server, tiny_model_dir, tmp_path):
+def test_prepare_train_and_evaluate_on_s3_survive_a_killed_prepare_and_a_killed_training(
+    s3_server, tiny_model_dir, tmp_path
+):
     s3_server.create_bucket("runs")
     uri, staging = "s3://runs/tiny-e2e", tmp_path / "staged"
     run = _store(s3_server, uri)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | s3_server.env()  # keys from the environment
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("AWS_")
+    } | s3_server.env()  # keys from the environment
     settings = [f"output_dir={uri}", f"storage.staging_dir={staging}", f"model.policy_dir={tiny_model_dir}", *CHEAP]
 
     # the same prepare on disk, uninterrupted: what the bucket must end up holding
     _job("prepare", [f"output_dir={tmp_path / 'local'}", f"model.policy_dir={tiny_model_dir}", *CHEAP], env)
-    expected = {name: (tmp_path / "local/prepare/shards" / name).read_bytes() for name in
-                json.loads((tmp_path / "local/prepare/shards/manifest.json").read_text())["shards"]}
+    expected = {
+        name: (tmp_path / "local/prepare/shards" / name).read_bytes()
+        for name in json.loads((tmp_path / "local/prepare/shards/manifest.json").read_text())["shards"]
+    }
     assert len(expected) == 24
 
     # prepare on the bucket, its driver killed after the first committed shard
@@ -193,7 +230,9 @@ def test_prepare_train_and_evaluate_on_s3_survive_a_killed_prepare_and_a_killed_
     assert 0 < len(committed) < 24, f"the kill came too late to test anything ({len(committed)} shards committed)"
     shutil.rmtree(staging)  # resumed from another machine: nothing local survives
     output = _job("prepare", settings, env)
-    assert f"{len(committed)} shards written earlier match the manifest's SHA-256 in {uri}/prepare/shards: kept" in output
+    assert (
+        f"{len(committed)} shards written earlier match the manifest's SHA-256 in {uri}/prepare/shards: kept" in output
+    )
     report = json.loads((run / "prepare" / "report.json").read_text())
     assert report["shards_dir"] == f"{uri}/prepare/shards" and report["rows_out"] == 48
     entries = json.loads(manifest.read_text())["shards"]
@@ -223,13 +262,29 @@ def test_prepare_train_and_evaluate_on_s3_survive_a_killed_prepare_and_a_killed_
     # evaluation on a bare machine, with the keys in the config instead: the policy comes from the bucket
     shutil.rmtree(staging)
     keyless = {k: v for k, v in env.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
-    _job("evaluate", [*settings, f"storage.endpoint_url={s3_server.endpoint}", f"storage.region={REGION}",
-                      f"storage.access_key_id={WRITER[0]}", f"storage.secret_access_key={WRITER[1]}"], keyless)
+    _job(
+        "evaluate",
+        [
+            *settings,
+            f"storage.endpoint_url={s3_server.endpoint}",
+            f"storage.region={REGION}",
+            f"storage.access_key_id={WRITER[0]}",
+            f"storage.secret_access_key={WRITER[1]}",
+        ],
+        keyless,
+    )
     evaluated = json.loads((run / "evaluate" / "report.json").read_text())
     assert evaluated["reference_implicit_accuracy"] == 0.5
     held = run.files()
-    for name in ("evaluate/before_after.png", "evaluate/reward_margins.png", "evaluate/training_curves.png",
-                 "evaluate/logs/evaluate.log", "train/logs/train.log", "prepare/logs/prepare.log", "train/tensorboard"):
+    for name in (
+        "evaluate/before_after.png",
+        "evaluate/reward_margins.png",
+        "evaluate/training_curves.png",
+        "evaluate/logs/evaluate.log",
+        "train/logs/train.log",
+        "prepare/logs/prepare.log",
+        "train/tensorboard",
+    ):
         assert any(path.startswith(name) for path in held), name
     # the secret key is in no report, log or other file, in the bucket or on disk
     for path in held:

@@ -4,6 +4,7 @@ TRL computes its loss inside ``DPOTrainer._compute_loss`` from the model's per-t
 method itself on a stand-in trainer and model that hand it fixed per-token log-probs, and the project's objective on
 the same values, summed per response as its log-prob code does.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -20,27 +21,59 @@ trl_dpo = pytest.importorskip("trl.trainer.dpo_trainer")
 B, T = 4, 7  # pairs, tokens per padded sequence (prompt then completion)
 
 
-def _trl_loss(loss_type: str, per_token: torch.Tensor, completion: torch.Tensor, ref_chosen: torch.Tensor,
-              ref_rejected: torch.Tensor, beta: float, label_smoothing: float) -> float:
+def _trl_loss(
+    loss_type: str,
+    per_token: torch.Tensor,
+    completion: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float,
+    label_smoothing: float,
+) -> float:
     """TRL's loss for ``[2B, T]`` per-token log-probs (chosen rows first, zero outside the completion)."""
     zeros = torch.zeros_like(per_token)
-    model = lambda **_: SimpleNamespace(log_probs=per_token[:, 1:], entropy=zeros, mean_logits=zeros,  # noqa: E731
-                                        is_top1=zeros.bool())
+
+    def model(**_):
+        return SimpleNamespace(log_probs=per_token[:, 1:], entropy=zeros, mean_logits=zeros, is_top1=zeros.bool())
+
     accelerator = SimpleNamespace(device="cpu", gather=lambda x: x, gather_for_metrics=lambda x: x)
     trainer = SimpleNamespace(
-        model=SimpleNamespace(training=True), accelerator=accelerator, aux_loss_enabled=False, ld_alpha=None,
-        precompute_ref_logps=True, f_divergence_type="reverse_kl", loss_types=[loss_type], loss_weights=[1.0],
-        beta=beta, label_smoothing=label_smoothing, use_weighting=False, _metrics=defaultdict(lambda: defaultdict(list)),
-        _total_train_tokens=0, _tp_size=1)
-    inputs = {"input_ids": torch.ones(2 * B, T, dtype=torch.long), "attention_mask": torch.ones(2 * B, T, dtype=torch.long),
-              "completion_mask": completion, "ref_chosen_logps": ref_chosen, "ref_rejected_logps": ref_rejected}
+        model=SimpleNamespace(training=True),
+        accelerator=accelerator,
+        aux_loss_enabled=False,
+        ld_alpha=None,
+        precompute_ref_logps=True,
+        f_divergence_type="reverse_kl",
+        loss_types=[loss_type],
+        loss_weights=[1.0],
+        beta=beta,
+        label_smoothing=label_smoothing,
+        use_weighting=False,
+        _metrics=defaultdict(lambda: defaultdict(list)),
+        _total_train_tokens=0,
+        _tp_size=1,
+    )
+    inputs = {
+        "input_ids": torch.ones(2 * B, T, dtype=torch.long),
+        "attention_mask": torch.ones(2 * B, T, dtype=torch.long),
+        "completion_mask": completion,
+        "ref_chosen_logps": ref_chosen,
+        "ref_rejected_logps": ref_rejected,
+    }
     return float(trl_dpo.DPOTrainer._compute_loss(trainer, model, inputs, return_outputs=False))
 
 
-@pytest.mark.parametrize("loss, loss_type, normalization", [
-    ("dpo", "sigmoid", "sum"), ("dpo", "sigmoid_norm", "mean"), ("ipo", "ipo", "mean"), ("hinge", "hinge", "sum"),
-    ("robust_dpo", "robust", "sum"), ("nca_pair", "nca_pair", "sum"),
-])
+@pytest.mark.parametrize(
+    "loss, loss_type, normalization",
+    [
+        ("dpo", "sigmoid", "sum"),
+        ("dpo", "sigmoid_norm", "mean"),
+        ("ipo", "ipo", "mean"),
+        ("hinge", "hinge", "sum"),
+        ("robust_dpo", "robust", "sum"),
+        ("nca_pair", "nca_pair", "sum"),
+    ],
+)
 def test_pairwise_loss_equals_trl(loss, loss_type, normalization):
     g = torch.Generator().manual_seed(7)
     lengths = torch.tensor([2, 5, 3, 6, 4, 1, 6, 2])  # completion tokens of the 2B sequences

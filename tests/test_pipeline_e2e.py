@@ -1,5 +1,6 @@
 """The real pipeline on a local Ray cluster with a tiny model: SFT (Ray Train + DeepSpeed), prepare
 (Ray Data + vLLM + sentence-transformers), train (Ray Train + DeepSpeed). CI runs this module."""
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,8 @@ MARGIN = 0.08  # held-out implicit-reward accuracy gained by training (measured 
 
 @pytest.fixture
 def in_process_ray():
-    """Ray started in this process (the evaluation's actors) is shut down after the test: later modules start their own."""
+    """Ray started in this process (the evaluation's actors) is shut down after the test: later modules start their
+    own."""
     import ray
 
     yield
@@ -103,8 +105,13 @@ def test_prepare_resumes_and_reproduces_the_same_shards(run_dir, prepare_report)
     assert pq.read_table(shards / sorted(before)[0]).num_rows > 0
 
 
-TRAIN = ["train.loss=swepo", "train.steps=24", "train.lr=3e-3", "train.checkpoint_every=12",
-         "tracking.report_to=[tensorboard,mlflow,wandb]"]
+TRAIN = [
+    "train.loss=swepo",
+    "train.steps=24",
+    "train.lr=3e-3",
+    "train.checkpoint_every=12",
+    "tracking.report_to=[tensorboard,mlflow,wandb]",
+]
 
 
 def test_training_learns_what_the_rewards_say(run_dir, prepare_report):
@@ -117,7 +124,7 @@ def test_training_learns_what_the_rewards_say(run_dir, prepare_report):
     assert (run_dir / "train" / "policy" / "config.json").is_file()
     lines = (run_dir / "train" / "metrics.csv").read_text().splitlines()
     assert lines[0].startswith("step,loss,accuracy") and len(lines) == 25
-    # The console: the start line, progress lines (step 1, every tenth, the end), the report; library chatter in the log.
+    # The console: the start line, progress lines (step 1, every tenth, the end), the report; library chatter: the log.
     shown = console.splitlines()
     assert shown[0].startswith("[train] tiny: swepo on the toy model: 24 steps") and len(shown) <= 25, console
     assert [line for line in shown if "24/24 steps" in line and line.startswith("[train] [####")], console
@@ -169,8 +176,11 @@ def test_trackers_hold_the_heldout_accuracy_tensorboard_mlflow_and_wandb(run_dir
     assert client.get_run(run_id).info.status == "FINISHED"
 
     (run_file,) = (run_dir / "train" / "wandb").glob("offline-run-*/run-*.wandb")
-    rows = [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
-            for r in _wandb_records(run_file) if r.WhichOneof("record_type") == "history"]
+    rows = [
+        {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
+        for r in _wandb_records(run_file)
+        if r.WhichOneof("record_type") == "history"
+    ]
     held = [(row["_step"], row["heldout/accuracy"]) for row in rows if "heldout/accuracy" in row]
     assert held[-1] == (24, pytest.approx(end, abs=1e-6)) and len([r for r in rows if "train/loss" in r]) == 24
 
@@ -179,14 +189,26 @@ def test_evaluate_scores_reference_and_policy_and_draws_the_plots(run_dir, prepa
     if not (run_dir / "train" / "policy" / "config.json").is_file():
         run_job("train", run_dir, *TRAIN)
     report = run_job("evaluate", run_dir)
-    assert {f"{who}_{m}" for who in ("reference", "policy") for m in ("exact_match", "mean_reward", "slip_rate")} <= set(report)
+    assert {
+        f"{who}_{m}" for who in ("reference", "policy") for m in ("exact_match", "mean_reward", "slip_rate")
+    } <= set(report)
     assert report["policy_implicit_accuracy"] >= report["reference_implicit_accuracy"] + MARGIN  # the trained policy
-    assert report["heldout_prompts"] == 32 and set(report["exact_match_by_family"]) == {"add", "sort", "copy", "upper", "max", "count"}
+    assert report["heldout_prompts"] == 32 and set(report["exact_match_by_family"]) == {
+        "add",
+        "sort",
+        "copy",
+        "upper",
+        "max",
+        "count",
+    }
     # A policy equal to its reference would score exactly 0.5; the reference itself does.
     assert report["reference_implicit_accuracy"] == pytest.approx(0.5)
     for path in report["figures"].values():
         assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert json.loads((run_dir / "evaluate" / "report.json").read_text())["policy_exact_match"] == report["policy_exact_match"]
+    assert (
+        json.loads((run_dir / "evaluate" / "report.json").read_text())["policy_exact_match"]
+        == report["policy_exact_match"]
+    )
 
 
 def test_evaluation_loads_no_model_in_the_driver(run_dir, monkeypatch, in_process_ray):

@@ -1,4 +1,5 @@
 """GGUF files become save_pretrained directories that compute what transformers' own GGUF load computes."""
+
 from __future__ import annotations
 
 import json
@@ -22,16 +23,22 @@ def _summed_response_logps(model, ids: list[int], prompt_len: int) -> float:
 
 def test_converted_smollm2_computes_what_transformers_gguf_load_computes(smollm2_dir):
     source = gguf_source("smollm2-135m-instruct")
-    direct = AutoModelForCausalLM.from_pretrained(source.path.parent, gguf_file=source.path.name, dtype=torch.float32).eval()
+    direct = AutoModelForCausalLM.from_pretrained(
+        source.path.parent, gguf_file=source.path.name, dtype=torch.float32
+    ).eval()
     converted = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is 17 plus 25?\nReply with the number only."}],
-                                           add_generation_prompt=True, tokenize=False)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 17 plus 25?\nReply with the number only."}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     for response in ("42", "17 + 25 = 42."):
         ids = prompt_ids + tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         assert _summed_response_logps(converted, ids, len(prompt_ids)) == pytest.approx(
-            _summed_response_logps(direct, ids, len(prompt_ids)), abs=1e-5)
+            _summed_response_logps(direct, ids, len(prompt_ids)), abs=1e-5
+        )
     # the tokenizer, its chat template and end of turn came along
     assert tokenizer.eos_token == "<|im_end|>" and "<|im_start|>assistant" in prompt
     record = json.loads((smollm2_dir / "gguf_source.json").read_text())

@@ -1,5 +1,6 @@
 """Sources through Ray Data's read tasks and the checking stage give what the in-process reader gives: the same
 records, row numbers, skip reasons and messages (every ../shared/data file, Parquet row groups, HF Arrow files)."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,8 @@ import pytest
 import ray
 
 from configs.schema import load_config
-from pipeline.read import OTHER_SPLIT, read_checked, source_pieces
 from pipeline.graph import user_error
+from pipeline.read import OTHER_SPLIT, read_checked, source_pieces
 from pipeline.sources import SourceError, read_source
 from tests.conftest import ROOT, SHARED_DATA
 
@@ -28,7 +29,12 @@ def local_ray():
 
 
 def _through_ray(source: Path, **data) -> tuple[list[dict], Counter, dict]:
-    sets = [f"data.source={source}", "data.chat_template=none", "prepare.max_rows=null", *(f"data.{k}={v}" for k, v in data.items())]
+    sets = [
+        f"data.source={source}",
+        "data.chat_template=none",
+        "prepare.max_rows=null",
+        *(f"data.{k}={v}" for k, v in data.items()),
+    ]
     cfg = load_config(ROOT / "configs/tiny.yaml", sets)
     ds, _ = read_checked(cfg, "unused: no chat template")
     rows = sorted(ds.take_all(), key=lambda r: r["row"])
@@ -45,8 +51,9 @@ def _same_as_read_source(source: Path, **kwargs) -> None:
     expected = table.to_pylist()
     assert [r["row"] for r in good] == [r["row"] for r in expected]
     for got, want in zip(good, expected):
-        assert {k: got[k] for k in ("id", "prompt", "responses", "origins", "source")} == \
-               {k: want[k] for k in ("id", "prompt", "responses", "origins", "source")}
+        assert {k: got[k] for k in ("id", "prompt", "responses", "origins", "source")} == {
+            k: want[k] for k in ("id", "prompt", "responses", "origins", "source")
+        }
         assert (got["scores"] or None) == want["scores"]
     filtered = skipped.pop(OTHER_SPLIT, 0)
     assert filtered == report.filtered and dict(skipped) == report.skipped
@@ -64,9 +71,15 @@ def test_every_shared_data_file_reads_the_same_through_ray_data(name):
 
 
 def test_bad_rows_get_the_readers_reasons_and_messages(tmp_path):
-    lines = [json.dumps({"prompt": "p1", "chosen": "a", "rejected": "b"}), "{not json", "",
-             json.dumps({"prompt": "", "chosen": "a", "rejected": "b"}), json.dumps([1, 2]),
-             json.dumps({"prompt": "p5", "chosen": "a", "rejected": ""}), json.dumps({"prompt": "p6", "chosen": "a", "rejected": "b"})]
+    lines = [
+        json.dumps({"prompt": "p1", "chosen": "a", "rejected": "b"}),
+        "{not json",
+        "",
+        json.dumps({"prompt": "", "chosen": "a", "rejected": "b"}),
+        json.dumps([1, 2]),
+        json.dumps({"prompt": "p5", "chosen": "a", "rejected": ""}),
+        json.dumps({"prompt": "p6", "chosen": "a", "rejected": "b"}),
+    ]
     path = tmp_path / "bad.jsonl"
     path.write_text("\n".join(lines) + "\n")
     _same_as_read_source(path)
@@ -78,7 +91,9 @@ def test_bad_rows_get_the_readers_reasons_and_messages(tmp_path):
 
 
 def test_user_error_unwraps_only_bad_input_and_keeps_other_failures_whole():
-    bad = SourceError("data.jsonl row 3, field 'prompt': empty", path="data.jsonl", row=3, field="prompt", reason="empty")
+    bad = SourceError(
+        "data.jsonl row 3, field 'prompt': empty", path="data.jsonl", row=3, field="prompt", reason="empty"
+    )
     wrapped = RuntimeError("worker failed")
     wrapped.__cause__ = bad
     assert user_error(wrapped) is bad
@@ -90,8 +105,12 @@ def test_user_error_unwraps_only_bad_input_and_keeps_other_failures_whole():
 
 
 def test_format_detection_matches_the_reader_when_the_first_rows_are_bad(tmp_path):
-    lines = ["[]", json.dumps({"question": "x"}), json.dumps({"prompt": "p", "responses": ["a", "b"], "scores": [1, 2]}),
-             json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"})]
+    lines = [
+        "[]",
+        json.dumps({"question": "x"}),
+        json.dumps({"prompt": "p", "responses": ["a", "b"], "scores": [1, 2]}),
+        json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}),
+    ]
     path = tmp_path / "late.jsonl"
     path.write_text("\n".join(lines) + "\n")
     _same_as_read_source(path)

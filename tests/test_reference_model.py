@@ -1,4 +1,5 @@
 """The reference model's artifacts: tokenizer round trip, save_pretrained, and generation through vLLM."""
+
 from __future__ import annotations
 
 import subprocess
@@ -48,7 +49,8 @@ def test_saved_model_generates_through_vllm_like_transformers(tiny_model_dir, tm
 
     # vLLM starts its engine in a spawned process: run it as a script with a __main__ guard.
     script = tmp_path / "gen.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import json, vllm
         from actors.generator import VLLMNegatives
         from configs.schema import NegativesConfig, VLLMConfig
@@ -60,10 +62,11 @@ def test_saved_model_generates_through_vllm_like_transformers(tiny_model_dir, tm
             many = [sampler.tokenizer.encode(f"Compute the sum {{i}} + {{i + 7}}.\\nAnswer: ") for i in range(96)]
             first, again = sampler._sample(many, list(range(96))), sampler._sample(many, list(range(96)))
             print("RESULT" + json.dumps({{"greedy": greedy, "samples": first, "again": again}}))
-    """))
+    """)
+    )
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT"))
+    line = next(out for out in proc.stdout.splitlines() if out.startswith("RESULT"))
     import json
 
     got = json.loads(line[len("RESULT") :])

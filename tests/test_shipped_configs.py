@@ -1,6 +1,7 @@
 """Every shipped config runs as written, end to end (`python -m jobs.run`), on a small slice: only the output
 directory, the slice sizes and, where a config points at a model or data made by another command, those paths
 are overridden. Slow (about 25 minutes in all); `make test-all` runs it."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,12 +13,23 @@ from tests.zoo import save_own_model, write_task_as_chat
 
 pytestmark = pytest.mark.slow
 
-SLICE = ["prepare.max_rows=24", "train.steps=2", "train.checkpoint_every=2", "train.batch_groups=2", "train.micro_groups=1",
-         "train.heldout_fraction=0.3", "evaluate.max_prompts=4", "evaluate.max_new_tokens=8"]
+SLICE = [
+    "prepare.max_rows=24",
+    "train.steps=2",
+    "train.checkpoint_every=2",
+    "train.batch_groups=2",
+    "train.micro_groups=1",
+    "train.heldout_fraction=0.3",
+    "evaluate.max_prompts=4",
+    "evaluate.max_new_tokens=8",
+]
 TOY = ["sft.steps=10", "task.n_train=400", "task.n_heldout=16"]
 # bench: tests/test_benchmarks.py; the GPU layouts: make gpu-check, and their resources in tests/test_devices.py
-CONFIGS = sorted(p.name for p in (ROOT / "configs").glob("*.yaml")
-                 if p.name not in ("bench.yaml", "gpu_single.yaml", "cluster_example.yaml"))
+CONFIGS = sorted(
+    p.name
+    for p in (ROOT / "configs").glob("*.yaml")
+    if p.name not in ("bench.yaml", "gpu_single.yaml", "cluster_example.yaml")
+)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -33,7 +45,8 @@ def test_shipped_config_runs_end_to_end(name, tmp_path, request):
     else:
         sets += TOY
     if cfg.data.source and cfg.data.source.startswith("runs/own_model/"):
-        sets.append(f"data.source={write_task_as_chat(tmp_path / Path(cfg.data.source).name, n_train=200, pairs='pairs' in cfg.data.source)}")
+        chat = write_task_as_chat(tmp_path / Path(cfg.data.source).name, n_train=200, pairs="pairs" in cfg.data.source)
+        sets.append(f"data.source={chat}")
     elif cfg.data.source and not (ROOT / cfg.data.source).exists():
         pytest.skip(f"{cfg.data.source} is not here (../shared/data)")
     assert SHARED_DATA.is_dir() or not cfg.data.source or "shared" not in cfg.data.source

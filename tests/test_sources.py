@@ -715,9 +715,7 @@ MALFORMED: list[tuple[str, list[Any], str, str, dict[str, Any]]] = [
 @pytest.mark.parametrize(
     ("rows", "reason", "field", "kwargs"), [c[1:] for c in MALFORMED], ids=[c[0] for c in MALFORMED]
 )
-def test_malformed_row_raises(
-    tmp_path: Path, rows: list[Any], reason: str, field: str, kwargs: dict[str, Any]
-) -> None:
+def test_malformed_row_raises(tmp_path: Path, rows: list[Any], reason: str, field: str, kwargs: dict[str, Any]) -> None:
     path = write_jsonl(tmp_path / "data.jsonl", rows)
     with pytest.raises(SourceError) as info:
         read_source(path, **kwargs)

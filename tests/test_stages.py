@@ -1,4 +1,5 @@
 """Prepare-job stages alone (no cluster): negatives, groups, SWEPO statistics, ranks, shards."""
+
 from __future__ import annotations
 
 import json
@@ -46,10 +47,20 @@ def test_meanfield_samples_follow_the_model_distribution():
 
 
 def _fixed_distribution_model(path, tokenizer, target: dict[int, float]):
-    """A Llama whose next-token distribution is ``target`` whatever the context (residual stream = one constant vector)."""
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=False,
-                      pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    """A Llama whose next-token distribution is ``target`` whatever the context (residual stream = one constant
+    vector)."""
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     model = LlamaForCausalLM(cfg)
     with torch.no_grad():
         for p in model.model.layers.parameters():
@@ -65,15 +76,17 @@ def _fixed_distribution_model(path, tokenizer, target: dict[int, float]):
 
 
 def _batch(tokenizer, prompts, responses, origins=None):
-    rows = pd.DataFrame({
-        "id": [f"r{i}" for i in range(len(prompts))],
-        "prompt": prompts,
-        "responses": [[r] for r in responses],
-        "origins": origins or [["ground_truth"] for _ in prompts],
-        "scores": [[] for _ in prompts],
-        "source": "test",
-        "row": range(1, len(prompts) + 1),
-    })
+    rows = pd.DataFrame(
+        {
+            "id": [f"r{i}" for i in range(len(prompts))],
+            "prompt": prompts,
+            "responses": [[r] for r in responses],
+            "origins": origins or [["ground_truth"] for _ in prompts],
+            "scores": [[] for _ in prompts],
+            "source": "test",
+            "row": range(1, len(prompts) + 1),
+        }
+    )
     return stages.tokenize_records(rows, tokenizer, max_length=256, on_overlength="skip")
 
 
@@ -124,8 +137,17 @@ def test_truncation_cuts_and_appends_eos():
 
 def test_over_length_rows_are_marked_or_fail(tiny_model_dir):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    rows = pd.DataFrame({"id": ["a", "b"], "prompt": ["short", "x" * 100], "responses": [["ok"], ["ok"]],
-                         "origins": [["ground_truth"]] * 2, "scores": [[], []], "source": "f.jsonl", "row": [1, 2]})
+    rows = pd.DataFrame(
+        {
+            "id": ["a", "b"],
+            "prompt": ["short", "x" * 100],
+            "responses": [["ok"], ["ok"]],
+            "origins": [["ground_truth"]] * 2,
+            "scores": [[], []],
+            "source": "f.jsonl",
+            "row": [1, 2],
+        }
+    )
     out = stages.tokenize_records(rows, tokenizer, max_length=50, on_overlength="skip")
     assert list(out["skip_reason"]) == ["", "over_length"]
     with pytest.raises(ValueError, match="f.jsonl row 2, field 'responses'"):
@@ -134,8 +156,17 @@ def test_over_length_rows_are_marked_or_fail(tiny_model_dir):
 
 def test_truncate_keeps_the_start_like_trl_and_skips_prompts_that_fill_the_context(tiny_model_dir):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    rows = pd.DataFrame({"id": ["a", "b"], "prompt": ["p" * 20, "x" * 60], "responses": [["r" * 40, "ok"], ["ok", "no"]],
-                         "origins": [["chosen", "rejected"]] * 2, "scores": [[], []], "source": "f.jsonl", "row": [1, 2]})
+    rows = pd.DataFrame(
+        {
+            "id": ["a", "b"],
+            "prompt": ["p" * 20, "x" * 60],
+            "responses": [["r" * 40, "ok"], ["ok", "no"]],
+            "origins": [["chosen", "rejected"]] * 2,
+            "scores": [[], []],
+            "source": "f.jsonl",
+            "row": [1, 2],
+        }
+    )
     out = stages.tokenize_records(rows, tokenizer, max_length=50, on_overlength="truncate")
     assert list(out["skip_reason"]) == ["", "prompt_over_length"]
     prompt, (long, short) = out["prompt_ids"].iloc[0], out["response_ids"].iloc[0]
@@ -145,21 +176,29 @@ def test_truncate_keeps_the_start_like_trl_and_skips_prompts_that_fill_the_conte
 
 
 def test_stored_swepo_columns_are_the_losses_formula_and_cosine_rank():
-    batch = pd.DataFrame({"scores": [[8, 6, 6.5, 3], [1.0, 1.0 + 1e-9]], "origins": [["dataset"] * 4, ["dataset"] * 2],
-                          "skip_reason": ["", ""]})
+    batch = pd.DataFrame(
+        {
+            "scores": [[8, 6, 6.5, 3], [1.0, 1.0 + 1e-9]],
+            "origins": [["dataset"] * 4, ["dataset"] * 2],
+            "skip_reason": ["", ""],
+        }
+    )
     out = stages.group_statistics(batch)
     assert out["deviation"].iloc[0] == pytest.approx([2.125, 0.125, 0.625, -2.875])
     assert out["log_weight"].iloc[0] == pytest.approx([2.125, 0.125, 0.625, 2.875])
     # the same function the loss uses: scores equal within its tie tolerance have no positive
-    _, positive = swepo_deviations(torch.tensor([[1.0, 1.0 + 1e-9]], dtype=torch.float64), torch.ones(1, 2, dtype=torch.bool))
+    _, positive = swepo_deviations(
+        torch.tensor([[1.0, 1.0 + 1e-9]], dtype=torch.float64), torch.ones(1, 2, dtype=torch.bool)
+    )
     assert not positive.any()
     emb = np.array([[1, 0], [0, 1], [0.9, 0.1], [0.5, 0.5]], dtype=float)
     assert stages.cosine_rank(emb, anchor=0) == [0, 2, 3, 1]
 
 
 def test_equal_scores_stay_for_the_losses_that_can_use_them():
-    batch = pd.DataFrame({"scores": [[1.0, 1.0], [2.0, 1.0]], "origins": [["chosen", "rejected"]] * 2,
-                          "skip_reason": ["", ""]})
+    batch = pd.DataFrame(
+        {"scores": [[1.0, 1.0], [2.0, 1.0]], "origins": [["chosen", "rejected"]] * 2, "skip_reason": ["", ""]}
+    )
     out = stages.group_statistics(batch)
     assert list(out["skip_reason"]) == ["", ""]  # SWEPO skips and counts them at training time
     assert out["deviation"].iloc[0] == pytest.approx([0.0, 0.0])
@@ -183,11 +222,21 @@ def test_programmatic_scorers_load_by_name():
 
 
 def test_manifest_resumes_only_verified_shards(tmp_path):
-    rows = pd.DataFrame({
-        "id": ["a", "b"], "prompt": ["p", "q"], "responses": [["x", "y"], ["z", "w"]],
-        "origins": [["chosen", "rejected"]] * 2, "scores": [[1.0, 0.0], []], "source": "s", "row": [1, 2],
-        "group_id": [0, 1], "group_position": [0, 0], "group_size": [1, 1], "group_similarity": [[1.0], [1.0]],
-    })
+    rows = pd.DataFrame(
+        {
+            "id": ["a", "b"],
+            "prompt": ["p", "q"],
+            "responses": [["x", "y"], ["z", "w"]],
+            "origins": [["chosen", "rejected"]] * 2,
+            "scores": [[1.0, 0.0], []],
+            "source": "s",
+            "row": [1, 2],
+            "group_id": [0, 1],
+            "group_position": [0, 0],
+            "group_size": [1, 1],
+            "group_similarity": [[1.0], [1.0]],
+        }
+    )
     m, notes = Manifest.open(tmp_path, "h1")
     m.total_shards = 2
     m.add("00000", rows.iloc[:1], {"rows_in": 1})
@@ -214,8 +263,14 @@ def test_a_rebuild_deletes_only_the_shard_files_the_manifest_names(tmp_path):
         path.write_bytes(data)
     (shards / "shard-00000.parquet").write_bytes(b"old shard")
     # a manifest edited by hand (or written by another tool) listing files that are not shards
-    listed = {"shard-00000.parquet": {"sha256": "x"}, "../policy.safetensors": {"sha256": "x"}, "notes.txt": {"sha256": "x"}}
-    (shards / "manifest.json").write_text(json.dumps({"schema_version": SCHEMA_VERSION, "config_hash": "old", "shards": listed}))
+    listed = {
+        "shard-00000.parquet": {"sha256": "x"},
+        "../policy.safetensors": {"sha256": "x"},
+        "notes.txt": {"sha256": "x"},
+    }
+    (shards / "manifest.json").write_text(
+        json.dumps({"schema_version": SCHEMA_VERSION, "config_hash": "old", "shards": listed})
+    )
     _, notes = Manifest.open(shards, "new-settings")
     assert "rebuilding" in notes[0] and not (shards / "shard-00000.parquet").exists()
     assert all(path.read_bytes() == data for path, data in keep.items())
@@ -227,8 +282,16 @@ def test_reward_model_actor_scores_every_response(tiny_model_dir, tmp_path):
     from actors.reward_model import RewardModelScores
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=2, num_labels=1, pad_token_id=tokenizer.pad_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(0)
     LlamaForSequenceClassification(cfg).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)

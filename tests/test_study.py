@@ -1,4 +1,5 @@
 """The study's config, arithmetic and validation split; the runner itself on the tiny config (slow)."""
+
 from __future__ import annotations
 
 import json
@@ -32,13 +33,17 @@ def test_paired_differences_use_the_seeds_both_have():
     method = {0: {"exact_match": 0.5}, 1: {"exact_match": 0.7}, 2: {"exact_match": 0.6}}
     reference = {0: {"exact_match": 0.4}, 1: {"exact_match": 0.5}}
     mean, half = study_stats.paired(method, reference, "exact_match")
-    assert mean == pytest.approx(0.15) and half == pytest.approx(stats.t.ppf(0.975, 1) * (0.1 / math.sqrt(2)) / math.sqrt(2))
+    assert mean == pytest.approx(0.15) and half == pytest.approx(
+        stats.t.ppf(0.975, 1) * (0.1 / math.sqrt(2)) / math.sqrt(2)
+    )
 
 
 def test_summary_rows_compare_with_reference_and_control_but_not_themselves():
-    final = {"reference": {0: {"exact_match": 0.1}, 1: {"exact_match": 0.2}},
-             "dpo": {0: {"exact_match": 0.3}, 1: {"exact_match": 0.5}},
-             "sft": {0: {"exact_match": 0.2}, 1: {"exact_match": 0.2}}}
+    final = {
+        "reference": {0: {"exact_match": 0.1}, 1: {"exact_match": 0.2}},
+        "dpo": {0: {"exact_match": 0.3}, 1: {"exact_match": 0.5}},
+        "sft": {0: {"exact_match": 0.2}, 1: {"exact_match": 0.2}},
+    }
     rows = {r["method"]: r for r in study_stats.summary_rows(final, control="sft")}
     assert rows["dpo"]["exact_match_vs_reference"][0] == pytest.approx(0.25)
     assert rows["dpo"]["exact_match_vs_control"][0] == pytest.approx(0.2)
@@ -66,27 +71,52 @@ def test_a_claim_holds_only_when_its_interval_lies_above_zero():
 
 def test_a_claim_naming_an_unknown_method_is_refused(tmp_path):
     path = tmp_path / "bad.yaml"
-    path.write_text(json.dumps({"base": "configs/tiny.yaml", "methods": [{"name": "dpo"}, {"name": "swepo"}],
-                                "claims": [{"claim": "SWEPO > DPO", "better": "swepo", "than": "dop"}]}))
+    path.write_text(
+        json.dumps(
+            {
+                "base": "configs/tiny.yaml",
+                "methods": [{"name": "dpo"}, {"name": "swepo"}],
+                "claims": [{"claim": "SWEPO > DPO", "better": "swepo", "than": "dop"}],
+            }
+        )
+    )
     with pytest.raises(ConfigError, match="'dop'"):
         load_study(path)
 
 
 def test_the_study_table_has_its_rows_claims_and_the_best_method_on_validation(tmp_path):
     path = tmp_path / "s.yaml"
-    path.write_text(json.dumps({"base": "configs/tiny.yaml", "choose_method": True, "control": "sft",
-                                "methods": [{"name": "dpo", "grid": {"train.beta": [0.1, 0.3]}}, {"name": "sft"}],
-                                "claims": [{"claim": "DPO > SFT", "better": "dpo", "than": "sft"}]}))
+    path.write_text(
+        json.dumps(
+            {
+                "base": "configs/tiny.yaml",
+                "choose_method": True,
+                "control": "sft",
+                "methods": [{"name": "dpo", "grid": {"train.beta": [0.1, 0.3]}}, {"name": "sft"}],
+                "claims": [{"claim": "DPO > SFT", "better": "dpo", "than": "sft"}],
+            }
+        )
+    )
     study = load_study(path)
-    final = {"reference": {0: {"exact_match": 0.1}, 1: {"exact_match": 0.2}},
-             "dpo": {0: {"exact_match": 0.3}, 1: {"exact_match": 0.4}}, "sft": {0: {"exact_match": 0.1}, 1: {"exact_match": 0.2}}}
+    final = {
+        "reference": {0: {"exact_match": 0.1}, 1: {"exact_match": 0.2}},
+        "dpo": {0: {"exact_match": 0.3}, 1: {"exact_match": 0.4}},
+        "sft": {0: {"exact_match": 0.1}, 1: {"exact_match": 0.2}},
+    }
     chosen = {"dpo": {"train.beta": 0.3}, "sft": {}}
-    validation = {"dpo": {"beta=0.1": {"exact_match": 0.5}, "beta=0.3": {"exact_match": 0.6}}, "sft": {"default": {"exact_match": 0.7}}}
+    validation = {
+        "dpo": {"beta=0.1": {"exact_match": 0.5}, "beta=0.3": {"exact_match": 0.6}},
+        "sft": {"default": {"exact_match": 0.7}},
+    }
     table, rows, claims, best = study_table(study, final, chosen, validation)
     # the best method compares each method at its chosen point: sft's 0.7 beats dpo's chosen 0.6
     assert best == "sft" and "**sft** (default)" in table
     assert claims[0]["verdict"] == "holds" and claims[0]["exact_match"] == pytest.approx((0.2, 0.0))
-    assert [r["method"] for r in rows] == ["reference", "dpo", "sft"] and "| DPO > SFT (dpo − sft) | +0.200 ± 0.000 |" in table
+    assert [r["method"] for r in rows] == [
+        "reference",
+        "dpo",
+        "sft",
+    ] and "| DPO > SFT (dpo − sft) | +0.200 ± 0.000 |" in table
     _, _, _, none = study_table(study, final, chosen, {"dpo": validation["dpo"]})  # --quick scores no single points
     assert none is None
 
@@ -102,7 +132,11 @@ def test_choose_takes_the_best_validation_point_then_the_tie_break_then_the_firs
 
 def test_grid_points_are_every_combination():
     points = grid_points({"train.lr": [1e-4, 3e-4], "train.beta": [0.1, 0.3, 1.0]})
-    assert len(points) == 6 and points[0] == {"train.lr": 1e-4, "train.beta": 0.1} and points[-1] == {"train.lr": 3e-4, "train.beta": 1.0}
+    assert (
+        len(points) == 6
+        and points[0] == {"train.lr": 1e-4, "train.beta": 0.1}
+        and points[-1] == {"train.lr": 3e-4, "train.beta": 1.0}
+    )
     assert grid_points({}) == [{}]
 
 
@@ -151,7 +185,8 @@ def test_the_real_model_demo_trains_what_the_self_samples_study_chose_on_validat
     chosen = run_config(study, nca, {}, seed=0, quick=False)
     demo = load_config(ROOT / "configs/demo.yaml")
     assert chosen.train.model_dump(exclude={"checkpoint_every", "log_every"}) == demo.train.model_dump(
-        exclude={"checkpoint_every", "log_every"})
+        exclude={"checkpoint_every", "log_every"}
+    )
     for section in ("model", "prepare"):
         assert getattr(chosen, section) == getattr(demo, section), section
     assert chosen.task.model_copy(update={"n_validation": 0}) == demo.task
@@ -159,7 +194,9 @@ def test_the_real_model_demo_trains_what_the_self_samples_study_chose_on_validat
 
 def test_a_wrong_key_in_a_study_is_named(tmp_path):
     path = tmp_path / "bad.yaml"
-    path.write_text(json.dumps({"base": "configs/tiny.yaml", "methods": [{"name": "dpo", "set": {"train.los": "dpo"}}]}))
+    path.write_text(
+        json.dumps({"base": "configs/tiny.yaml", "methods": [{"name": "dpo", "set": {"train.los": "dpo"}}]})
+    )
     with pytest.raises(ConfigError, match="train.los"):
         load_study(path)
     path.write_text(json.dumps({"base": "configs/tiny.yaml", "methods": [{"name": "dpo", "sett": {}}]}))
@@ -167,11 +204,14 @@ def test_a_wrong_key_in_a_study_is_named(tmp_path):
         load_study(path)
 
 
-@pytest.mark.parametrize("method, name", [
-    ({"name": "..", "set": {"train.loss": "dpo"}}, "method name"),
-    ({"name": "dpo/../../x", "set": {"train.loss": "dpo"}}, "method name"),
-    ({"name": "dpo", "grid": {"train.lr": ["../../../home"]}}, "grid value of train.lr"),
-])
+@pytest.mark.parametrize(
+    "method, name",
+    [
+        ({"name": "..", "set": {"train.loss": "dpo"}}, "method name"),
+        ({"name": "dpo/../../x", "set": {"train.loss": "dpo"}}, "method name"),
+        ({"name": "dpo", "grid": {"train.lr": ["../../../home"]}}, "grid value of train.lr"),
+    ],
+)
 def test_a_method_name_or_grid_value_that_would_leave_the_study_directory_is_refused(tmp_path, method, name):
     # a run's directory is <study>/<seed>/<method>/<key>=<value>, and training replaces its policy/ there
     path = tmp_path / "escape.yaml"
@@ -185,13 +225,28 @@ def test_a_method_name_or_grid_value_that_would_leave_the_study_directory_is_ref
 
 def test_run_config_layers_study_method_point_and_seed(tmp_path):
     path = tmp_path / "s.yaml"
-    path.write_text(json.dumps({"base": "configs/tiny.yaml", "set": {"train.steps": 6}, "seeds": [3],
-                                "quick": {"train.steps": 2}, "validation_prompts": 30,
-                                "methods": [{"name": "dpo", "set": {"train.loss": "dpo"}, "grid": {"train.lr": [1e-4, 1e-3]}}]}))
+    path.write_text(
+        json.dumps(
+            {
+                "base": "configs/tiny.yaml",
+                "set": {"train.steps": 6},
+                "seeds": [3],
+                "quick": {"train.steps": 2},
+                "validation_prompts": 30,
+                "methods": [{"name": "dpo", "set": {"train.loss": "dpo"}, "grid": {"train.lr": [1e-4, 1e-3]}}],
+            }
+        )
+    )
     study = load_study(path)
     full = run_config(study, study.methods[0], {"train.lr": 1e-3}, 3, quick=False)
     quick = run_config(study, study.methods[0], {"train.lr": 1e-3}, 3, quick=True)
-    assert (full.train.loss, full.train.lr, full.train.steps, full.seed, full.task.n_validation) == ("dpo", 1e-3, 6, 3, 30)
+    assert (full.train.loss, full.train.lr, full.train.steps, full.seed, full.task.n_validation) == (
+        "dpo",
+        1e-3,
+        6,
+        3,
+        30,
+    )
     assert quick.train.steps == 2
 
 
@@ -211,8 +266,14 @@ def test_studies_sharing_a_cache_share_reference_and_shards_but_not_runs(tmp_pat
     # a study moved apart from its cache: its links are repointed, not a FileExistsError
     (tmp_path / "moved").mkdir()
     os.rename(tmp_path / "a", tmp_path / "moved" / "a")
-    moved = Path(place_run(load_config(ROOT / "configs/tiny.yaml", ["seed=0"]), tmp_path / "moved" / "a", tmp_path / "cache", 0).output_dir)
-    assert (moved / "sft").resolve() == (b / "sft").resolve() and (moved / "prepare").resolve() == (b / "prepare").resolve()
+    moved = Path(
+        place_run(
+            load_config(ROOT / "configs/tiny.yaml", ["seed=0"]), tmp_path / "moved" / "a", tmp_path / "cache", 0
+        ).output_dir
+    )
+    assert (moved / "sft").resolve() == (b / "sft").resolve() and (moved / "prepare").resolve() == (
+        b / "prepare"
+    ).resolve()
 
 
 def test_an_interrupted_invocation_counts_towards_the_study_wall_time(tmp_path, monkeypatch):
@@ -247,8 +308,11 @@ def test_the_first_seeds_test_run_is_its_validation_run_not_a_second_training(tm
     def train(cfg, job):
         trainings.append((cfg.seed, job))
         cfg.job_dir(job).mkdir(parents=True)
-        return {"policy_dir": str(cfg.job_dir(job) / "policy"), "heldout_accuracy_end": 0.5 + 0.01 * len(trainings),
-                "wall_seconds": 1.0}
+        return {
+            "policy_dir": str(cfg.job_dir(job) / "policy"),
+            "heldout_accuracy_end": 0.5 + 0.01 * len(trainings),
+            "wall_seconds": 1.0,
+        }
 
     def score(cfg, model_dir, split):
         scorings.append((cfg.seed, model_dir.parent.name, model_dir.parent.parent.name, split))
@@ -257,14 +321,21 @@ def test_the_first_seeds_test_run_is_its_validation_run_not_a_second_training(tm
     monkeypatch.setattr(study, "run_train", train)
     monkeypatch.setattr(study, "_scores", score)
     monkeypatch.setattr(study, "_data_ready", lambda cfg: None)
-    monkeypatch.setattr(study, "reference_scores", lambda *_: {"exact_match": 0.0, "mean_reward": 0.0, "slip_rate": 0.0})
+    monkeypatch.setattr(
+        study, "reference_scores", lambda *_: {"exact_match": 0.0, "mean_reward": 0.0, "slip_rate": 0.0}
+    )
     report = study._study(shipped, Path(shipped.output_dir) / "full", quick=False)
     points = sum(len(grid_points(m.grid)) for m in shipped.methods)
-    assert len(trainings) == points + len(shipped.methods) == len(set(trainings))  # seed 0: the grid; seed 1: the chosen
+    assert (
+        len(trainings) == points + len(shipped.methods) == len(set(trainings))
+    )  # seed 0: the grid; seed 1: the chosen
     assert report["chosen"]["nca"] == "temperature=0.0001"
     nca0 = [s for s in scorings if s[:3] == (0, "temperature=0.0001", "nca")]
     assert [s[3] for s in nca0] == ["validation", "heldout"]
-    assert report["final"]["nca"]["0"]["implicit_accuracy"] == report["validation"]["nca"]["temperature=0.0001"]["implicit_accuracy"]
+    assert (
+        report["final"]["nca"]["0"]["implicit_accuracy"]
+        == report["validation"]["nca"]["temperature=0.0001"]["implicit_accuracy"]
+    )
     before = (len(trainings), len(scorings))
     assert study._study(shipped, Path(shipped.output_dir) / "full", quick=False)["final"] == report["final"]
     assert (len(trainings), len(scorings)) == before
@@ -295,7 +366,12 @@ def test_quick_trains_what_the_claims_compare_and_the_control_and_prepares_only_
     compared = {"mixture", "mle", "mixture alpha 0", "mixture ranked"}
     assert set(trained) == compared == set(report["final"]) - {"reference"} and len(trained) == 4
     assert len(prepared) == 1 and '"autoregressive":1,"meanfield":1,"truncation":1' in prepared.pop()
-    assert [m.name for m in load_study(ROOT / "configs/studies/cpo.yaml").methods_run(quick=False)][:4] == ["AN", "MN", "TN", "BN"]
+    assert [m.name for m in load_study(ROOT / "configs/studies/cpo.yaml").methods_run(quick=False)][:4] == [
+        "AN",
+        "MN",
+        "TN",
+        "BN",
+    ]
 
 
 @pytest.mark.slow
@@ -305,45 +381,74 @@ def test_a_tiny_study_chooses_on_validation_runs_every_seed_and_resumes(tmp_path
     import sys
 
     path = tmp_path / "tiny_study.yaml"
-    path.write_text(json.dumps({
-        "base": "configs/tiny.yaml", "output_dir": str(tmp_path / "out"), "cache_dir": str(tmp_path / "cache"),
-        "seeds": [0, 1], "validation_prompts": 24,
-        "set": {"train.steps": 4, "train.checkpoint_every": 4, "evaluate.max_new_tokens": 8}, "control": "sft",
-        "methods": [{"name": "dpo", "set": {"train.loss": "dpo"}, "grid": {"train.lr": [1.0e-4, 1.0e-3]}},
-                    {"name": "sft", "set": {"train.loss": "sft"}}],
-        "claims": [{"claim": "DPO > SFT", "better": "dpo", "than": "sft"}], "choose_method": True}))
+    path.write_text(
+        json.dumps(
+            {
+                "base": "configs/tiny.yaml",
+                "output_dir": str(tmp_path / "out"),
+                "cache_dir": str(tmp_path / "cache"),
+                "seeds": [0, 1],
+                "validation_prompts": 24,
+                "set": {"train.steps": 4, "train.checkpoint_every": 4, "evaluate.max_new_tokens": 8},
+                "control": "sft",
+                "methods": [
+                    {"name": "dpo", "set": {"train.loss": "dpo"}, "grid": {"train.lr": [1.0e-4, 1.0e-3]}},
+                    {"name": "sft", "set": {"train.loss": "sft"}},
+                ],
+                "claims": [{"claim": "DPO > SFT", "better": "dpo", "than": "sft"}],
+                "choose_method": True,
+            }
+        )
+    )
 
     def study() -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "jobs.study", "--config", str(path)], cwd=ROOT, capture_output=True,
-                              text=True, timeout=3000)
+        return subprocess.run(
+            [sys.executable, "-m", "jobs.study", "--config", str(path)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=3000,
+        )
 
     proc = study()
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "full" / "report.json").read_text())
-    assert set(report["validation"]["dpo"]) == {"lr=0.0001", "lr=0.001"} and set(report["validation"]["sft"]) == {"default"}
+    assert set(report["validation"]["dpo"]) == {"lr=0.0001", "lr=0.001"}
+    assert set(report["validation"]["sft"]) == {"default"}
     assert report["chosen"]["dpo"] == study_stats.choose(report["validation"]["dpo"], "exact_match")
     at_chosen = {m: report["validation"][m][p] for m, p in report["chosen"].items()}
     assert report["best_method"] == study_stats.choose(at_chosen, "exact_match")
-    assert set(report["final"]) == {"reference", "dpo", "sft"} and all(set(v) == {"0", "1"} for v in report["final"].values())
+    assert set(report["final"]) == {"reference", "dpo", "sft"} and all(
+        set(v) == {"0", "1"} for v in report["final"].values()
+    )
     rows = {r["method"]: r for r in report["rows"]}
     # each row's interval is over its two seeds' held-out scores, and the paired differences over the same seeds
     dpo = [report["final"]["dpo"][s]["exact_match"] for s in ("0", "1")]
     assert rows["dpo"]["exact_match"] == pytest.approx(list(study_stats.interval(dpo)))
     ref = [report["final"]["reference"][s]["exact_match"] for s in ("0", "1")]
     assert rows["dpo"]["exact_match_vs_reference"][0] == pytest.approx(sum(dpo) / 2 - sum(ref) / 2)
-    assert "exact_match_vs_control" in rows["dpo"] and "| dpo | 2 |" in (tmp_path / "out" / "full" / "table.md").read_text()
-    dpo_vs_sft = [report["final"]["dpo"][s]["exact_match"] - report["final"]["sft"][s]["exact_match"] for s in ("0", "1")]
+    assert (
+        "exact_match_vs_control" in rows["dpo"]
+        and "| dpo | 2 |" in (tmp_path / "out" / "full" / "table.md").read_text()
+    )
+    dpo_vs_sft = [
+        report["final"]["dpo"][s]["exact_match"] - report["final"]["sft"][s]["exact_match"] for s in ("0", "1")
+    ]
     assert report["claims"][0]["exact_match"] == pytest.approx(list(study_stats.interval(dpo_vs_sft)))
     assert "| DPO > SFT (dpo − sft) |" in (tmp_path / "out" / "full" / "table.md").read_text()
     assert (tmp_path / "out" / "full" / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert proc.stdout.count("100% 40/40 steps") == 2, proc.stdout  # one SFT per seed, reused by all its runs
     # the seeds differ in data: their references are different models
     seeds = {s: next((tmp_path / "cache" / f"seed{s}").glob("sft-*")) for s in (0, 1)}
-    assert (seeds[0] / "model" / "model.safetensors").read_bytes() != (seeds[1] / "model" / "model.safetensors").read_bytes()
+    assert (seeds[0] / "model" / "model.safetensors").read_bytes() != (
+        seeds[1] / "model" / "model.safetensors"
+    ).read_bytes()
     again = study()  # every run's scores are kept: nothing is trained again
     again_report = json.loads((tmp_path / "out" / "full" / "report.json").read_text())
     assert again.returncode == 0 and "[study] dpo (" not in again.stdout and again_report["final"] == report["final"]
-    assert again_report["invocation_seconds"][0] == report["wall_seconds"] and len(again_report["invocation_seconds"]) == 2
+    assert (
+        again_report["invocation_seconds"][0] == report["wall_seconds"] and len(again_report["invocation_seconds"]) == 2
+    )
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
 """The embedded task: deterministic, disjoint splits, verifiable answers, graded reward."""
+
 from __future__ import annotations
 
 import pytest
@@ -102,7 +103,9 @@ def test_task_scores_count_slips_apart_from_other_errors():
 
 
 CHAT_ADD = "What is 17 plus 25?\nReply in the form: The answer is <number>."
-CHAT_SORT = "Put these digits in ascending order: 1 2 6 4 9\nReply in the form: The answer is <digits, separated by spaces>."
+CHAT_SORT = (
+    "Put these digits in ascending order: 1 2 6 4 9\nReply in the form: The answer is <digits, separated by spaces>."
+)
 CHAT_UPPER = "Uppercase the word: nokevos\nReply in the form: The answer is <word>."
 
 
@@ -151,7 +154,10 @@ def test_one_seed_draws_the_same_questions_in_both_forms_and_each_form_parses_wh
     assert [task.solve(r["prompt"]) for r in cue] == [task.solve(r["prompt"]) for r in chat]
     for a, b in zip(cue, chat):
         assert a["prompt"].split("\n")[0] == b["prompt"].split("\n")[0]
-        rendered = f"<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n{b['prompt']}<|im_end|>\n<|im_start|>assistant\n"
+        rendered = (
+            f"<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n{b['prompt']}<|im_end|>\n"
+            "<|im_start|>assistant\n"
+        )
         assert task.response(rendered) == b["response"] and task.reward(rendered, b["response"]) == 1.0
     with pytest.raises(ValueError, match="unknown task form"):
         task.generate(0, 10, 10, FAMILIES, form="essay")
@@ -164,6 +170,6 @@ def test_paired_differences_are_per_prompt_means_with_a_t_interval():
     policy = {"exact_match": [1.0, 1.0, 1.0, 0.0], "mean_reward": [1.0, 1.0, 1.0, 0.25]}
     out = paired_differences(reference, policy)
     assert out["exact_match_diff"] == pytest.approx(0.25)  # differences 1, 1, 0, -1
-    sd = (((1 - 0.25) ** 2 * 2 + 0.25 ** 2 + 1.25 ** 2) / 3) ** 0.5
+    sd = (((1 - 0.25) ** 2 * 2 + 0.25**2 + 1.25**2) / 3) ** 0.5
     assert out["exact_match_diff_ci95"] == pytest.approx(3.182446 * sd / 2, rel=1e-5)  # t(0.975, 3) = 3.1824
     assert out["mean_reward_diff"] == pytest.approx((1 + 0.75 + 0 - 0.75) / 4)

@@ -1,4 +1,5 @@
 """Tokenizers of other families (built offline, tests/zoo.py): chat templates, BOS/EOS once, no pad token."""
+
 from __future__ import annotations
 
 import json
@@ -33,16 +34,22 @@ def _template_ids(tokenizer, messages) -> list[int]:
 def _prepared(tokenizer, tmp_path, *overrides):
     """Conversational rows through the prepare job's reading and tokenizing functions."""
     source = tmp_path / "chat.jsonl"
-    source.write_text("\n".join(json.dumps({"messages": [*MESSAGES[: k + 1], {"role": "assistant", "content": a}]})
-                                for k, a in ((1, "5"), (3, "8"))) + "\n")
+    source.write_text(
+        "\n".join(
+            json.dumps({"messages": [*MESSAGES[: k + 1], {"role": "assistant", "content": a}]})
+            for k, a in ((1, "5"), (3, "8"))
+        )
+        + "\n"
+    )
     cfg = load_config(ROOT / "configs/tiny.yaml", [f"data.source={source}", *overrides])
     model_dir = _saved(tokenizer, tmp_path)
     spec, (piece,) = source_spec(cfg, model_dir)
     rows = stages.as_lists(check_batch(pa.concat_tables(read_piece(piece, None)), spec).to_pandas())
     is_templated = templated(cfg, spec, model_dir)
     end_id = response_end_id(tokenizer, cfg.data.chat_template, is_templated)  # as the prepare graph does
-    return stages.tokenize_records(rows, tokenizer, max_length=512, on_overlength="error", templated=is_templated,
-                                   end_id=end_id), is_templated
+    return stages.tokenize_records(
+        rows, tokenizer, max_length=512, on_overlength="error", templated=is_templated, end_id=end_id
+    ), is_templated
 
 
 def _saved(tokenizer, tmp_path) -> str:
@@ -102,7 +109,9 @@ def test_chat_template_from_a_jinja_file(tmp_path):
     template = tmp_path / "t.jinja"
     template.write_text("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}[assistant] ")
     rows, templated = _prepared(tokenizer_like("plain"), tmp_path, f"data.chat_template={template}")
-    assert templated and rows["prompt"].iloc[0] == "[system] You answer briefly.\n[user] What is 2 plus 3?\n[assistant] "
+    assert (
+        templated and rows["prompt"].iloc[0] == "[system] You answer briefly.\n[user] What is 2 plus 3?\n[assistant] "
+    )
     with pytest.raises(FileNotFoundError, match="data.chat_template"):
         chat_renderer(tokenizer_like("plain"), str(tmp_path / "missing.jinja"))
 
@@ -116,7 +125,9 @@ def test_embedded_task_prompts_are_rendered_as_one_user_message_and_still_scored
     prompt = table["prompt"][0].as_py()
     assert templated(cfg, None, model_dir) and prompt.startswith("<|begin_of_text|><|start_header_id|>user")
     text, flag = user_prompt(raw["prompt"], chat_renderer(tok, "auto"))
-    assert text == prompt and encode_prompt(tok, text, flag) == _template_ids(tok, [{"role": "user", "content": raw["prompt"]}])
+    assert text == prompt and encode_prompt(tok, text, flag) == _template_ids(
+        tok, [{"role": "user", "content": raw["prompt"]}]
+    )
     assert task.solve(prompt) == task.solve(raw["prompt"])  # the task's reward reads the rendered prompt
 
 
@@ -124,11 +135,20 @@ def test_tokenizer_without_pad_token_packs_with_eos_and_never_grows_the_vocabula
     tok = tokenizer_like("chatml")
     assert tok.pad_token_id is None and pad_token_id(tok) == tok.eos_token_id
     vocab = len(tok)
-    rows = pd.DataFrame({
-        "group_id": [0], "group_position": [0], "group_size": [1], "origins": [["chosen", "rejected"]],
-        "scores": [None], "rank": [None], "ref_logps": [None], "group_similarity": [[1.0]],
-        "prompt_ids": [encode_prompt(tok, "hi")], "response_ids": [[[5, 6, tok.eos_token_id], [7, tok.eos_token_id]]],
-    })
+    rows = pd.DataFrame(
+        {
+            "group_id": [0],
+            "group_position": [0],
+            "group_size": [1],
+            "origins": [["chosen", "rejected"]],
+            "scores": [None],
+            "rank": [None],
+            "ref_logps": [None],
+            "group_similarity": [[1.0]],
+            "prompt_ids": [encode_prompt(tok, "hi")],
+            "response_ids": [[[5, 6, tok.eos_token_id], [7, tok.eos_token_id]]],
+        }
+    )
     batch = collate(pack_groups(rows), pad_token_id(tok), row_tokens=4, share_prompts=False)  # rows need padding
     assert (batch.packed.input_ids == tok.eos_token_id).any() and len(tok) == vocab
 
@@ -140,13 +160,30 @@ def test_reward_model_without_pad_token_scores_a_batch(tmp_path):
     from actors.reward_model import RewardModelScores
 
     tok = tokenizer_like("llama3")
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2, num_labels=1, pad_token_id=None)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        num_labels=1,
+        pad_token_id=None,
+    )
     torch.manual_seed(0)
     LlamaForSequenceClassification(config).save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
-    rows = pd.DataFrame({"id": ["a"], "prompt": ["Say hi.\n"], "responses": [["hi", "hello there", "h"]],
-                         "origins": [["dataset"] * 3], "scores": [[]], "source": "t", "row": [1]})
+    rows = pd.DataFrame(
+        {
+            "id": ["a"],
+            "prompt": ["Say hi.\n"],
+            "responses": [["hi", "hello there", "h"]],
+            "origins": [["dataset"] * 3],
+            "scores": [[]],
+            "source": "t",
+            "row": [1],
+        }
+    )
     rows = stages.tokenize_records(rows, tok, max_length=64, on_overlength="error")
     scorer = RewardModelScores(str(tmp_path))
     scores = list(scorer(rows)["scores"].iloc[0])

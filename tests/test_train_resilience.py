@@ -1,4 +1,5 @@
 """Training survives a killed worker and a lost node, and keeps its data position exactly."""
+
 from __future__ import annotations
 
 import json
@@ -19,10 +20,24 @@ STEPS = 24
 
 
 def _start_train(out: Path, *overrides: str) -> subprocess.Popen:
-    sets = [a for o in (f"output_dir={out}", f"train.steps={STEPS}", "train.checkpoint_every=4", "train.log_every=1", *overrides)
-            for a in ("--set", o)]
-    return subprocess.Popen([sys.executable, "-m", "jobs.train", "--config", "configs/tiny.yaml", *sets], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sets = [
+        a
+        for o in (
+            f"output_dir={out}",
+            f"train.steps={STEPS}",
+            "train.checkpoint_every=4",
+            "train.log_every=1",
+            *overrides,
+        )
+        for a in ("--set", o)
+    ]
+    return subprocess.Popen(
+        [sys.executable, "-m", "jobs.train", "--config", "configs/tiny.yaml", *sets],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _wait_for_checkpoint(out: Path, proc: subprocess.Popen, timeout: float = 900) -> pd.DataFrame:
@@ -52,8 +67,11 @@ def _finish(proc: subprocess.Popen) -> str:
 
 
 def _trained_groups(out: Path) -> dict[int, list[int]]:
-    """Per step, the groups of the attempt that counts: the latest (a restored run redoes the steps after its checkpoint)."""
-    entries = [json.loads(line) for path in (out / "train").glob("data_rank*.jsonl") for line in path.read_text().splitlines()]
+    """Per step, the groups of the attempt that counts: the latest (a restored run redoes the steps after its
+    checkpoint)."""
+    entries = [
+        json.loads(line) for path in (out / "train").glob("data_rank*.jsonl") for line in path.read_text().splitlines()
+    ]
     latest = {}
     for e in entries:
         latest[e["step"]] = max(latest.get(e["step"], 0), e["attempt"])
@@ -101,7 +119,9 @@ def test_elastic_training_continues_on_one_worker_after_a_node_is_removed(tiny_c
     worker_node = cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     try:
-        proc = _start_train(tiny_copy, f"ray.address={cluster.address}", "train.num_workers=[1, 2]", "train.max_failures=3")
+        proc = _start_train(
+            tiny_copy, f"ray.address={cluster.address}", "train.num_workers=[1, 2]", "train.max_failures=3"
+        )
         df = _wait_for_checkpoint(tiny_copy, proc)
         assert (df["world_size"] == 2).all()
         cluster.remove_node(worker_node)
@@ -109,7 +129,9 @@ def test_elastic_training_continues_on_one_worker_after_a_node_is_removed(tiny_c
     finally:
         cluster.shutdown()
     assert "[train] restored step" in output, output[-5000:]
-    assert "(saved by 2 workers, now 1; Adam moments: gathered)" in output  # tests/test_checkpointing.py: equal within 1e-6
+    assert (
+        "(saved by 2 workers, now 1; Adam moments: gathered)" in output
+    )  # tests/test_checkpointing.py: equal within 1e-6
     metrics = pd.read_csv(tiny_copy / "train" / "metrics.csv").drop_duplicates("step", keep="last")
     assert metrics["step"].max() == STEPS
     assert set(metrics["world_size"]) == {1, 2} and metrics.iloc[-1]["world_size"] == 1
@@ -124,17 +146,27 @@ def test_rerun_with_other_workers_or_cadence_continues_and_new_math_restarts_nam
     assert "restored" not in first
     attempts = {json.loads(line)["attempt"] for line in (out / "train" / "data_rank0.jsonl").read_text().splitlines()}
     # other workers, log and checkpoint cadence: the same run, restored at its last checkpoint (nothing left to train)
-    again = _finish(_start_train(out, "train.steps=6", "train.num_workers=1", "train.log_every=2", "train.checkpoint_every=2"))
-    assert "[train] restored step 6 (saved by 2 workers, now 1; Adam moments: gathered)" in again and "starting from step 0" not in again
-    assert {json.loads(line)["attempt"] for line in (out / "train" / "data_rank0.jsonl").read_text().splitlines()} == attempts
+    again = _finish(
+        _start_train(out, "train.steps=6", "train.num_workers=1", "train.log_every=2", "train.checkpoint_every=2")
+    )
+    assert (
+        "[train] restored step 6 (saved by 2 workers, now 1; Adam moments: gathered)" in again
+        and "starting from step 0" not in again
+    )
+    assert {
+        json.loads(line)["attempt"] for line in (out / "train" / "data_rank0.jsonl").read_text().splitlines()
+    } == attempts
     # a new learning rate changes the math: a new run from step 0, and the job says which key differs
     other = _finish(_start_train(out, "train.steps=6", "train.lr=5e-4"))
     assert "train.lr 0.001 -> 0.0005" in other and "starting from step 0" in other and "restored" not in other
 
 
 # bf16 training on the tiny run's fp32 shards: a live reference, in the trainer's precision (one precision throughout)
-@pytest.mark.parametrize("precision", [["train.deepspeed.dtype=bf16", "train.reference=live"], ["train.deepspeed.zero_stage=3"]],
-                         ids=["bf16", "zero3"])
+@pytest.mark.parametrize(
+    "precision",
+    [["train.deepspeed.dtype=bf16", "train.reference=live"], ["train.deepspeed.zero_stage=3"]],
+    ids=["bf16", "zero3"],
+)
 def test_bf16_and_zero3_save_restore_and_export_the_full_model(tiny_copy, precision):
     import torch
     from transformers import AutoModelForCausalLM

@@ -1,4 +1,5 @@
 """Training data layout and loss dispatch (no cluster): groups stay whole, data position is exact."""
+
 from __future__ import annotations
 
 import math
@@ -23,14 +24,20 @@ def _rows() -> pd.DataFrame:
     rows = []
     for g in range(3):
         for pos in range(2):
-            rows.append({
-                "group_id": g, "group_position": pos, "group_size": 2,
-                "prompt_ids": [1, 10 + g, 20 + pos],
-                "response_ids": [[5, 2], [6, 7, 2], [8, 2]],
-                "origins": ["autoregressive", "ground_truth", "truncation"],
-                "scores": [0.2, 1.0, 0.5], "ref_logps": [-3.0, -2.0, -1.0], "rank": [1, 2, 0],
-                "group_similarity": [1.0, 0.5] if pos == 0 else [0.5, 1.0],
-            })
+            rows.append(
+                {
+                    "group_id": g,
+                    "group_position": pos,
+                    "group_size": 2,
+                    "prompt_ids": [1, 10 + g, 20 + pos],
+                    "response_ids": [[5, 2], [6, 7, 2], [8, 2]],
+                    "origins": ["autoregressive", "ground_truth", "truncation"],
+                    "scores": [0.2, 1.0, 0.5],
+                    "ref_logps": [-3.0, -2.0, -1.0],
+                    "rank": [1, 2, 0],
+                    "group_similarity": [1.0, 0.5] if pos == 0 else [0.5, 1.0],
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -83,7 +90,9 @@ def test_every_loss_runs_and_a_policy_equal_to_its_reference_scores_half(loss):
 
 
 def test_implicit_accuracy_orders_pairs_by_score():
-    batch = collate(pack_groups(_rows())[:1], pad_id=0, row_tokens=64)  # scores per prompt after anchoring: [1.0, 0.2, 0.5]
+    batch = collate(
+        pack_groups(_rows())[:1], pad_id=0, row_tokens=64
+    )  # scores per prompt after anchoring: [1.0, 0.2, 0.5]
     rewards = torch.tensor([[3.0, 1.0, 2.0], [0.0, 1.0, 2.0]])
     correct, pairs = implicit_accuracy(rewards, batch)
     assert pairs == 6 and correct == 3 + 1  # first prompt all 3 right; second only 0.5 > 0.2 right
@@ -128,7 +137,9 @@ def _batch_with_a_single_response_prompt():
 def test_prompts_whose_negatives_were_all_dropped_are_skipped_not_contrasted_with_themselves(loss):
     batch = _batch_with_a_single_response_prompt()
     policy = (batch.ref_logps + 0.5 * torch.arange(3.0)).requires_grad_(True)
-    value, metrics = preference_loss(TrainConfig(loss=loss), batch, policy, batch.ref_logps, batch.gather(torch.full((4,), 2.0)))
+    value, metrics = preference_loss(
+        TrainConfig(loss=loss), batch, policy, batch.ref_logps, batch.gather(torch.full((4,), 2.0))
+    )
     value.backward()
     assert metrics["skipped_prompts"] == 1 and torch.isfinite(value)
     assert policy.grad[1].abs().sum() == 0  # the single-response prompt takes no part
@@ -144,7 +155,9 @@ def _batch_where_the_anchor_is_not_the_best():
 
 
 def _pair_loss(batch, policy, chosen, rejected, beta=0.1):
-    return L.dpo_loss(policy[:, chosen], policy[:, rejected], batch.ref_logps[:, chosen], batch.ref_logps[:, rejected], beta=beta).losses
+    return L.dpo_loss(
+        policy[:, chosen], policy[:, rejected], batch.ref_logps[:, chosen], batch.ref_logps[:, rejected], beta=beta
+    ).losses
 
 
 def test_dpo_pairs_by_score_when_scores_exist():
@@ -155,7 +168,9 @@ def test_dpo_pairs_by_score_when_scores_exist():
     assert metrics["skipped_prompts"] == 1  # the prompt whose responses all score the same
     assert auto.item() == pytest.approx(float(_pair_loss(batch, policy, 1, 2)[1:].mean()))
     anchor, metrics = preference_loss(TrainConfig(loss="dpo", pairing="anchor"), batch, policy, batch.ref_logps, counts)
-    lowest_other = torch.cat([_pair_loss(batch, policy, 0, 1)[:1], _pair_loss(batch, policy, 0, 2)[1:]])  # a tie: the first
+    lowest_other = torch.cat(
+        [_pair_loss(batch, policy, 0, 1)[:1], _pair_loss(batch, policy, 0, 2)[1:]]
+    )  # a tie: the first
     assert metrics["skipped_prompts"] == 0 and anchor.item() == pytest.approx(float(lowest_other.mean()))
     each, _ = preference_loss(TrainConfig(loss="dpo", pairing="best_each"), batch, policy, batch.ref_logps, counts)
     per_pair = (_pair_loss(batch, policy, 1, 0) + _pair_loss(batch, policy, 1, 2)) / 2
@@ -180,7 +195,9 @@ def test_pairing_by_score_on_shards_without_scores_is_refused():
     rows = _rows().assign(scores=None)
     batch = collate(pack_groups(rows), pad_id=0, row_tokens=64)
     counts = batch.gather(torch.full((batch.packed.tokens,), 2.0))
-    _, metrics = preference_loss(TrainConfig(loss="dpo"), batch, batch.ref_logps, batch.ref_logps, counts)  # auto: anchor
+    _, metrics = preference_loss(
+        TrainConfig(loss="dpo"), batch, batch.ref_logps, batch.ref_logps, counts
+    )  # auto: anchor
     assert metrics["skipped_prompts"] == 0
     with pytest.raises(ValueError, match="pairing=best_worst needs response scores"):
         preference_loss(TrainConfig(loss="dpo", pairing="best_worst"), batch, batch.ref_logps, batch.ref_logps, counts)
@@ -214,12 +231,25 @@ def test_run_identity_ignores_layout_and_cadence_and_names_what_changes_the_math
     from training import run_identity
 
     base = load_config(ROOT / "configs/tiny.yaml")
-    same = load_config(ROOT / "configs/tiny.yaml", ["train.num_workers=1", "train.cpus_per_worker=2", "train.log_every=1",
-                                                   "train.checkpoint_every=1", "train.micro_groups=2", "train.pack_tokens=64"])
+    same = load_config(
+        ROOT / "configs/tiny.yaml",
+        [
+            "train.num_workers=1",
+            "train.cpus_per_worker=2",
+            "train.log_every=1",
+            "train.checkpoint_every=1",
+            "train.micro_groups=2",
+            "train.pack_tokens=64",
+        ],
+    )
     other = load_config(ROOT / "configs/tiny.yaml", ["train.lr=1e-4", "train.deepspeed.zero_stage=3"])
     ident = run_identity.identity(base, "shards-a")
-    assert run_identity.run_name(base, "train", ident) == run_identity.run_name(same, "train", run_identity.identity(same, "shards-a"))
-    assert run_identity.run_name(base, "train", ident) != run_identity.run_name(other, "train", run_identity.identity(other, "shards-a"))
+    assert run_identity.run_name(base, "train", ident) == run_identity.run_name(
+        same, "train", run_identity.identity(same, "shards-a")
+    )
+    assert run_identity.run_name(base, "train", ident) != run_identity.run_name(
+        other, "train", run_identity.identity(other, "shards-a")
+    )
     assert run_identity.identity(base, "shards-b") != ident
     assert run_identity.record(tmp_path, ident) is None
     assert run_identity.record(tmp_path, run_identity.identity(same, "shards-a")) is None
@@ -299,8 +329,10 @@ def test_a_scored_source_whose_rows_gain_negatives_is_refused_unless_a_reward_sc
     from pipeline.graph import reward_mode
 
     def cfg(reward):
-        return load_config(ROOT_CONFIG, ["data.source=../shared/data/ultrafeedback_binarized_1200.jsonl.gz",
-                                         f"prepare.reward={reward}"])
+        return load_config(
+            ROOT_CONFIG,
+            ["data.source=../shared/data/ultrafeedback_binarized_1200.jsonl.gz", f"prepare.reward={reward}"],
+        )
 
     with pytest.raises(ValueError, match="prepare.reward to 'module:function' or 'model:<dir>'"):
         reward_mode(cfg("auto"), has_scores=True, adds_negatives=True)
@@ -323,19 +355,35 @@ def test_stages_and_the_trainer_anchor_on_the_same_response_of_a_scored_row():
 
     # a scored source without ground truth or chosen (AlpacaEval best-of-n): "dataset" responses with scores
     # cells as Ray Data hands them to a pandas batch: numpy arrays
-    front = pd.DataFrame({"prompt": ["p", "q"], "responses": [np.array(["a", "bb", "c"], dtype=object), np.array(["x", "y"], dtype=object)],
-                          "origins": [np.array(["dataset"] * 3, dtype=object), np.array(["chosen", "rejected"], dtype=object)],
-                          "scores": [np.array([0.1, 0.9, 0.5]), np.array([0.0, 1.0])], "skip_reason": ["", ""],
-                          "source": "s", "row": [1, 2]})
+    front = pd.DataFrame(
+        {
+            "prompt": ["p", "q"],
+            "responses": [np.array(["a", "bb", "c"], dtype=object), np.array(["x", "y"], dtype=object)],
+            "origins": [np.array(["dataset"] * 3, dtype=object), np.array(["chosen", "rejected"], dtype=object)],
+            "scores": [np.array([0.1, 0.9, 0.5]), np.array([0.0, 1.0])],
+            "skip_reason": ["", ""],
+            "source": "s",
+            "row": [1, 2],
+        }
+    )
     rows = stages.tokenize_records(front, tokenizer_like("chatml"), 64, "error")
     assert list(rows["responses"].iloc[1]) == ["x", "y"]  # a chosen response anchors: nothing moves
     row = rows.iloc[0]
     built_from = stages.anchor_index(row["origins"])  # where meanfield and truncation negatives start
     assert row["responses"][built_from] == "bb"  # the source's best
     # a reward then rescores every response (after negatives were added), and another one is best now
-    record = {"group_id": 0, "group_position": 0, "group_size": 1, "prompt_ids": [1], "origins": list(row["origins"]),
-              "response_ids": [list(r) for r in row["response_ids"]], "scores": [0.2, 0.3, 0.8], "ref_logps": None,
-              "rank": None, "group_similarity": [1.0]}
+    record = {
+        "group_id": 0,
+        "group_position": 0,
+        "group_size": 1,
+        "prompt_ids": [1],
+        "origins": list(row["origins"]),
+        "response_ids": [list(r) for r in row["response_ids"]],
+        "scores": [0.2, 0.3, 0.8],
+        "ref_logps": None,
+        "rank": None,
+        "group_similarity": [1.0],
+    }
     member = pack_groups(pd.DataFrame([record]))[0]["members"][0]
     assert member["response_ids"][0] == list(row["response_ids"][built_from])  # contrasted with what it was built from
 
@@ -363,7 +411,9 @@ def test_training_on_a_reference_of_another_precision_is_refused_naming_both(tmp
     from training.train import check_reference_precision
 
     cfg = load_config(ROOT_CONFIG, ["train.deepspeed.dtype=bf16"])
-    with pytest.raises(ValueError, match=r"computed in fp32, but training computes in bf16 \(train.deepspeed.dtype=bf16\)"):
+    with pytest.raises(
+        ValueError, match=r"computed in fp32, but training computes in bf16 \(train.deepspeed.dtype=bf16\)"
+    ):
         check_reference_precision(cfg, "fp32", tmp_path)
     check_reference_precision(cfg, "bf16", tmp_path)  # one precision: accepted
     live = load_config(ROOT_CONFIG, ["train.deepspeed.dtype=bf16", "train.reference=live"])

@@ -4,6 +4,7 @@ Nothing is downloaded: each model is built from its ``transformers`` config clas
 each tokenizer from the project's byte-level vocabulary plus the special tokens and chat template of the
 family it imitates. ``python -m tests.zoo NAME DIR`` saves one (``make own-model-demo`` uses it).
 """
+
 from __future__ import annotations
 
 import sys
@@ -45,7 +46,8 @@ def tokenizer_like(kind: str) -> PreTrainedTokenizerFast:
     kwargs = {}
     if kind == "llama3":
         core.post_processor = processors.TemplateProcessing(
-            single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A $B", special_tokens=[("<|begin_of_text|>", 0)])
+            single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A $B", special_tokens=[("<|begin_of_text|>", 0)]
+        )
         kwargs = {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>", "chat_template": LLAMA3_TEMPLATE}
     elif kind == "chatml":
         kwargs = {"eos_token": "<|im_end|>", "chat_template": CHATML_TEMPLATE}
@@ -56,8 +58,15 @@ def tokenizer_like(kind: str) -> PreTrainedTokenizerFast:
 
 def _small(**extra) -> dict:
     """Sizes shared by the zoo: head_dim 32 (vLLM-CPU's minimum), two layers, no dropout."""
-    return {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
-            "num_key_value_heads": 1, "max_position_embeddings": 512, **extra}
+    return {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "max_position_embeddings": 512,
+        **extra,
+    }
 
 
 # name -> (config class path, config kwargs). Windows of 4 tokens are shorter than every test sequence.
@@ -68,19 +77,48 @@ ARCHITECTURES: dict[str, tuple[str, dict]] = {
     "qwen3": ("Qwen3Config", _small(head_dim=32)),
     "mistral": ("MistralConfig", _small(sliding_window=None)),
     "mistral_sliding": ("MistralConfig", _small(sliding_window=4)),
-    "gemma2": ("Gemma2Config", _small(head_dim=32, sliding_window=4, final_logit_softcapping=30.0,
-                                      attn_logit_softcapping=50.0, query_pre_attn_scalar=32)),
-    "gemma3": ("Gemma3TextConfig", _small(head_dim=32, sliding_window=4, final_logit_softcapping=30.0,
-                                          layer_types=["sliding_attention", "full_attention"])),
-    "granite": ("GraniteConfig", _small(logits_scaling=8.0, embedding_multiplier=12.0, residual_multiplier=0.2,
-                                        attention_multiplier=0.1)),
+    "gemma2": (
+        "Gemma2Config",
+        _small(
+            head_dim=32,
+            sliding_window=4,
+            final_logit_softcapping=30.0,
+            attn_logit_softcapping=50.0,
+            query_pre_attn_scalar=32,
+        ),
+    ),
+    "gemma3": (
+        "Gemma3TextConfig",
+        _small(
+            head_dim=32,
+            sliding_window=4,
+            final_logit_softcapping=30.0,
+            layer_types=["sliding_attention", "full_attention"],
+        ),
+    ),
+    "granite": (
+        "GraniteConfig",
+        _small(logits_scaling=8.0, embedding_multiplier=12.0, residual_multiplier=0.2, attention_multiplier=0.1),
+    ),
     "phi3": ("Phi3Config", _small(sliding_window=4, pad_token_id=None)),
-    "gpt2": ("GPT2Config", {"n_embd": 64, "n_layer": 2, "n_head": 2, "n_positions": 512,
-                            "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}),
+    "gpt2": (
+        "GPT2Config",
+        {
+            "n_embd": 64,
+            "n_layer": 2,
+            "n_head": 2,
+            "n_positions": 512,
+            "resid_pdrop": 0.0,
+            "embd_pdrop": 0.0,
+            "attn_pdrop": 0.0,
+        },
+    ),
     "olmo2": ("Olmo2Config", _small()),
     "mixtral": ("MixtralConfig", _small(num_local_experts=4, num_experts_per_tok=2)),
-    "qwen2_moe": ("Qwen2MoeConfig", _small(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64,
-                                           shared_expert_intermediate_size=64)),
+    "qwen2_moe": (
+        "Qwen2MoeConfig",
+        _small(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, shared_expert_intermediate_size=64),
+    ),
     "cohere": ("CohereConfig", _small(logit_scale=0.5)),  # not in the verified list: one sequence per row
     "mamba": ("MambaConfig", {"hidden_size": 64, "num_hidden_layers": 2, "state_size": 8}),
 }
@@ -93,8 +131,11 @@ def build_model(name: str, vocab_size: int, attn_implementation: str = "sdpa", s
     cls, kwargs = ARCHITECTURES[name]
     ids = {}
     if tokenizer is not None:
-        ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-               "pad_token_id": tokenizer.pad_token_id}
+        ids = {
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        }
     config = getattr(transformers, cls)(vocab_size=vocab_size, **{**kwargs, **ids})
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=torch.float32)
@@ -112,8 +153,9 @@ def save_own_model(path: str | Path, architecture: str = "mistral", tokenizer_ki
     return path
 
 
-def write_task_as_chat(path: str | Path, seed: int = 0, n_train: int = 6000, demonstrator_error: float = 0.5,
-                       pairs: bool = False) -> Path:
+def write_task_as_chat(
+    path: str | Path, seed: int = 0, n_train: int = 6000, demonstrator_error: float = 0.5, pairs: bool = False
+) -> Path:
     """The embedded task's training split as a conversational source: one user message and the demonstrator's
     answer (``messages``), or with ``pairs`` the answer against the family's slip (``chosen``/``rejected``)."""
     import json
@@ -131,8 +173,11 @@ def write_task_as_chat(path: str | Path, seed: int = 0, n_train: int = 6000, dem
                 slip = task.demonstrator_slip(r["prompt"])
                 if slip == r["response"]:
                     continue
-                row = {"id": r["id"], "chosen": [user, {"role": "assistant", "content": r["response"]}],
-                       "rejected": [user, {"role": "assistant", "content": slip}]}
+                row = {
+                    "id": r["id"],
+                    "chosen": [user, {"role": "assistant", "content": r["response"]}],
+                    "rejected": [user, {"role": "assistant", "content": slip}],
+                }
             else:
                 row = {"id": r["id"], "messages": [user, {"role": "assistant", "content": r["response"]}]}
             f.write(json.dumps(row) + "\n")

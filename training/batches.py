@@ -5,6 +5,7 @@ carries K responses. The trainer's unit of data is the whole group, so no batch 
 one. Within a prompt the anchor response (:func:`pipeline.stages.anchor_index`: the one the prepare
 stages built negatives from) is moved to index 0, which is where CPO expects the ground truth.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
@@ -42,8 +43,18 @@ def _prompt_record(row, max_responses: int | None) -> dict:
 
 
 # what packing reads of a shard row: GroupReader converts only these columns
-PACKED_COLUMNS = ("group_id", "group_position", "group_size", "origins", "scores", "prompt_ids", "response_ids",
-                  "rank", "ref_logps", "group_similarity")
+PACKED_COLUMNS = (
+    "group_id",
+    "group_position",
+    "group_size",
+    "origins",
+    "scores",
+    "prompt_ids",
+    "response_ids",
+    "rank",
+    "ref_logps",
+    "group_similarity",
+)
 
 
 def pack_records(records: list[dict], max_responses: int | None = None) -> list[dict]:
@@ -56,7 +67,9 @@ def pack_records(records: list[dict], max_responses: int | None = None) -> list[
     for gid in sorted(by_group):
         part = sorted(by_group[gid], key=lambda r: int(r["group_position"]))
         if len(part) != int(part[0]["group_size"]):
-            raise ValueError(f"contrast group {gid} is split: {len(part)} of {int(part[0]['group_size'])} prompts present")
+            raise ValueError(
+                f"contrast group {gid} is split: {len(part)} of {int(part[0]['group_size'])} prompts present"
+            )
         groups.append({"group_id": gid, "members": [_prompt_record(r, max_responses) for r in part]})
     return groups
 
@@ -80,14 +93,20 @@ class Batch:
     group_of_prompt: torch.Tensor  # [P]
     similarity: list[torch.Tensor]  # per group [B, B]
 
-    def to(self, device: torch.device) -> "Batch":
+    def to(self, device: torch.device) -> Batch:
         """The same batch with its tensors on ``device`` (the training step's; collation runs on the CPU)."""
-        moved = {f.name: getattr(self, f.name).to(device) for f in fields(self) if isinstance(getattr(self, f.name), (torch.Tensor, Packed))}
+        moved = {
+            f.name: getattr(self, f.name).to(device)
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), (torch.Tensor, Packed))
+        }
         return replace(self, **moved, similarity=[s.to(device) for s in self.similarity])
 
     def gather(self, per_sequence: torch.Tensor) -> torch.Tensor:
         """``[N]`` per-sequence values laid out as ``[P, K]`` (0 where padded)."""
-        return torch.where(self.mask, per_sequence[self.seq_index], torch.zeros_like(self.mask, dtype=per_sequence.dtype))
+        return torch.where(
+            self.mask, per_sequence[self.seq_index], torch.zeros_like(self.mask, dtype=per_sequence.dtype)
+        )
 
 
 def collate(groups: list[dict], pad_id: int, row_tokens: int, share_prompts: bool = True) -> Batch:
@@ -104,8 +123,10 @@ def collate(groups: list[dict], pad_id: int, row_tokens: int, share_prompts: boo
     have_scores = all(m["scores"] is not None for _, m in members)
     if not have_scores and any(m["scores"] is not None for _, m in members):
         mixed = sorted({group["group_id"] for group in groups for m in group["members"] if m["scores"] is None})
-        raise ValueError(f"contrast groups {mixed[:5]} hold prompts without scores beside scored ones: the shards mix "
-                         "scored and unscored prompts (made before prepare.reward applied to every row); re-run prepare")
+        raise ValueError(
+            f"contrast groups {mixed[:5]} hold prompts without scores beside scored ones: the shards mix "
+            "scored and unscored prompts (made before prepare.reward applied to every row); re-run prepare"
+        )
     have_rank = all(m["rank"] is not None for _, m in members)
     ref = torch.zeros(P, K, dtype=torch.float64)
     scores = torch.zeros(P, K, dtype=torch.float64)
@@ -122,8 +143,13 @@ def collate(groups: list[dict], pad_id: int, row_tokens: int, share_prompts: boo
             scores[p, :k] = torch.tensor(m["scores"])
         if have_rank:
             order[p, :k] = torch.tensor(m["rank"])
-    packed = pack_shared_prompts([m["prompt_ids"] for _, m in members], [m["response_ids"] for _, m in members], pad_id,
-                                 row_tokens, share_prompts)
+    packed = pack_shared_prompts(
+        [m["prompt_ids"] for _, m in members],
+        [m["response_ids"] for _, m in members],
+        pad_id,
+        row_tokens,
+        share_prompts,
+    )
     return Batch(
         packed=packed,
         seq_index=seq_index,

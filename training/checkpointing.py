@@ -12,6 +12,7 @@ Nothing is gathered whole: the moments are gathered one parameter at a time (Dee
 at most :data:`CHUNK_BYTES`; a ZeRO-3 model is gathered a layer at a time onto rank 0. The checkpoint memory of a
 rank is then one parameter's (rank 0: one chunk), whatever the model's size or the number of workers.
 """
+
 from __future__ import annotations
 
 import json
@@ -85,7 +86,9 @@ def set_full_adam_state(engine, directory: Path) -> None:
     flats += getattr(engine.optimizer, "fp32_partitioned_groups_flat", [])
     for flat in flats:
         if "exp_avg" not in adam.state[flat]:
-            adam.state[flat].update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(flat), exp_avg_sq=torch.zeros_like(flat))
+            adam.state[flat].update(
+                step=torch.tensor(0.0), exp_avg=torch.zeros_like(flat), exp_avg_sq=torch.zeros_like(flat)
+            )
     link = getattr(engine.optimizer, "_lazy_init_hp_params_optimizer_state", None)
     if link is not None:
         link()
@@ -107,7 +110,9 @@ def _model_state(engine, lora: bool) -> dict | None:
     return None
 
 
-def write(directory: Path, engine, tokenizer, rank: int, world: int, step: int, extra: dict, lora: bool = False) -> None:
+def write(
+    directory: Path, engine, tokenizer, rank: int, world: int, step: int, extra: dict, lora: bool = False
+) -> None:
     """Every rank writes its DeepSpeed state; rank 0 adds the model, the step and the world-size-free moments."""
     engine.save_checkpoint(str(directory / "deepspeed"), tag="state", exclude_frozen_parameters=True)
     if engine.zero_optimization_stage() > 0:
@@ -126,9 +131,14 @@ def restore(directory: Path, engine, world: int, lora: bool) -> dict:
     ``moments``: how Adam's state came back (``"deepspeed"``, ``"gathered"`` or ``"none"``)."""
     state = json.loads((directory / STATE).read_text())
     same_world = state["world_size"] == world or engine.zero_optimization_stage() == 0  # unpartitioned: any size
-    engine.load_checkpoint(str(directory / "deepspeed"), tag="state", load_optimizer_states=same_world,
-                           load_lr_scheduler_states=False, load_module_only=not same_world,
-                           load_module_strict=not lora)  # LoRA checkpoints hold the adapters alone
+    engine.load_checkpoint(
+        str(directory / "deepspeed"),
+        tag="state",
+        load_optimizer_states=same_world,
+        load_lr_scheduler_states=False,
+        load_module_only=not same_world,
+        load_module_strict=not lora,
+    )  # LoRA checkpoints hold the adapters alone
     moments = "deepspeed" if same_world else "none"
     if not same_world and (directory / ADAM).is_dir():
         set_full_adam_state(engine, directory / ADAM)

@@ -1,4 +1,5 @@
 """DeepSpeed set-up shared by the SFT and preference trainers (runs inside Ray Train workers)."""
+
 from __future__ import annotations
 
 import math
@@ -48,9 +49,14 @@ def deepspeed_config(
 def trainer_resources(num_workers: int | tuple[int, int], cpus: float, gpus: float) -> dict:
     """``TorchTrainer`` arguments for workers of ``cpus`` CPUs and ``gpus`` GPUs each: NCCL between GPU workers,
     gloo between CPU workers."""
-    return {"scaling_config": ScalingConfig(num_workers=num_workers, use_gpu=gpus > 0,
-                                            resources_per_worker={"CPU": cpus, **({"GPU": gpus} if gpus else {})}),
-            "torch_config": TorchConfig(backend="nccl" if gpus else "gloo")}
+    return {
+        "scaling_config": ScalingConfig(
+            num_workers=num_workers,
+            use_gpu=gpus > 0,
+            resources_per_worker={"CPU": cpus, **({"GPU": gpus} if gpus else {})},
+        ),
+        "torch_config": TorchConfig(backend="nccl" if gpus else "gloo"),
+    }
 
 
 def load_for_training(model_dir, ds: DeepSpeedConfig, device: torch.device):

@@ -5,6 +5,7 @@ On the user's data: implicit-reward accuracy on held-out contrast groups and, wh
 answers (``prepare.reward``: ``task``, ``module:function`` or ``model:<dir>``), the mean reward of both models'
 greedy answers to the held-out prompts and the policy's win rate over the reference.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,7 +32,8 @@ from training.study_stats import interval
 
 @torch.no_grad()
 def greedy_generate_hf(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 64) -> list[str]:
-    """Greedy answers with ``transformers`` generate (left padding); used where starting a vLLM engine costs more than it saves."""
+    """Greedy answers with ``transformers`` generate (left padding); used where starting a vLLM engine costs more than
+    it saves."""
     model.eval()
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
@@ -79,7 +81,8 @@ def greedy_answers(model_dir: str | Path, prompt_ids: list[list[int]], cfg, end_
     actor, with the generator's resources and engine settings (freed afterwards)."""
     p = cfg.prepare
     actor = ray.remote(num_cpus=p.generator_cpus, num_gpus=p.generator_gpus or None)(VLLMAnswers).remote(
-        str(model_dir), cfg.model.max_length, p.vllm, cfg.seed, cfg.vllm_dtype(), p.generator_cpu_bind)
+        str(model_dir), cfg.model.max_length, p.vllm, cfg.seed, cfg.vllm_dtype(), p.generator_cpu_bind
+    )
     try:
         return ray.get(actor.generate.remote(prompt_ids, cfg.evaluate.max_new_tokens, end_id))
     finally:
@@ -101,8 +104,14 @@ def heldout_margins(model_dir: str | Path, cfg) -> tuple[float, dict[str, list[f
     p = cfg.prepare
     files, held = heldout_groups(cfg)
     actor = ray.remote(num_cpus=p.model_actor_cpus, num_gpus=p.model_actor_gpus or None)(HeldoutScores).remote(
-        str(cfg.policy_dir()), str(model_dir), files, cfg.train.max_responses, cfg.train_dtype(), cfg.pack_row_tokens(),
-        max(1, int(p.model_actor_cpus)))
+        str(cfg.policy_dir()),
+        str(model_dir),
+        files,
+        cfg.train.max_responses,
+        cfg.train_dtype(),
+        cfg.pack_row_tokens(),
+        max(1, int(p.model_actor_cpus)),
+    )
     try:
         return ray.get(actor.score.remote(held, cfg.train.beta, cfg.train.micro_groups))
     finally:
@@ -150,46 +159,67 @@ def answer_scorer(cfg) -> Callable[[list[str], list[str]], list[float]] | None:
     if spec.startswith("model:"):
         p = cfg.prepare
         actor = ray.remote(num_cpus=p.model_actor_cpus, num_gpus=p.model_actor_gpus or None)(RewardModelScores).remote(
-            spec[len("model:"):], max(1, int(p.model_actor_cpus)), p.score_batch_size, cfg.model.dtype)
-        return lambda prompts, answers: ray.get(actor.score_texts.remote(prompts, answers))  # the actor lives as long as this
+            spec[len("model:") :], max(1, int(p.model_actor_cpus)), p.score_batch_size, cfg.model.dtype
+        )
+        return lambda prompts, answers: ray.get(
+            actor.score_texts.remote(prompts, answers)
+        )  # the actor lives as long as this
     scorer = load_scorer(spec)
     return lambda prompts, answers: [float(scorer(p, a)) for p, a in zip(prompts, answers)]
 
 
 def heldout_prompts(cfg) -> tuple[list[str], list[list[int]], int | None]:
-    """Prompts of the held-out contrast groups (text and the token ids the shards hold), at most ``evaluate.max_prompts``,
+    """Prompts of the held-out contrast groups (text and the token ids the shards hold), at most
+    ``evaluate.max_prompts``,
     and the token the shards' responses end with (the manifest's record of prepare; None: the model's EOS alone)."""
     files, held = heldout_groups(cfg)
-    rows = pq.read_table([f.path for f in files], filesystem=files[0].fs, columns=["group_id", "prompt", "prompt_ids"],
-                         filters=[("group_id", "in", held)]).to_pandas()
+    rows = pq.read_table(
+        [f.path for f in files],
+        filesystem=files[0].fs,
+        columns=["group_id", "prompt", "prompt_ids"],
+        filters=[("group_id", "in", held)],
+    ).to_pandas()
     rows = rows.sort_values("group_id", kind="stable").head(cfg.evaluate.max_prompts)
     end_id = read_manifest(storage.job_store(cfg, "prepare") / "shards").get("source", {}).get("response_end_id")
     return list(rows["prompt"]), [[int(t) for t in ids] for ids in rows["prompt_ids"]], end_id
 
 
 def reward_eval(cfg, reference: Path, policy: Path, scorer, out: Path) -> dict:
-    """Mean reward of both models' greedy answers to the held-out prompts, and the policy's win rate (ties count half)."""
+    """Mean reward of both models' greedy answers to the held-out prompts, and the policy's win rate (ties count
+    half)."""
     prompts, ids, end_id = heldout_prompts(cfg)
     ref_answers, pol_answers = greedy_answers(reference, ids, cfg, end_id), greedy_answers(policy, ids, cfg, end_id)
     ref_rewards, pol_rewards = scorer(prompts, ref_answers), scorer(prompts, pol_answers)
     wins = [1.0 if b > a else 0.5 if b == a else 0.0 for a, b in zip(ref_rewards, pol_rewards)]
-    samples = [{"prompt": p, "reference": a, "policy": b, "reference_reward": ra, "policy_reward": rb}
-               for p, a, b, ra, rb in zip(prompts, ref_answers, pol_answers, ref_rewards, pol_rewards)]
+    samples = [
+        {"prompt": p, "reference": a, "policy": b, "reference_reward": ra, "policy_reward": rb}
+        for p, a, b, ra, rb in zip(prompts, ref_answers, pol_answers, ref_rewards, pol_rewards)
+    ]
     (out / "samples.json").write_text(json.dumps(samples, indent=2))
     n = len(prompts)
-    return {"heldout_prompts": n, "reference_mean_reward": sum(ref_rewards) / n, "policy_mean_reward": sum(pol_rewards) / n,
-            "win_rate": sum(wins) / n, "samples": str(out / "samples.json"),
-            **answer_lengths(reference, ref_answers, pol_answers)}
+    return {
+        "heldout_prompts": n,
+        "reference_mean_reward": sum(ref_rewards) / n,
+        "policy_mean_reward": sum(pol_rewards) / n,
+        "win_rate": sum(wins) / n,
+        "samples": str(out / "samples.json"),
+        **answer_lengths(reference, ref_answers, pol_answers),
+    }
 
 
 def answer_lengths(reference: Path, ref_answers: list[str], pol_answers: list[str]) -> dict[str, float]:
     """Mean answer length in tokens of both models (the reference's tokenizer), so a gain bought by length shows."""
     tok = AutoTokenizer.from_pretrained(reference)
-    mean = lambda answers: sum(len(tok(a, add_special_tokens=False)["input_ids"]) for a in answers) / max(len(answers), 1)  # noqa: E731
+
+    def mean(answers: list[str]) -> float:
+        return sum(len(tok(a, add_special_tokens=False)["input_ids"]) for a in answers) / max(len(answers), 1)
+
     return {"reference_mean_answer_tokens": mean(ref_answers), "policy_mean_answer_tokens": mean(pol_answers)}
 
 
-def _task_report(cfg, reference: Path, policy: Path, out: Path, progress: Progress) -> tuple[dict, dict[str, tuple[float, float]]]:
+def _task_report(
+    cfg, reference: Path, policy: Path, out: Path, progress: Progress
+) -> tuple[dict, dict[str, tuple[float, float]]]:
     heldout = task.scored_split(cfg.seed, cfg.task, cfg.evaluate.split)
     prompts = [r["prompt"] for r in heldout]
     ref_answers = task_answers(reference, cfg)
@@ -201,17 +231,32 @@ def _task_report(cfg, reference: Path, policy: Path, out: Path, progress: Progre
     by_family: dict[str, dict[str, float]] = {}
     for family in sorted({r["family"] for r in heldout}):
         idx = [i for i, r in enumerate(heldout) if r["family"] == family]
-        by_family[family] = {who: sum(each["exact_match"][i] for i in idx) / len(idx)
-                             for who, each in (("reference", ref_each), ("policy", pol_each))}
-    samples = [{"prompt": p, "answer": r["response"], "reference": a, "policy": b}
-               for p, r, a, b in list(zip(prompts, heldout, ref_answers, pol_answers))[:40]]
+        by_family[family] = {
+            who: sum(each["exact_match"][i] for i in idx) / len(idx)
+            for who, each in (("reference", ref_each), ("policy", pol_each))
+        }
+    samples = [
+        {"prompt": p, "answer": r["response"], "reference": a, "policy": b}
+        for p, r, a, b in list(zip(prompts, heldout, ref_answers, pol_answers))[:40]
+    ]
     (out / "samples.json").write_text(json.dumps(samples, indent=2))
-    report = {"heldout_prompts": len(prompts), "exact_match_by_family": by_family, "samples": str(out / "samples.json"),
-              **answer_lengths(reference, ref_answers, pol_answers), **paired_differences(ref_each, pol_each),
-              **{f"{who}_{k}": v for who, scores in (("reference", ref_scores), ("policy", pol_scores)) for k, v in scores.items()}}
-    bars = {"exact match": (ref_scores["exact_match"], pol_scores["exact_match"]),
-            "mean reward": (ref_scores["mean_reward"], pol_scores["mean_reward"]),
-            "slip rate": (ref_scores["slip_rate"], pol_scores["slip_rate"])}
+    report = {
+        "heldout_prompts": len(prompts),
+        "exact_match_by_family": by_family,
+        "samples": str(out / "samples.json"),
+        **answer_lengths(reference, ref_answers, pol_answers),
+        **paired_differences(ref_each, pol_each),
+        **{
+            f"{who}_{k}": v
+            for who, scores in (("reference", ref_scores), ("policy", pol_scores))
+            for k, v in scores.items()
+        },
+    }
+    bars = {
+        "exact match": (ref_scores["exact_match"], pol_scores["exact_match"]),
+        "mean reward": (ref_scores["mean_reward"], pol_scores["mean_reward"]),
+        "slip rate": (ref_scores["slip_rate"], pol_scores["slip_rate"]),
+    }
     return report, bars
 
 
@@ -222,7 +267,10 @@ def run_evaluate(cfg, policy: Path | None = None, job: str = "evaluate") -> dict
     out.mkdir(parents=True, exist_ok=True)
     reference = cfg.policy_dir()
     if policy is None:  # the train job's export and metrics, fetched from output_dir when this machine has no copy
-        policy = storage.job_store(cfg, "train").pull(cfg.job_dir("train"), skip=("adapter", "tensorboard", "logs")) / "policy"
+        policy = (
+            storage.job_store(cfg, "train").pull(cfg.job_dir("train"), skip=("adapter", "tensorboard", "logs"))
+            / "policy"
+        )
     policy = Path(policy)
     if not (policy / "config.json").is_file():
         raise FileNotFoundError(f"trained policy {policy} not found: run `python -m jobs.train` first")
@@ -234,8 +282,12 @@ def run_evaluate(cfg, policy: Path | None = None, job: str = "evaluate") -> dict
     progress.update(1, finished="reference implicit rewards")
     pol_acc, margins = heldout_margins(policy, cfg)
     progress.update(2, finished="policy implicit rewards")
-    report = {"reference_dir": str(reference), "policy_dir": str(policy),
-              "reference_implicit_accuracy": ref_acc, "policy_implicit_accuracy": pol_acc}
+    report = {
+        "reference_dir": str(reference),
+        "policy_dir": str(policy),
+        "reference_implicit_accuracy": ref_acc,
+        "policy_implicit_accuracy": pol_acc,
+    }
     bars = {"implicit acc.": (ref_acc, pol_acc)}
     if not cfg.data.source:
         task_report, task_bars = _task_report(cfg, reference, policy, out, progress)
@@ -252,8 +304,21 @@ def run_evaluate(cfg, policy: Path | None = None, job: str = "evaluate") -> dict
     figures = {}
     metrics_csv = policy.parent / "metrics.csv"  # the train job writes <job_dir>/policy beside <job_dir>/metrics.csv
     if metrics_csv.is_file():
-        figures["training_curves"] = str(plots.training_curves(metrics_csv, out / "training_curves.png", f"{cfg.train.loss} training ({cfg.name})"))
-    figures["margins"] = str(plots.margin_histogram(margins, out / "reward_margins.png", "held-out implicit-reward margins of the policy, by negative type"))
-    figures["before_after"] = str(plots.before_after_bars(bars, out / "before_after.png", "held-out: reference vs trained policy"))
+        figures["training_curves"] = str(
+            plots.training_curves(metrics_csv, out / "training_curves.png", f"{cfg.train.loss} training ({cfg.name})")
+        )
+    figures["margins"] = str(
+        plots.margin_histogram(
+            margins, out / "reward_margins.png", "held-out implicit-reward margins of the policy, by negative type"
+        )
+    )
+    figures["before_after"] = str(
+        plots.before_after_bars(bars, out / "before_after.png", "held-out: reference vs trained policy")
+    )
     # every model runs in an actor: the driver's memory does not grow with the models (the note's measurement)
-    return {**report, "figures": figures, "driver_rss_mb_before": rss_before, "driver_peak_rss_mb": resident_mb("VmHWM")}
+    return {
+        **report,
+        "figures": figures,
+        "driver_rss_mb_before": rss_before,
+        "driver_peak_rss_mb": resident_mb("VmHWM"),
+    }

@@ -5,6 +5,7 @@ alone) and then reads only the groups it trains, a step ahead of use. Shards are
 group's rows are contiguous in one file. Memory holds the index, the current and next micro-batches and the most
 recently read row groups up to ``CACHE_BYTES`` (at least one), whatever the size of the dataset.
 """
+
 from __future__ import annotations
 
 import threading
@@ -43,7 +44,9 @@ class GroupReader:
             for start, end in zip(starts, np.r_[starts[1:], len(ids)]):
                 gid = int(ids[start])
                 if gid in self.where:
-                    raise ValueError(f"contrast group {gid} is split across {self.files[self.where[gid][0]]} and {file}")
+                    raise ValueError(
+                        f"contrast group {gid} is split across {self.files[self.where[gid][0]]} and {file}"
+                    )
                 self.where[gid] = (f, int(start), int(end - start))
         self._cache: OrderedDict[tuple[int, int], pa.Table] = OrderedDict()
         self._lock = threading.Lock()  # the prefetch thread and the training thread share the cache
@@ -67,7 +70,10 @@ class GroupReader:
     def _rows(self, f: int, start: int, rows: int) -> pa.Table:
         """Rows ``start .. start + rows`` of file ``f``, from the row groups that hold them."""
         bounds = self._row_groups[f]
-        first, last = np.searchsorted(bounds, start, "right") - 1, np.searchsorted(bounds, start + rows - 1, "right") - 1
+        first, last = (
+            np.searchsorted(bounds, start, "right") - 1,
+            np.searchsorted(bounds, start + rows - 1, "right") - 1,
+        )
         table = pa.concat_tables([self._row_group(f, i) for i in range(first, last + 1)])
         return table.slice(start - int(bounds[first]), rows)
 

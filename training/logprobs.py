@@ -14,8 +14,19 @@ from torch import Tensor, nn
 
 from pipeline.tokenize import pack_shared_prompts, pad_sequences
 
-__all__ = ["ForwardPlan", "UnsupportedModel", "check_architecture", "forward_plan", "label_logps", "packed_logps",
-           "reference_logps", "response_logits", "response_token_counts", "sequence_logps", "token_logps_from_logits"]
+__all__ = [
+    "ForwardPlan",
+    "UnsupportedModel",
+    "check_architecture",
+    "forward_plan",
+    "label_logps",
+    "packed_logps",
+    "reference_logps",
+    "response_logits",
+    "response_token_counts",
+    "sequence_logps",
+    "token_logps_from_logits",
+]
 
 
 def token_logps_from_logits(logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
@@ -69,7 +80,11 @@ def sequence_logps(
     Returns: ``[N]`` float32, differentiable w.r.t. the model parameters.
     """
     device = next(model.parameters()).device
-    input_ids, attention_mask, response_mask = input_ids.to(device), attention_mask.to(device).long(), response_mask.to(device)
+    input_ids, attention_mask, response_mask = (
+        input_ids.to(device),
+        attention_mask.to(device).long(),
+        response_mask.to(device),
+    )
     # Positions count real tokens only, so left padding does not shift them. RoPE
     # (Llama) is offset-invariant only up to rounding; learned absolute position
     # embeddings (GPT-2) give wrong results without this.
@@ -129,8 +144,11 @@ class _HeadLabelLogps(torch.autograd.Function):
         hidden, weight, labels, lse = ctx.saved_tensors
         # A frozen head (LoRA) needs no weight gradient: skipping it saves a third of the head's backward. Where it
         # is needed, the chunks' sum runs in fp32, so a bf16 head does not round the running sum at every chunk.
-        grad_weight = torch.zeros(weight.shape, dtype=_upcast(weight).dtype, device=weight.device) \
-            if ctx.needs_input_grad[1] else None
+        grad_weight = (
+            torch.zeros(weight.shape, dtype=_upcast(weight).dtype, device=weight.device)
+            if ctx.needs_input_grad[1]
+            else None
+        )
         grad_hidden = torch.empty_like(hidden)
         for c in range(0, hidden.shape[0], ctx.chunk):
             h, g = hidden[c : c + ctx.chunk], grad_out[c : c + ctx.chunk]
@@ -157,19 +175,60 @@ class UnsupportedModel(ValueError):
 
 # Architectures whose forward pass tests/test_conformance.py proves exact with the shared-prompt block masks built
 # here (eager and sdpa), and those whose logits are ``hidden @ lm_head.weight.T`` with nothing after the head.
-SHARED_PROMPT_ARCHITECTURES = frozenset({
-    "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma2", "gemma3_text", "granite",
-    "phi3", "gpt2", "olmo2",
-})
-PLAIN_HEAD_ARCHITECTURES = frozenset({
-    "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi3", "gpt2", "olmo2",
-})
+SHARED_PROMPT_ARCHITECTURES = frozenset(
+    {
+        "llama",
+        "mistral",
+        "mixtral",
+        "qwen2",
+        "qwen2_moe",
+        "qwen3",
+        "qwen3_moe",
+        "gemma2",
+        "gemma3_text",
+        "granite",
+        "phi3",
+        "gpt2",
+        "olmo2",
+    }
+)
+PLAIN_HEAD_ARCHITECTURES = frozenset(
+    {
+        "llama",
+        "mistral",
+        "mixtral",
+        "qwen2",
+        "qwen2_moe",
+        "qwen3",
+        "qwen3_moe",
+        "phi3",
+        "gpt2",
+        "olmo2",
+    }
+)
 # Recurrent and hybrid models: state flows from token to token outside attention, so no attention mask can
 # keep one response from seeing another; the project does not score them.
-RECURRENT_ARCHITECTURES = frozenset({
-    "mamba", "mamba2", "falcon_mamba", "jamba", "bamba", "zamba", "zamba2", "falcon_h1", "rwkv", "recurrent_gemma",
-    "lfm2", "lfm2_moe", "qwen3_next", "granitemoehybrid", "nemotron_h", "xlstm", "minimax",
-})
+RECURRENT_ARCHITECTURES = frozenset(
+    {
+        "mamba",
+        "mamba2",
+        "falcon_mamba",
+        "jamba",
+        "bamba",
+        "zamba",
+        "zamba2",
+        "falcon_h1",
+        "rwkv",
+        "recurrent_gemma",
+        "lfm2",
+        "lfm2_moe",
+        "qwen3_next",
+        "granitemoehybrid",
+        "nemotron_h",
+        "xlstm",
+        "minimax",
+    }
+)
 MASKED_LAYER_TYPES = ("full_attention", "sliding_attention")
 MASK_BACKENDS = ("eager", "sdpa")  # attention implementations that take an arbitrary 4-D mask as given
 
@@ -205,11 +264,15 @@ def check_architecture(config) -> None:
     if getattr(config, "is_encoder_decoder", False):
         raise UnsupportedModel(f"model type {arch!r} is an encoder-decoder; the project trains causal language models")
     if arch in RECURRENT_ARCHITECTURES:
-        raise UnsupportedModel(f"model type {arch!r} has recurrent layers: their state would carry one response into "
-                               "the next, so its log-probs cannot be computed exactly here")
+        raise UnsupportedModel(
+            f"model type {arch!r} has recurrent layers: their state would carry one response into "
+            "the next, so its log-probs cannot be computed exactly here"
+        )
     other = sorted(set(_layer_types(config)) - set(MASKED_LAYER_TYPES))
     if other:
-        raise UnsupportedModel(f"model type {arch!r} has layer types {other}; only {list(MASKED_LAYER_TYPES)} are supported")
+        raise UnsupportedModel(
+            f"model type {arch!r} has layer types {other}; only {list(MASKED_LAYER_TYPES)} are supported"
+        )
 
 
 def forward_plan(model_or_config) -> ForwardPlan:
@@ -228,9 +291,13 @@ def forward_plan(model_or_config) -> ForwardPlan:
     window = getattr(config, "sliding_window", None)
     windows = {t: (window if t == "sliding_attention" else None) for t in _layer_types(config)}
     model = model_or_config if isinstance(model_or_config, nn.Module) else None
-    return ForwardPlan(architecture=arch, share_prompts=not note, layer_windows=windows,
-                       plain_head=arch in PLAIN_HEAD_ARCHITECTURES and (model is None or _plain_linear_head(model)),
-                       note=note)
+    return ForwardPlan(
+        architecture=arch,
+        share_prompts=not note,
+        layer_windows=windows,
+        plain_head=arch in PLAIN_HEAD_ARCHITECTURES and (model is None or _plain_linear_head(model)),
+        note=note,
+    )
 
 
 def _plain_linear_head(model: nn.Module) -> bool:
@@ -250,7 +317,9 @@ def block_attention_masks(packed, windows: dict[str, int | None], dtype: torch.d
             distance = packed.position_ids[:, None, :, None] - packed.position_ids[:, None, None, :]
             eye = torch.eye(allowed.shape[-1], dtype=torch.bool, device=allowed.device)
             allowed = (allowed & (distance < window)) | eye
-        masks[layer_type] = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+        masks[layer_type] = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
+            ~allowed, torch.finfo(dtype).min
+        )
     return next(iter(masks.values())) if len(masks) == 1 else masks
 
 
@@ -280,25 +349,39 @@ def packed_logps(model: nn.Module, packed, plan: ForwardPlan | None = None) -> T
     else:
         token_logps = label_logps(model(**inputs).logits[packed.rows, packed.positions], packed.labels)
     return torch.zeros(len(packed.response_lengths), dtype=token_logps.dtype, device=token_logps.device).index_add(
-        0, packed.sequences, token_logps)
+        0, packed.sequences, token_logps
+    )
 
 
 @torch.no_grad()
-def reference_logps(model: nn.Module, prompts: list[list[int]], responses: list[list[list[int]]], pad_id: int,
-                    row_tokens: int, prompts_per_pass: int = 16) -> list[float]:
+def reference_logps(
+    model: nn.Module,
+    prompts: list[list[int]],
+    responses: list[list[list[int]]],
+    pad_id: int,
+    row_tokens: int,
+    prompts_per_pass: int = 16,
+) -> list[float]:
     """Summed log-probs of ``responses[p][k]`` after ``prompts[p]`` (prompt-major order), as the trainer computes
     the policy's: the same plan, packing and head, ``prompts_per_pass`` prompts per forward pass."""
     plan = forward_plan(model)
     values: list[float] = []
     for c in range(0, len(prompts), prompts_per_pass):
-        packed = pack_shared_prompts(prompts[c : c + prompts_per_pass], responses[c : c + prompts_per_pass], pad_id,
-                                     row_tokens, plan.share_prompts)
+        packed = pack_shared_prompts(
+            prompts[c : c + prompts_per_pass],
+            responses[c : c + prompts_per_pass],
+            pad_id,
+            row_tokens,
+            plan.share_prompts,
+        )
         values += packed_logps(model, packed, plan).tolist()
     return values
 
 
 @torch.no_grad()
-def response_logits(model: nn.Module, prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> list[Tensor]:
+def response_logits(
+    model: nn.Module, prompts: list[list[int]], responses: list[list[int]], pad_id: int
+) -> list[Tensor]:
     """Teacher-forced next-token logits over each response, from the model's own forward on right-padded
     ``prompt + response`` rows (its own causal and sliding masks): ``[T_n, V]`` per response, row ``t``
     predicting ``responses[n][t]``."""

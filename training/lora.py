@@ -1,4 +1,5 @@
 """LoRA adapters (peft): which parameters train, and the merged policy users load afterwards."""
+
 from __future__ import annotations
 
 import shutil
@@ -16,8 +17,12 @@ from configs.schema import LoraConfig
 def with_lora(model: nn.Module, cfg: LoraConfig) -> nn.Module:
     """``model`` with LoRA adapters on ``cfg.target_modules``; only the adapters require gradients."""
     targets = cfg.target_modules if isinstance(cfg.target_modules, str) else list(cfg.target_modules)
-    return get_peft_model(model, PeftLoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                                                target_modules=targets, task_type="CAUSAL_LM"))
+    return get_peft_model(
+        model,
+        PeftLoraConfig(
+            r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets, task_type="CAUSAL_LM"
+        ),
+    )
 
 
 def export_merged(base_dir: Path, adapter_dir: Path, out: Path) -> None:

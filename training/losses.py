@@ -101,22 +101,38 @@ def dpo_loss(
 # The pairwise variants TRL's DPOTrainer offers (``loss_type``), on the same arguments as :func:`dpo_loss`
 # (``[B]`` summed log-probs) with ``h = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)``.
 
-def ipo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor, beta: float = 0.1) -> LossOutput:
+
+def ipo_loss(
+    policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor, beta: float = 0.1
+) -> LossOutput:
     """IPO (Azar et al. 2023, eq. 17; TRL ``ipo``): ``(h - 1 / (2 beta))^2``, beta the regulariser tau. TRL and the
     IPO authors' results take per-token log-prob averages (``train.reward_normalization: mean``)."""
     h = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
-    return LossOutput((h - 1 / (2 * beta)) ** 2, torch.ones_like(h, dtype=torch.bool),
-                      _pair_metrics(beta * (policy_chosen - ref_chosen), beta * (policy_rejected - ref_rejected)))
+    return LossOutput(
+        (h - 1 / (2 * beta)) ** 2,
+        torch.ones_like(h, dtype=torch.bool),
+        _pair_metrics(beta * (policy_chosen - ref_chosen), beta * (policy_rejected - ref_rejected)),
+    )
 
 
-def hinge_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor, beta: float = 0.1) -> LossOutput:
+def hinge_loss(
+    policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor, beta: float = 0.1
+) -> LossOutput:
     """SLiC's hinge (TRL ``hinge``): ``relu(1 - beta h)``."""
     chosen, rejected = beta * (policy_chosen - ref_chosen), beta * (policy_rejected - ref_rejected)
-    return LossOutput(F.relu(1 - (chosen - rejected)), torch.ones_like(chosen, dtype=torch.bool), _pair_metrics(chosen, rejected))
+    return LossOutput(
+        F.relu(1 - (chosen - rejected)), torch.ones_like(chosen, dtype=torch.bool), _pair_metrics(chosen, rejected)
+    )
 
 
-def robust_dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor, beta: float = 0.1,
-                    label_smoothing: float = 0.1) -> LossOutput:
+def robust_dpo_loss(
+    policy_chosen: Tensor,
+    policy_rejected: Tensor,
+    ref_chosen: Tensor,
+    ref_rejected: Tensor,
+    beta: float = 0.1,
+    label_smoothing: float = 0.1,
+) -> LossOutput:
     """Robust DPO (Chowdhury et al. 2024; TRL ``robust``), unbiased under labels flipped with probability eps:
     ``(-(1 - eps) log sigma(beta h) + eps log sigma(-beta h)) / (1 - 2 eps)``, ``0 <= eps < 0.5``."""
     chosen, rejected = beta * (policy_chosen - ref_chosen), beta * (policy_rejected - ref_rejected)
@@ -125,7 +141,9 @@ def robust_dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: 
     return LossOutput(losses, torch.ones_like(z, dtype=torch.bool), _pair_metrics(chosen, rejected))
 
 
-def nca_pair_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor, beta: float = 0.1) -> LossOutput:
+def nca_pair_loss(
+    policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor, beta: float = 0.1
+) -> LossOutput:
     """NCA on a pair (TRL ``nca_pair``): ``-log sigma(s_w) - log sigma(-s_w) / 2 - log sigma(-s_l) / 2``."""
     chosen, rejected = beta * (policy_chosen - ref_chosen), beta * (policy_rejected - ref_rejected)
     losses = -F.logsigmoid(chosen) - 0.5 * F.logsigmoid(-chosen) - 0.5 * F.logsigmoid(-rejected)
@@ -155,7 +173,9 @@ def swepo_deviations(scores: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     return dev, mask & (dev > tol)
 
 
-def swepo_log_weights(dev: Tensor, alpha: float = 1.0, p: float = 1.0, weighting: Literal["abs", "signed"] = "abs") -> Tensor:
+def swepo_log_weights(
+    dev: Tensor, alpha: float = 1.0, p: float = 1.0, weighting: Literal["abs", "signed"] = "abs"
+) -> Tensor:
     """SWEPO's log-weights of deviations ``dev`` (any shape): ``α|Δ|^p`` ("abs") or ``αΔ`` ("signed")."""
     if weighting == "abs":
         return alpha * dev.abs().pow(p)

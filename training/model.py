@@ -5,6 +5,7 @@ with no merges encodes any text (the embedded task and real data alike) without 
 tokens; its tokens are single characters for ASCII, which suits arithmetic and string tasks.
 The saved directory loads in ``transformers`` and in vLLM.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -19,7 +20,9 @@ from configs.schema import ModelConfig
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 
 
-def build_tokenizer(max_length: int, corpus: Iterable[str] | None = None, vocab_size: int = 16384) -> PreTrainedTokenizerFast:
+def build_tokenizer(
+    max_length: int, corpus: Iterable[str] | None = None, vocab_size: int = 16384
+) -> PreTrainedTokenizerFast:
     """The byte-level tokenizer with no merges; with ``corpus``, byte-level BPE merges learned from it
     up to ``vocab_size`` (a realistic vocabulary for the benchmarks). Special tokens keep ids 0, 1, 2."""
     specials = [PAD, BOS, EOS]
@@ -31,9 +34,15 @@ def build_tokenizer(max_length: int, corpus: Iterable[str] | None = None, vocab_
     else:
         core = Tokenizer(models.BPE())
         core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        core.train_from_iterator(corpus, trainers.BpeTrainer(
-            vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=False))
+        core.train_from_iterator(
+            corpus,
+            trainers.BpeTrainer(
+                vocab_size=vocab_size,
+                special_tokens=specials,
+                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                show_progress=False,
+            ),
+        )
     core.decoder = decoders.ByteLevel()
     core.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, core.token_to_id(BOS))]

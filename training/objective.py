@@ -1,4 +1,5 @@
 """The configured preference loss on a batch of contrast groups (dispatch over ``training.losses``)."""
+
 from __future__ import annotations
 
 import torch
@@ -37,8 +38,10 @@ def pairing_of(tc: TrainConfig, batch: Batch) -> str:
     if tc.pairing == "auto":
         return "best_worst" if batch.scores is not None else "anchor"
     if tc.pairing != "anchor" and batch.scores is None:
-        raise ValueError(f"train.pairing={tc.pairing} needs response scores; the shards have none (set prepare.reward "
-                         "or train.pairing: anchor)")
+        raise ValueError(
+            f"train.pairing={tc.pairing} needs response scores; the shards have none (set prepare.reward "
+            "or train.pairing: anchor)"
+        )
     return tc.pairing
 
 
@@ -47,8 +50,11 @@ def pair_indices(tc: TrainConfig, batch: Batch) -> tuple[Tensor, Tensor, Tensor]
     (``best_each`` pairs the same chosen with every lower-scored response: see :func:`_best_each`).
     A prompt without two responses, or whose best and worst responses score the same, is not valid."""
     if pairing_of(tc, batch) == "anchor":
-        return (torch.zeros(batch.mask.shape[0], dtype=torch.long, device=batch.mask.device), _rejected_index(batch),
-                has_negative(batch))
+        return (
+            torch.zeros(batch.mask.shape[0], dtype=torch.long, device=batch.mask.device),
+            _rejected_index(batch),
+            has_negative(batch),
+        )
     best = batch.scores.masked_fill(~batch.mask, float("-inf"))
     worst = batch.scores.masked_fill(~batch.mask, float("inf"))
     # argmax takes the first of equal maxima: on a tie the anchor stays chosen
@@ -70,7 +76,9 @@ def _best_each(tc: TrainConfig, batch: Batch, policy: Tensor, ref: Tensor) -> L.
     lower = batch.mask & (scores < scores.gather(1, best))
     out = pairwise_loss(tc)(policy.gather(1, best).expand_as(policy), policy, ref.gather(1, best).expand_as(ref), ref)
     n = lower.sum(-1).clamp(min=1)
-    return L.LossOutput((out.losses * lower).sum(-1) / n, lower.any(-1), {"margin": (out.metrics["margin"] * lower).sum(-1) / n})
+    return L.LossOutput(
+        (out.losses * lower).sum(-1) / n, lower.any(-1), {"margin": (out.metrics["margin"] * lower).sum(-1) / n}
+    )
 
 
 def implicit_accuracy(rewards: Tensor, batch: Batch, pairs: Tensor | None = None) -> tuple[float, int]:
@@ -81,7 +89,11 @@ def implicit_accuracy(rewards: Tensor, batch: Batch, pairs: Tensor | None = None
     ``TIE`` are a tie: the stored reference log-probs come from another batch layout than the policy's,
     which moves float32 sums by ~1e-5 and would otherwise turn exact ties into coin flips.
     """
-    labels = batch.scores if batch.scores is not None else (torch.arange(batch.mask.shape[1], device=rewards.device) == 0).float().expand_as(rewards)
+    labels = (
+        batch.scores
+        if batch.scores is not None
+        else (torch.arange(batch.mask.shape[1], device=rewards.device) == 0).float().expand_as(rewards)
+    )
     better = (labels.unsqueeze(-1) > labels.unsqueeze(-2)) & batch.mask.unsqueeze(-1) & batch.mask.unsqueeze(-2)
     if pairs is not None:
         better &= pairs
@@ -105,8 +117,14 @@ def length_metric_sums(rewards: Tensor, batch: Batch, token_counts: Tensor) -> d
     similar = (n.unsqueeze(-1) - n.unsqueeze(-2)).abs() < LENGTH_BAND * torch.maximum(n.unsqueeze(-1), n.unsqueeze(-2))
     lc_correct, lc_pairs = implicit_accuracy(rewards, batch, similar)
     top = rewards.masked_fill(~mask, float("-inf")).argmax(-1)
-    return {"length_corr_sum": float(corr.sum()), "length_corr_prompts": int(spread.sum()), "lc_correct": lc_correct,
-            "lc_pairs": lc_pairs, "top_tokens_sum": float(n[torch.arange(len(top), device=top.device), top].sum()), "top_prompts": len(top)}
+    return {
+        "length_corr_sum": float(corr.sum()),
+        "length_corr_prompts": int(spread.sum()),
+        "lc_correct": lc_correct,
+        "lc_pairs": lc_pairs,
+        "top_tokens_sum": float(n[torch.arange(len(top), device=top.device), top].sum()),
+        "top_prompts": len(top),
+    }
 
 
 def implicit_logps(tc: TrainConfig, policy: Tensor, ref: Tensor, token_counts: Tensor) -> tuple[Tensor, Tensor]:
@@ -123,7 +141,9 @@ def implicit_logps(tc: TrainConfig, policy: Tensor, ref: Tensor, token_counts: T
     return policy, ref
 
 
-def preference_loss(tc: TrainConfig, batch: Batch, policy: Tensor, ref: Tensor, token_counts: Tensor) -> tuple[Tensor, dict]:
+def preference_loss(
+    tc: TrainConfig, batch: Batch, policy: Tensor, ref: Tensor, token_counts: Tensor
+) -> tuple[Tensor, dict]:
     """Mean loss over valid prompts and detached metrics.
 
     Args:
@@ -133,8 +153,10 @@ def preference_loss(tc: TrainConfig, batch: Batch, policy: Tensor, ref: Tensor, 
     if tc.loss in NEEDS_SCORES and batch.scores is None:
         raise ValueError(f"train.loss={tc.loss} needs response scores; the shards have none (set prepare.reward)")
     if tc.loss == "cpo" and tc.cpo_ranked and batch.order is None:
-        raise ValueError("train.cpo_ranked needs the similarity ranks the prepare job stores for rows with a ground truth; "
-                         "these shards have none")
+        raise ValueError(
+            "train.cpo_ranked needs the similarity ranks the prepare job stores for rows with a ground truth; "
+            "these shards have none"
+        )
     P = policy.shape[0]
     rows = torch.arange(P, device=policy.device)
     anchor_nll = -policy[:, 0] / token_counts[:, 0].clamp(min=1)  # mean token NLL of the ground truth
@@ -146,8 +168,17 @@ def preference_loss(tc: TrainConfig, batch: Batch, policy: Tensor, ref: Tensor, 
         chosen, rej, contrastable = pair_indices(tc, batch)
         out = pairwise_loss(tc)(policy[rows, chosen], policy[rows, rej], ref[rows, chosen], ref[rows, rej])
     elif tc.loss == "swepo":
-        out = L.swepo_loss(policy, ref, batch.scores, batch.mask, beta=tc.beta, alpha=tc.swepo_alpha, p=tc.swepo_p,
-                           weighting=tc.swepo_weighting, mode=tc.swepo_mode)
+        out = L.swepo_loss(
+            policy,
+            ref,
+            batch.scores,
+            batch.mask,
+            beta=tc.beta,
+            alpha=tc.swepo_alpha,
+            p=tc.swepo_p,
+            weighting=tc.swepo_weighting,
+            mode=tc.swepo_mode,
+        )
     elif tc.loss == "rpo":
         chosen, rej, contrastable = pair_indices(tc, batch)
         out = _rpo(tc, batch, policy, ref, chosen, rej, contrastable)
@@ -156,8 +187,15 @@ def preference_loss(tc: TrainConfig, batch: Batch, policy: Tensor, ref: Tensor, 
         out = L.LossOutput(anchor_nll, torch.ones(P, dtype=torch.bool, device=policy.device), {})
     elif tc.loss == "cpo":
         nll = anchor_nll if tc.cpo_alpha_mle else None
-        out = L.cpo_loss(policy, ref, beta=tc.beta, order=batch.order if tc.cpo_ranked else None, mask=batch.mask,
-                         nll=nll, alpha_mle=tc.cpo_alpha_mle)
+        out = L.cpo_loss(
+            policy,
+            ref,
+            beta=tc.beta,
+            order=batch.order if tc.cpo_ranked else None,
+            mask=batch.mask,
+            nll=nll,
+            alpha_mle=tc.cpo_alpha_mle,
+        )
     else:
         fn = L.infonca_loss if tc.loss == "infonca" else L.nca_loss
         out = fn(policy, ref, batch.scores, beta=tc.beta, temperature=tc.temperature, mask=batch.mask)
@@ -167,14 +205,22 @@ def preference_loss(tc: TrainConfig, batch: Batch, policy: Tensor, ref: Tensor, 
     loss = (out.losses * valid).sum() / valid.sum().clamp(min=1)
     rewards = tc.beta * (policy - ref).detach()
     correct, pairs = implicit_accuracy(rewards, batch)
-    metrics = {"loss": float(loss.detach()), "prompts": P, "skipped_prompts": int((~valid).sum()),
-               "accuracy_correct": correct, "accuracy_pairs": pairs, **length_metric_sums(rewards, batch, token_counts)}
+    metrics = {
+        "loss": float(loss.detach()),
+        "prompts": P,
+        "skipped_prompts": int((~valid).sum()),
+        "accuracy_correct": correct,
+        "accuracy_pairs": pairs,
+        **length_metric_sums(rewards, batch, token_counts),
+    }
     if "margin" in out.metrics:
         metrics["margin"] = float(out.metrics["margin"][valid].mean()) if valid.any() else 0.0
     return loss, metrics
 
 
-def _rpo(tc: TrainConfig, batch: Batch, policy: Tensor, ref: Tensor, chosen: Tensor, rej: Tensor, usable: Tensor) -> L.LossOutput:
+def _rpo(
+    tc: TrainConfig, batch: Batch, policy: Tensor, ref: Tensor, chosen: Tensor, rej: Tensor, usable: Tensor
+) -> L.LossOutput:
     """RPO per contrast group on each prompt's pair (``[P]`` indices, ``usable`` where valid); paired rows are
     prompts, unpaired columns are every response of the group but its prompt's chosen one."""
     outs = []
@@ -183,17 +229,36 @@ def _rpo(tc: TrainConfig, batch: Batch, policy: Tensor, ref: Tensor, chosen: Ten
         if tc.rpo_paired:
             # A prompt without a negative has no rejected column to offer, and no contrast of its own.
             pairs = usable[rows].unsqueeze(0) & usable[rows].unsqueeze(1)
-            pairs |= ~usable[rows].unsqueeze(1) & torch.eye(len(rows), dtype=torch.bool, device=rows.device)  # keep every row non-empty
-            out = L.rpo_loss(policy[rows, chosen[rows]], policy[rows, rej[rows]], ref[rows, chosen[rows]], ref[rows, rej[rows]],
-                             similarity=sim, beta=tc.beta, tau=tc.rpo_tau, weighting=tc.rpo_weighting, lam=tc.rpo_lambda,
-                             mask=pairs)
+            pairs |= ~usable[rows].unsqueeze(1) & torch.eye(
+                len(rows), dtype=torch.bool, device=rows.device
+            )  # keep every row non-empty
+            out = L.rpo_loss(
+                policy[rows, chosen[rows]],
+                policy[rows, rej[rows]],
+                ref[rows, chosen[rows]],
+                ref[rows, rej[rows]],
+                similarity=sim,
+                beta=tc.beta,
+                tau=tc.rpo_tau,
+                weighting=tc.rpo_weighting,
+                lam=tc.rpo_lambda,
+                mask=pairs,
+            )
         else:
             neg = batch.mask[rows].clone()
             neg[torch.arange(len(rows), device=rows.device), chosen[rows]] = False
             owner, col = neg.nonzero(as_tuple=True)
-            out = L.rpo_loss(policy[rows, chosen[rows]], policy[rows[owner], col], ref[rows, chosen[rows]], ref[rows[owner], col],
-                             similarity=sim[:, owner], beta=tc.beta, tau=tc.rpo_tau, weighting=tc.rpo_weighting,
-                             lam=tc.rpo_lambda)
+            out = L.rpo_loss(
+                policy[rows, chosen[rows]],
+                policy[rows[owner], col],
+                ref[rows, chosen[rows]],
+                ref[rows[owner], col],
+                similarity=sim[:, owner],
+                beta=tc.beta,
+                tau=tc.rpo_tau,
+                weighting=tc.rpo_weighting,
+                lam=tc.rpo_lambda,
+            )
         outs.append(out)
     return L.LossOutput(
         torch.cat([o.losses for o in outs]),

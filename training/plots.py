@@ -1,4 +1,5 @@
 """PNG figures of a run: training curves, reward-margin histograms, before/after bars, a study's intervals."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,7 +14,9 @@ import pandas as pd  # noqa: E402
 def training_curves(metrics_csv: Path, out: Path, title: str) -> Path:
     df = pd.read_csv(metrics_csv).drop_duplicates("step", keep="last").sort_values("step")
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for ax, key, label in zip(axes, ("loss", "accuracy", "grad_norm"), ("loss", "implicit-reward accuracy (train batch)", "gradient norm")):
+    for ax, key, label in zip(
+        axes, ("loss", "accuracy", "grad_norm"), ("loss", "implicit-reward accuracy (train batch)", "gradient norm")
+    ):
         ax.plot(df["step"], df[key], marker=".", lw=1)
         ax.set_xlabel("optimizer step")
         ax.set_title(label)
@@ -40,8 +43,16 @@ def margin_histogram(margins: dict[str, list[float]], out: Path, title: str) -> 
     return out
 
 
-def _paired_bars(names: list[str], first: list[float], second: list[float], labels: tuple[str, str], out: Path,
-                 title: str, size: tuple[float, float], tick_rotation: float = 0) -> Path:
+def _paired_bars(
+    names: list[str],
+    first: list[float],
+    second: list[float],
+    labels: tuple[str, str],
+    out: Path,
+    title: str,
+    size: tuple[float, float],
+    tick_rotation: float = 0,
+) -> Path:
     fig, ax = plt.subplots(figsize=size)
     x = range(len(names))
     w = 0.38
@@ -60,15 +71,29 @@ def _paired_bars(names: list[str], first: list[float], second: list[float], labe
 def before_after_bars(values: dict[str, tuple[float, float]], out: Path, title: str) -> Path:
     """``values``: metric name -> (reference, policy)."""
     names = list(values)
-    return _paired_bars(names, [values[n][0] for n in names], [values[n][1] for n in names],
-                        ("reference", "trained policy"), out, title, (6.5, 4))
+    return _paired_bars(
+        names,
+        [values[n][0] for n in names],
+        [values[n][1] for n in names],
+        ("reference", "trained policy"),
+        out,
+        title,
+        (6.5, 4),
+    )
 
 
 def method_bars(table: pd.DataFrame, columns: tuple[str, str], out: Path, title: str) -> Path:
     """``table`` indexed by method; bars of two of its columns (held-out metrics) per method."""
-    return _paired_bars(list(table.index), list(table[columns[0]]), list(table[columns[1]]),
-                        tuple(f"held-out {c.replace('_', ' ')}" for c in columns), out, title, (8, 4),
-                        tick_rotation=20)  # eight method names run into each other level
+    return _paired_bars(
+        list(table.index),
+        list(table[columns[0]]),
+        list(table[columns[1]]),
+        tuple(f"held-out {c.replace('_', ' ')}" for c in columns),
+        out,
+        title,
+        (8, 4),
+        tick_rotation=20,
+    )  # eight method names run into each other level
 
 
 def interval_bars(rows: list[dict], metric: str, out: Path, title: str) -> Path:

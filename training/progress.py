@@ -3,6 +3,7 @@
 A line is printed at the start, at every tenth of the way and at least every 30 s, and at the end, so a log piped to
 a file shows how far a stage has come without one line per step. The console (``jobs/console.py``) shows lines
 that start with ``[job] [bar]`` in place on a terminal."""
+
 from __future__ import annotations
 
 import resource
@@ -25,8 +26,9 @@ def clock(seconds: float) -> str:
 class Progress:
     """``Progress("train", total=200, unit="steps")``; ``update(done, loss="0.41")`` prints when a line is due."""
 
-    def __init__(self, tag: str, total: int, unit: str, every_fraction: float = 0.1, every_seconds: float = 30.0,
-                 start: int = 0):
+    def __init__(
+        self, tag: str, total: int, unit: str, every_fraction: float = 0.1, every_seconds: float = 30.0, start: int = 0
+    ):
         self.tag, self.total, self.unit = tag, max(1, total), unit
         self.every_fraction, self.every_seconds = every_fraction, every_seconds
         self.started = time.perf_counter()
@@ -40,15 +42,21 @@ class Progress:
         rate = (done - self.start) / elapsed if elapsed > 0 else 0.0
         left = f", ~{clock((self.total - done) / rate)} left" if rate > 0 and done < self.total else ""
         shown = "".join(f" · {k} {v}" for k, v in figures.items())
-        return (f"[{self.tag}] {bar(fraction)} {fraction:4.0%} {done}/{self.total} {self.unit}{shown} "
-                f"({clock(elapsed)}{left})")
+        return (
+            f"[{self.tag}] {bar(fraction)} {fraction:4.0%} {done}/{self.total} {self.unit}{shown} "
+            f"({clock(elapsed)}{left})"
+        )
 
     def due(self, done: int) -> bool:
         now = time.perf_counter()
         fraction = done / self.total
         milestone = int(fraction / self.every_fraction + 1e-9)
-        return (done >= self.total or self._last_fraction < 0 or now - self._last_time >= self.every_seconds
-                or milestone > int(self._last_fraction / self.every_fraction + 1e-9))
+        return (
+            done >= self.total
+            or self._last_fraction < 0
+            or now - self._last_time >= self.every_seconds
+            or milestone > int(self._last_fraction / self.every_fraction + 1e-9)
+        )
 
     def update(self, done: int, **figures) -> bool:
         """Print the line if it is due; returns whether it printed."""

@@ -5,6 +5,7 @@ learning-rate schedule, the global batch, precision and ZeRO stage, LoRA, the se
 (workers, CPUs per worker, micro-batches, packing) and how often it is logged or checkpointed are not part of it,
 so changing them never restarts a run.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -13,10 +14,18 @@ from pathlib import Path
 
 from configs.schema import Config
 
-LAYOUT_KEYS = frozenset({
-    "num_workers", "cpus_per_worker", "micro_groups", "pack_tokens", "checkpoint_every", "keep_checkpoints",
-    "max_failures", "log_every",
-})
+LAYOUT_KEYS = frozenset(
+    {
+        "num_workers",
+        "cpus_per_worker",
+        "micro_groups",
+        "pack_tokens",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "max_failures",
+        "log_every",
+    }
+)
 IDENTITY_FILE = "run_identity.json"
 
 
@@ -57,6 +66,9 @@ def record(job_dir: Path, settings: dict) -> str | None:
         if keys:
             shown = ", ".join(f"{k} {before.get(k)!r} -> {settings.get(k)!r}" for k in keys[:6])
             more = f" and {len(keys) - 6} more" if len(keys) > 6 else ""
-            note = f"settings that change the math differ from the last run in {job_dir}: {shown}{more}; starting from step 0"
+            note = (
+                f"settings that change the math differ from the last run in {job_dir}: {shown}{more}; "
+                "starting from step 0"
+            )
     path.write_text(json.dumps(settings, indent=2, sort_keys=True))
     return note

@@ -1,4 +1,5 @@
 """Supervised fine-tuning of the reference model on the embedded task's ground truth (Ray Train + DeepSpeed)."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,8 @@ from configs.schema import Config
 from pipeline import storage, task
 from pipeline.tokenize import encode_prompt, encode_response, pad_sequences
 from training.engine import deepspeed_config, lr_at, set_lr, set_worker_threads, trainer_resources, with_checkpointing
-from training.logprobs import response_token_counts, sequence_logps
 from training.evaluation import greedy_generate_hf, task_scores
+from training.logprobs import response_token_counts, sequence_logps
 from training.model import build_model, build_tokenizer, is_saved_model
 from training.progress import Progress
 
@@ -62,18 +63,26 @@ def sft_worker_loop(loop_config: dict) -> None:
         tokens += int(t["attention_mask"].sum()) * world
         losses.append(loss.item())
         if rank == 0:
-            progress.update(step, loss=f"{sum(losses[-LOG_EVERY:]) / len(losses[-LOG_EVERY:]):.4f}",
-                            lr=f"{lr_at(step, cfg.sft.steps, cfg.sft.warmup_steps, cfg.sft.lr):.2e}",
-                            **{"tok/s": f"{tokens / (time.perf_counter() - started):.0f}"})
+            progress.update(
+                step,
+                loss=f"{sum(losses[-LOG_EVERY:]) / len(losses[-LOG_EVERY:]):.4f}",
+                lr=f"{lr_at(step, cfg.sft.steps, cfg.sft.warmup_steps, cfg.sft.lr):.2e}",
+                **{"tok/s": f"{tokens / (time.perf_counter() - started):.0f}"},
+            )
         if step >= cfg.sft.steps:
             break
     if step < cfg.sft.steps:
         raise RuntimeError(f"SFT data ran out after {step} of {cfg.sft.steps} steps")
 
-    metrics = {"steps": step, "final_loss": sum(losses[-LOG_EVERY:]) / len(losses[-LOG_EVERY:]),
-               "train_tokens_per_second": tokens / (time.perf_counter() - started)}
+    metrics = {
+        "steps": step,
+        "final_loss": sum(losses[-LOG_EVERY:]) / len(losses[-LOG_EVERY:]),
+        "train_tokens_per_second": tokens / (time.perf_counter() - started),
+    }
     with tempfile.TemporaryDirectory() as tmp:
-        with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), enabled=cfg.sft.deepspeed.zero_stage == 3):
+        with deepspeed.zero.GatheredParameters(
+            list(engine.module.parameters()), enabled=cfg.sft.deepspeed.zero_stage == 3
+        ):
             if rank == 0:
                 engine.module.save_pretrained(tmp, safe_serialization=True)
                 tokenizer.save_pretrained(tmp)

@@ -11,6 +11,7 @@ Each seed has its own task data, reference model and sampling. Runs that share d
 reference model, per distinct data settings one prepare (in ``cache_dir``, shared by every study that uses the
 same settings); every run's scores are kept in the study's own directory, so a study resumes where it stopped.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,7 +39,10 @@ def place_run(cfg: Config, root: Path, cache: Path, seed: int) -> Config:
     data = cfg.section_hash("task", "model", "sft", "data", "prepare")
     run_dir = root / f"seed{seed}" / f"data-{data}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    for job, target in (("sft", shared / f"sft-{cfg.section_hash('task', 'model', 'sft')}"), ("prepare", shared / f"prepare-{data}")):
+    for job, target in (
+        ("sft", shared / f"sft-{cfg.section_hash('task', 'model', 'sft')}"),
+        ("prepare", shared / f"prepare-{data}"),
+    ):
         target.mkdir(parents=True, exist_ok=True)
         link = run_dir / job
         if link.is_symlink() and link.resolve() != target.resolve():  # the study or the cache was moved
@@ -60,7 +64,9 @@ def _scores(cfg: Config, model_dir: Path, split: str) -> dict:
     return answer_scores(cfg, model_dir)
 
 
-def run_one(study: StudyConfig, method: StudyMethod, point: dict, seed: int, split: str, root: Path, quick: bool) -> dict:
+def run_one(
+    study: StudyConfig, method: StudyMethod, point: dict, seed: int, split: str, root: Path, quick: bool
+) -> dict:
     """Train one method at one grid point and seed (once: the first seed's validation run is also its test run) and
     score it on ``split``; the training is kept in its run dir's trained.json, the scores in scores_<split>.json."""
     cfg = place_run(run_config(study, method, point, seed, quick), root, Path(study.cache_dir), seed)
@@ -75,29 +81,42 @@ def run_one(study: StudyConfig, method: StudyMethod, point: dict, seed: int, spl
         trained = run_train(cfg, job=job)
         trained_file.write_text(json.dumps(trained, indent=2, default=str))
     started = time.perf_counter()
-    scores = {**_scores(cfg, Path(trained["policy_dir"]), split), "implicit_accuracy": trained["heldout_accuracy_end"],
-              "train_seconds": trained["wall_seconds"], "score_seconds": time.perf_counter() - started}
+    scores = {
+        **_scores(cfg, Path(trained["policy_dir"]), split),
+        "implicit_accuracy": trained["heldout_accuracy_end"],
+        "train_seconds": trained["wall_seconds"],
+        "score_seconds": time.perf_counter() - started,
+    }
     kept.write_text(json.dumps(scores, indent=2))
-    print(f"[study] {method.name} ({point_name(point)}, seed {seed}, {split}): "
-          + ", ".join(f"{k} {v:.3f}" for k, v in scores.items() if k in study_stats.METRICS), flush=True)
+    print(
+        f"[study] {method.name} ({point_name(point)}, seed {seed}, {split}): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in scores.items() if k in study_stats.METRICS),
+        flush=True,
+    )
     return scores
 
 
 def reference_scores(study: StudyConfig, method: StudyMethod, seed: int, root: Path, quick: bool) -> dict:
     """The seed's reference model on the held-out test split (its implicit accuracy is 0.5 by construction), with
     ``method``'s data for the held-out groups."""
-    cfg = place_run(run_config(study, method, grid_points(method.grid)[0], seed, quick), root, Path(study.cache_dir), seed)
+    cfg = place_run(
+        run_config(study, method, grid_points(method.grid)[0], seed, quick), root, Path(study.cache_dir), seed
+    )
     kept = Path(cfg.output_dir) / "reference_scores.json"
     if kept.is_file():
         return json.loads(kept.read_text())
     _data_ready(cfg)
-    scores = {**_scores(cfg, cfg.policy_dir(), "heldout"), "implicit_accuracy": heldout_margins(cfg.policy_dir(), cfg)[0]}
+    scores = {
+        **_scores(cfg, cfg.policy_dir(), "heldout"),
+        "implicit_accuracy": heldout_margins(cfg.policy_dir(), cfg)[0],
+    }
     kept.write_text(json.dumps(scores, indent=2))
     return scores
 
 
-def choose_settings(study: StudyConfig, methods: list[StudyMethod], root: Path, seed: int,
-                    quick: bool) -> tuple[dict[str, dict], dict[str, dict]]:
+def choose_settings(
+    study: StudyConfig, methods: list[StudyMethod], root: Path, seed: int, quick: bool
+) -> tuple[dict[str, dict], dict[str, dict]]:
     """Each method's grid point chosen on the validation split at ``seed``, and the validation scores behind it."""
     chosen, validation = {}, {}
     for method in methods:
@@ -106,15 +125,20 @@ def choose_settings(study: StudyConfig, methods: list[StudyMethod], root: Path, 
             scores = {point_name(p): run_one(study, method, p, seed, "validation", root, quick) for p in points}
             best = study_stats.choose(scores, study.select_by)
             validation[method.name] = scores
-            print(f"[study] {method.name}: chose {best} ({study.select_by} {scores[best][study.select_by]:.3f} on validation)", flush=True)
+            print(
+                f"[study] {method.name}: chose {best} ({study.select_by} {scores[best][study.select_by]:.3f} on "
+                "validation)",
+                flush=True,
+            )
             chosen[method.name] = points[list(scores).index(best)]
         else:
             chosen[method.name] = points[0]
     return chosen, validation
 
 
-def study_table(study: StudyConfig, final: dict[str, dict[int, dict]], chosen: dict[str, dict],
-                validation: dict[str, dict]) -> tuple[str, list[dict], list[dict], str | None]:
+def study_table(
+    study: StudyConfig, final: dict[str, dict[int, dict]], chosen: dict[str, dict], validation: dict[str, dict]
+) -> tuple[str, list[dict], list[dict], str | None]:
     """The study's markdown (rows, then its claims, then the best method on validation when it chooses one), its
     rows, its claims and that best method."""
     rows = study_stats.summary_rows(final, study.control)
@@ -122,13 +146,17 @@ def study_table(study: StudyConfig, final: dict[str, dict[int, dict]], chosen: d
     table = study_stats.markdown(rows, metrics)
     claims = study_stats.claim_rows(final, study.claims, study.select_by)
     if claims:
-        table += "\n\nPaired differences over seeds, mean ± 95% interval:\n\n" + study_stats.claims_markdown(claims, metrics, study.select_by)
+        table += "\n\nPaired differences over seeds, mean ± 95% interval:\n\n" + study_stats.claims_markdown(
+            claims, metrics, study.select_by
+        )
     best_method = None
     if study.choose_method and all(m in validation for m in chosen):
         at_chosen = {m: validation[m][point_name(p)] for m, p in chosen.items()}
         best_method = study_stats.choose(at_chosen, study.select_by)
-        table += (f"\n\nBest method on the validation split ({study.select_by} at its chosen settings): "
-                  f"**{best_method}** ({point_name(chosen[best_method])}).")
+        table += (
+            f"\n\nBest method on the validation split ({study.select_by} at its chosen settings): "
+            f"**{best_method}** ({point_name(chosen[best_method])})."
+        )
     return table, rows, claims, best_method
 
 
@@ -156,13 +184,28 @@ def _study(study: StudyConfig, root: Path, quick: bool) -> dict:
     for seed in seeds:
         final["reference"][seed] = reference_scores(study, methods[0], seed, root, quick)
         for method in methods:
-            final.setdefault(method.name, {})[seed] = run_one(study, method, chosen[method.name], seed, "heldout", root, quick)
+            final.setdefault(method.name, {})[seed] = run_one(
+                study, method, chosen[method.name], seed, "heldout", root, quick
+            )
     table, rows, claims, best_method = study_table(study, final, chosen, validation)
     (root / "table.md").write_text(table + "\n")
     metric = study_stats.present_metrics(rows)[0]
-    plot = plots.interval_bars(rows, metric, root / "study.png",
-                               f"{study.name}: held-out {metric}, mean and 95% interval over {len(seeds)} seed(s)")
-    return {"study": study.name, "quick": quick, "seeds": seeds, "chosen": {m: point_name(p) for m, p in chosen.items()},
-            "best_method": best_method, "validation": validation,
-            "final": {m: {str(s): v for s, v in by_seed.items()} for m, by_seed in final.items()},
-            "rows": rows, "claims": claims, "table": str(root / "table.md"), "plot": str(plot)}
+    plot = plots.interval_bars(
+        rows,
+        metric,
+        root / "study.png",
+        f"{study.name}: held-out {metric}, mean and 95% interval over {len(seeds)} seed(s)",
+    )
+    return {
+        "study": study.name,
+        "quick": quick,
+        "seeds": seeds,
+        "chosen": {m: point_name(p) for m, p in chosen.items()},
+        "best_method": best_method,
+        "validation": validation,
+        "final": {m: {str(s): v for s, v in by_seed.items()} for m, by_seed in final.items()},
+        "rows": rows,
+        "claims": claims,
+        "table": str(root / "table.md"),
+        "plot": str(plot),
+    }

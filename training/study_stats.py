@@ -1,4 +1,5 @@
 """The arithmetic of a method study: 95% intervals over seeds, paired differences, and the grid's choice."""
+
 from __future__ import annotations
 
 import math
@@ -85,11 +86,16 @@ def claim_rows(final: dict[str, dict[int, dict]], claims: list, metric: str) -> 
 
 
 def claims_markdown(rows: list[dict], metrics: tuple[str, ...], metric: str) -> str:
-    lines = ["| claim (better − than) | " + " | ".join(metrics) + f" | verdict ({metric}) |",
-             "| --- |" + " --- |" * (len(metrics) + 1)]
+    lines = [
+        "| claim (better − than) | " + " | ".join(metrics) + f" | verdict ({metric}) |",
+        "| --- |" + " --- |" * (len(metrics) + 1),
+    ]
     for row in rows:
-        lines.append(f"| {row['claim']} ({row['better']} − {row['than']}) | "
-                     + " | ".join(cell(row.get(m), signed=True) for m in metrics) + f" | {row['verdict']} |")
+        lines.append(
+            f"| {row['claim']} ({row['better']} − {row['than']}) | "
+            + " | ".join(cell(row.get(m), signed=True) for m in metrics)
+            + f" | {row['verdict']} |"
+        )
     return "\n".join(lines)
 
 
@@ -104,9 +110,16 @@ def cell(value: tuple[float, float] | None, signed: bool = False) -> str:
 def markdown(rows: list[dict], metrics: tuple[str, ...]) -> str:
     """The study table: each metric's mean ± 95% interval, then its paired differences."""
     columns = [(m, m, False) for m in metrics] + [
-        (f"{m}_vs_{b}", f"{m} − {b}", True) for m in metrics[:1] for b in ("reference", "control")]
-    lines = ["| method | seeds | " + " | ".join(title for _, title, _ in columns) + " |",
-             "| --- | --- |" + " --- |" * len(columns)]
+        (f"{m}_vs_{b}", f"{m} − {b}", True) for m in metrics[:1] for b in ("reference", "control")
+    ]
+    lines = [
+        "| method | seeds | " + " | ".join(title for _, title, _ in columns) + " |",
+        "| --- | --- |" + " --- |" * len(columns),
+    ]
     for row in rows:
-        lines.append(f"| {row['method']} | {row['seeds']} | " + " | ".join(cell(row.get(key), signed) for key, _, signed in columns) + " |")
+        lines.append(
+            f"| {row['method']} | {row['seeds']} | "
+            + " | ".join(cell(row.get(key), signed) for key, _, signed in columns)
+            + " |"
+        )
     return "\n".join(lines)

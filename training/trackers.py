@@ -4,6 +4,7 @@ One object takes every metric once and hands it to each tracker. MLflow defaults
 offline mode, so nothing here needs a server. A re-run that resumes a training run continues the same tracker
 run (the MLflow run id and the W&B id are kept in the job directory).
 """
+
 from __future__ import annotations
 
 import json
@@ -68,8 +69,15 @@ class Trackers:
             run_id = id_file.read_text().strip() if resume_step and id_file.is_file() else secrets.token_hex(4)
             id_file.write_text(run_id)
             (job_dir / "wandb").mkdir(parents=True, exist_ok=True)
-            self._wandb = wandb.init(project=cfg.tracking.wandb_project or cfg.name, name=job, id=run_id, resume="allow",
-                                     dir=str(job_dir), config=config, settings=wandb.Settings(silent=True))
+            self._wandb = wandb.init(
+                project=cfg.tracking.wandb_project or cfg.name,
+                name=job,
+                id=run_id,
+                resume="allow",
+                dir=str(job_dir),
+                config=config,
+                settings=wandb.Settings(silent=True),
+            )
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         if self._tb is not None:

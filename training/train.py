@@ -7,6 +7,7 @@ grow with the dataset. A run restored at step ``s`` (after a failure, on a re-ru
 number of workers) therefore continues with exactly the groups it had not trained, and the global
 batch stays the same size whatever ``W`` is: gradient accumulation makes up the difference.
 """
+
 from __future__ import annotations
 
 import csv
@@ -87,7 +88,9 @@ def heldout_share(held_ids: list[int], rank: int, world: int, micro_groups: int)
     return chunks + [None] * (n - len(chunks))
 
 
-def heldout_batches(held_ids: list[int], rank: int, world: int, micro_groups: int, load) -> Iterator[tuple[bool, list[int], Batch]]:
+def heldout_batches(
+    held_ids: list[int], rank: int, world: int, micro_groups: int, load
+) -> Iterator[tuple[bool, list[int], Batch]]:
     """This rank's held-out micro-batches (:func:`heldout_share`) as ``(counts toward the figures, group ids,
     load(ids))``, each read and collated when the evaluation reaches it: no held-out batch stays in memory, or on the
     device, between evaluations, however large the held-out set."""
@@ -97,19 +100,37 @@ def heldout_batches(held_ids: list[int], rank: int, world: int, micro_groups: in
 
 
 # Per-step and held-out figures: sums over micro-batches and ranks (objective.preference_loss's metrics), then ratios.
-RATIOS = {"accuracy": ("accuracy_correct", "accuracy_pairs"), "lc_accuracy": ("lc_correct", "lc_pairs"),
-          "reward_length_corr": ("length_corr_sum", "length_corr_prompts"),
-          "top_response_tokens": ("top_tokens_sum", "top_prompts")}
-SUMMED = ("loss", "prompts", "skipped_prompts", "tokens", "computed_tokens", "response_tokens", *(k for pair in RATIOS.values() for k in pair))
+RATIOS = {
+    "accuracy": ("accuracy_correct", "accuracy_pairs"),
+    "lc_accuracy": ("lc_correct", "lc_pairs"),
+    "reward_length_corr": ("length_corr_sum", "length_corr_prompts"),
+    "top_response_tokens": ("top_tokens_sum", "top_prompts"),
+}
+SUMMED = (
+    "loss",
+    "prompts",
+    "skipped_prompts",
+    "tokens",
+    "computed_tokens",
+    "response_tokens",
+    *(k for pair in RATIOS.values() for k in pair),
+)
 
 
 SATURATED_GRAD = 1e-7
-_LISTWISE = ("Likely cause: within each prompt the implicit rewards of positives and negatives are farther apart than "
-             "the softmax resolves (beta x |log-prob ratio| of summed log-probs); lower train.beta or set "
-             "train.reward_normalization: mean.")
+_LISTWISE = (
+    "Likely cause: within each prompt the implicit rewards of positives and negatives are farther apart than "
+    "the softmax resolves (beta x |log-prob ratio| of summed log-probs); lower train.beta or set "
+    "train.reward_normalization: mean."
+)
 _PAIRWISE = "Likely cause: every pair's margin is far past the sigmoid's knee; lower train.beta."
-SATURATION_CAUSE = {"swepo": _LISTWISE, "infonca": _LISTWISE, "nca": _LISTWISE, "cpo": _LISTWISE,
-                    **{loss: _PAIRWISE for loss in ("dpo", "robust_dpo", "nca_pair", "rpo")}}
+SATURATION_CAUSE = {
+    "swepo": _LISTWISE,
+    "infonca": _LISTWISE,
+    "nca": _LISTWISE,
+    "cpo": _LISTWISE,
+    **{loss: _PAIRWISE for loss in ("dpo", "robust_dpo", "nca_pair", "rpo")},
+}
 
 
 def _ratios(total: dict) -> dict[str, float]:
@@ -117,8 +138,15 @@ def _ratios(total: dict) -> dict[str, float]:
 
 
 @torch.no_grad()
-def heldout_metrics(engine, ref_model, batches: Iterable[tuple[bool, list[int], Batch]], cfg: Config, plan: ForwardPlan,
-                    live: bool = False, record: dict | None = None) -> dict[str, float]:
+def heldout_metrics(
+    engine,
+    ref_model,
+    batches: Iterable[tuple[bool, list[int], Batch]],
+    cfg: Config,
+    plan: ForwardPlan,
+    live: bool = False,
+    record: dict | None = None,
+) -> dict[str, float]:
     """Implicit-reward accuracy and the length figures of :data:`RATIOS` on the held-out groups, each rank
     scoring its share, summed over ranks; the reference is the batches' ``ref_logps``, or ``ref_model`` when
     ``live``. With ``record`` (step 0, where the policy is the reference), the policy's
@@ -143,7 +171,9 @@ def heldout_metrics(engine, ref_model, batches: Iterable[tuple[bool, list[int], 
 
 def _all_sum(values: list[float], op=dist.ReduceOp.SUM) -> list[float]:
     """Sums (or ``op``) over the ranks, on the device the process group reduces on (NCCL: the worker's GPU)."""
-    t = torch.tensor(values, dtype=torch.float64, device=ray.train.torch.get_device() if dist.is_initialized() else None)
+    t = torch.tensor(
+        values, dtype=torch.float64, device=ray.train.torch.get_device() if dist.is_initialized() else None
+    )
     if dist.is_initialized():
         dist.all_reduce(t, op=op)
     return t.tolist()
@@ -176,8 +206,15 @@ def train_worker_loop(lc: dict) -> None:
 
     per_worker = tc.batch_groups // world
     accum = per_worker // tc.micro_groups
-    ds_config = deepspeed_config(tc.deepspeed, micro_batch=tc.micro_groups, grad_accum=accum, world_size=world,
-                                 lr=tc.lr, weight_decay=tc.weight_decay, device=device)
+    ds_config = deepspeed_config(
+        tc.deepspeed,
+        micro_batch=tc.micro_groups,
+        grad_accum=accum,
+        world_size=world,
+        lr=tc.lr,
+        weight_decay=tc.weight_decay,
+        device=device,
+    )
     model = load_for_training(lc["policy_dir"], tc.deepspeed, device)
     if tc.lora:
         model = with_lora(model, tc.lora)
@@ -203,11 +240,18 @@ def train_worker_loop(lc: dict) -> None:
         """This worker's groups of optimizer step ``step``, read from the shards and collated per micro-batch."""
         mine = step_groups(train_ids, tc.batch_groups, cfg.seed, step)[rank * per_worker : (rank + 1) * per_worker]
         groups = reader.read(mine)
-        return mine, [collate(groups[m * tc.micro_groups : (m + 1) * tc.micro_groups], pad_id, row_tokens, plan.share_prompts)
-                      for m in range(accum)]
+        return mine, [
+            collate(groups[m * tc.micro_groups : (m + 1) * tc.micro_groups], pad_id, row_tokens, plan.share_prompts)
+            for m in range(accum)
+        ]
+
     ref_model = None
     if tc.reference == "live":
-        ref_model = load_on_device(AutoModelForCausalLM, lc["policy_dir"], tc.deepspeed.dtype, device).eval().requires_grad_(False)
+        ref_model = (
+            load_on_device(AutoModelForCausalLM, lc["policy_dir"], tc.deepspeed.dtype, device)
+            .eval()
+            .requires_grad_(False)
+        )
 
     start, acc_start = 0, None
     checkpoint = ray.train.get_checkpoint()
@@ -217,8 +261,11 @@ def train_worker_loop(lc: dict) -> None:
         start, acc_start = state["step"], state["heldout_accuracy_start"]
         heldout_reference.update({int(g): v for g, v in state.get("heldout_reference", {}).items()})
         if rank == 0:
-            print(f"[train] restored step {start} (saved by {state['world_size']} workers, now {world}; "
-                  f"Adam moments: {state['moments']})", flush=True)
+            print(
+                f"[train] restored step {start} (saved by {state['world_size']} workers, now {world}; "
+                f"Adam moments: {state['moments']})",
+                flush=True,
+            )
     if acc_start is None:
         recorded: dict[int, list[list[float]]] = {}
         acc_start = heldout_metrics(engine, ref_model, heldout(), cfg, plan, record=recorded)["accuracy"]
@@ -230,10 +277,16 @@ def train_worker_loop(lc: dict) -> None:
         if not start:
             trackers.log({"heldout/accuracy": acc_start}, 0)
         progress = Progress("train", tc.steps, "steps", start=start)
-        print(f"[train] {plan.describe()}; {n_trainable:,} trainable parameters" + (" (LoRA)" if tc.lora else ""), flush=True)
-        print(f"[train] {tc.loss}: {len(train_ids)} training groups, {len(held_ids)} held out; {world} workers x "
-              f"{accum} micro-batches of {tc.micro_groups} groups; steps {start}..{tc.steps}; "
-              f"held-out accuracy at start {acc_start:.3f}", flush=True)
+        print(
+            f"[train] {plan.describe()}; {n_trainable:,} trainable parameters" + (" (LoRA)" if tc.lora else ""),
+            flush=True,
+        )
+        print(
+            f"[train] {tc.loss}: {len(train_ids)} training groups, {len(held_ids)} held out; {world} workers x "
+            f"{accum} micro-batches of {tc.micro_groups} groups; steps {start}..{tc.steps}; "
+            f"held-out accuracy at start {acc_start:.3f}",
+            flush=True,
+        )
     # Which groups each step trained, per attempt: a restored run redoes the steps after its checkpoint.
     # A run that starts from step 0 (new settings, or a failure before the first checkpoint) starts its logs afresh.
     if rank == 0:
@@ -256,41 +309,76 @@ def train_worker_loop(lc: dict) -> None:
             loss, metrics = preference_loss(tc, batch, policy, ref, counts)
             engine.backward(loss)
             engine.step()
-            sums.update({**metrics, "loss": metrics["loss"] * metrics["prompts"], "tokens": batch.packed.tokens,
-                         "computed_tokens": batch.packed.computed_tokens, "response_tokens": int(batch.packed.response_lengths.sum())})
-        data_log.write(json.dumps({"step": step, "rank": rank, "world": world, "attempt": attempt, "groups": mine}) + "\n")
+            sums.update(
+                {
+                    **metrics,
+                    "loss": metrics["loss"] * metrics["prompts"],
+                    "tokens": batch.packed.tokens,
+                    "computed_tokens": batch.packed.computed_tokens,
+                    "response_tokens": int(batch.packed.response_lengths.sum()),
+                }
+            )
+        data_log.write(
+            json.dumps({"step": step, "rank": rank, "world": world, "attempt": attempt, "groups": mine}) + "\n"
+        )
         data_log.flush()
         total = dict(zip(SUMMED, _all_sum([float(sums[k]) for k in SUMMED])))
         seconds = time.perf_counter() - started
         row = {
-            "step": step + 1, "loss": total["loss"] / max(total["prompts"], 1), **_ratios(total),
-            "skipped_prompts": int(total["skipped_prompts"]), "grad_norm": float(engine.get_global_grad_norm() or 0.0),
-            "lr": lr, "tokens_per_second": total["tokens"] / seconds,
+            "step": step + 1,
+            "loss": total["loss"] / max(total["prompts"], 1),
+            **_ratios(total),
+            "skipped_prompts": int(total["skipped_prompts"]),
+            "grad_norm": float(engine.get_global_grad_norm() or 0.0),
+            "lr": lr,
+            "tokens_per_second": total["tokens"] / seconds,
             "computed_tokens_per_second": total["computed_tokens"] / seconds,
-            "response_tokens_per_second": total["response_tokens"] / seconds, "seconds": seconds, "world_size": world,
+            "response_tokens_per_second": total["response_tokens"] / seconds,
+            "seconds": seconds,
+            "world_size": world,
             "worker_peak_rss_mb": _all_sum([peak_rss_mb()], op=dist.ReduceOp.MAX)[0],
         }
         if rank == 0:
             _log(job_dir, trackers, row, tc.log_every)
-            progress.update(row["step"], loss=f"{row['loss']:.4f}", acc=f"{row['accuracy']:.3f}",
-                            **{"tok/s": f"{row['tokens_per_second']:.0f}"})
+            progress.update(
+                row["step"],
+                loss=f"{row['loss']:.4f}",
+                acc=f"{row['accuracy']:.3f}",
+                **{"tok/s": f"{row['tokens_per_second']:.0f}"},
+            )
             if not saturated and row["grad_norm"] < SATURATED_GRAD and total["prompts"] > total["skipped_prompts"]:
                 saturated = True
-                print(f"[train] step {row['step']}: loss {row['loss']:.4g} with gradient norm {row['grad_norm']:.1e}: the "
-                      f"loss is saturated, so these steps teach nothing. " + SATURATION_CAUSE.get(tc.loss, ""), flush=True)
+                print(
+                    f"[train] step {row['step']}: loss {row['loss']:.4g} with gradient norm {row['grad_norm']:.1e}: "
+                    f"the loss is saturated, so these steps teach nothing. " + SATURATION_CAUSE.get(tc.loss, ""),
+                    flush=True,
+                )
         done = step + 1 == tc.steps
         if (step + 1) % tc.checkpoint_every == 0 or done:
-            held = heldout_metrics(engine, ref_model, heldout(), cfg, plan, live=tc.reference == "live" and not heldout_reference)
+            held = heldout_metrics(
+                engine, ref_model, heldout(), cfg, plan, live=tc.reference == "live" and not heldout_reference
+            )
             if rank == 0:
                 trackers.log({f"heldout/{k}": v for k, v in held.items()}, step + 1)
-                print(f"[train] checkpoint at step {step + 1}: held-out implicit-reward accuracy {held['accuracy']:.3f}, "
-                      f"length-controlled {held['lc_accuracy']:.3f}", flush=True)
+                print(
+                    f"[train] checkpoint at step {step + 1}: held-out implicit-reward accuracy {held['accuracy']:.3f}, "
+                    f"length-controlled {held['lc_accuracy']:.3f}",
+                    flush=True,
+                )
             extra = {f"heldout_{k}_end": v for k, v in held.items()} if done else {}
             state = {"heldout_accuracy_start": acc_start, "heldout_reference": heldout_reference}
             data_log.flush()
             job_store.push(job_dir, only=None if rank == 0 else data_log_name)  # metrics and logs, with each checkpoint
-            _checkpoint(engine, tokenizer, rank, world, step + 1, bool(tc.lora), state,
-                        {**row, **extra, "heldout_accuracy_start": acc_start, "trainable_parameters": n_trainable})
+            _checkpoint(
+                engine,
+                tokenizer,
+                rank,
+                world,
+                step + 1,
+                bool(tc.lora),
+                state,
+                {**row, **extra, "heldout_accuracy_start": acc_start, "trainable_parameters": n_trainable},
+            )
     prefetch.close()
     data_log.close()
     if trackers:
@@ -318,8 +406,11 @@ def _log(job_dir: Path, trackers: Trackers, row: dict, log_every: int) -> None:
         w.writerow(row)
     trackers.log({f"train/{k}": v for k, v in row.items() if k != "step"}, row["step"])
     if row["step"] % log_every == 0 or row["step"] == 1:  # the log's line; the console shows progress
-        print(f"train: step {row['step']} loss {row['loss']:.4f} acc {row['accuracy']:.3f} grad {row['grad_norm']:.3f} "
-              f"lr {row['lr']:.2e} tok/s {row['tokens_per_second']:.0f}", flush=True)
+        print(
+            f"train: step {row['step']} loss {row['loss']:.4f} acc {row['accuracy']:.3f} grad {row['grad_norm']:.3f} "
+            f"lr {row['lr']:.2e} tok/s {row['tokens_per_second']:.0f}",
+            flush=True,
+        )
 
 
 def _checkpoint(engine, tokenizer, rank: int, world: int, step: int, lora: bool, state: dict, metrics: dict) -> None:
@@ -339,8 +430,10 @@ def refuse_overwriting_the_policy(policy: Path, job_dir: Path) -> None:
     for out in (job_dir / "policy", job_dir / "adapter"):
         out = out.resolve()
         if policy == out or out in policy.parents:
-            raise ValueError(f"model.policy_dir {policy} is where this train job exports its policy ({out}), which "
-                             f"replaces it: copy the policy elsewhere first, or write this run to another output_dir")
+            raise ValueError(
+                f"model.policy_dir {policy} is where this train job exports its policy ({out}), which "
+                f"replaces it: copy the policy elsewhere first, or write this run to another output_dir"
+            )
 
 
 def check_reference_precision(cfg: Config, stored: str | None, shards: storage.Store | Path) -> None:
@@ -352,8 +445,10 @@ def check_reference_precision(cfg: Config, stored: str | None, shards: storage.S
     made = f"were computed in {stored}" if stored else "record no precision (made before prepare recorded it)"
     raise ValueError(
         f"the reference log-probs of {shards} {made}, but training computes in {cfg.train_dtype()} "
-        f"(train.deepspeed.dtype={cfg.train.deepspeed.dtype}): set train.deepspeed.dtype to {stored or 'the precision of prepare'}, "
-        f"re-run prepare with model.dtype={cfg.train_dtype()}, or set train.reference=live")
+        f"(train.deepspeed.dtype={cfg.train.deepspeed.dtype}): set train.deepspeed.dtype to "
+        f"{stored or 'the precision of prepare'}, "
+        f"re-run prepare with model.dtype={cfg.train_dtype()}, or set train.reference=live"
+    )
 
 
 def run_train(cfg: Config, job: str = "train", reader: type = GroupReader) -> dict:
@@ -376,8 +471,10 @@ def run_train(cfg: Config, job: str = "train", reader: type = GroupReader) -> di
     if tc.reference == "shards":
         for f in files:
             if f.read_table(columns=["ref_logps"])["ref_logps"].null_count:
-                raise ValueError(f"{f}: rows without reference log-probs; set prepare.ref_logps: true and re-run prepare, "
-                                 "or train with train.reference: live")
+                raise ValueError(
+                    f"{f}: rows without reference log-probs; set prepare.ref_logps: true and re-run prepare, "
+                    "or train with train.reference: live"
+                )
     # Same identity (shards and the math of training), same run name: Ray Train restores a re-run from its latest
     # checkpoint, whatever the number of workers or the log and checkpoint cadence.
     settings = run_identity.identity(cfg, manifest["config_hash"])
@@ -386,14 +483,26 @@ def run_train(cfg: Config, job: str = "train", reader: type = GroupReader) -> di
         print(f"[train] {note}", flush=True)
     trainer = TorchTrainer(
         train_worker_loop,
-        train_loop_config={"config": cfg.model_dump(mode="json"), "policy_dir": str(policy.resolve()),
-                           "job_dir": str(job_dir), "job_store": storage.job_store(cfg, job), "job": job,
-                           "shard_files": files, "reader": reader},
-        **trainer_resources(tuple(tc.num_workers) if isinstance(tc.num_workers, (list, tuple)) else tc.num_workers,
-                            tc.cpus_per_worker, tc.gpus_per_worker),
-        run_config=RunConfig(name=run_identity.run_name(cfg, job, settings), **storage.ray_run_storage(cfg),
-                             checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints),
-                             failure_config=FailureConfig(max_failures=tc.max_failures)),
+        train_loop_config={
+            "config": cfg.model_dump(mode="json"),
+            "policy_dir": str(policy.resolve()),
+            "job_dir": str(job_dir),
+            "job_store": storage.job_store(cfg, job),
+            "job": job,
+            "shard_files": files,
+            "reader": reader,
+        },
+        **trainer_resources(
+            tuple(tc.num_workers) if isinstance(tc.num_workers, (list, tuple)) else tc.num_workers,
+            tc.cpus_per_worker,
+            tc.gpus_per_worker,
+        ),
+        run_config=RunConfig(
+            name=run_identity.run_name(cfg, job, settings),
+            **storage.ray_run_storage(cfg),
+            checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints),
+            failure_config=FailureConfig(max_failures=tc.max_failures),
+        ),
     )
     result = trainer.fit()
     policy_out = job_dir / "policy"
