@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import ray
 import torch
 
-from configs.schema import resolve_dtype
+from configs.base import resolve_dtype
 
 CPU = torch.device("cpu")
 
@@ -31,7 +31,7 @@ def load_on_device(auto_class, model_dir: str, dtype: str, device: torch.device 
 
 
 def model_dtype(setting: str, device: torch.device) -> torch.dtype:
-    """``setting`` in torch's words, by :func:`configs.schema.resolve_dtype` on ``device``."""
+    """``setting`` in torch's words, by :func:`configs.base.resolve_dtype` on ``device``."""
     return {"bf16": torch.bfloat16, "fp32": torch.float32}[resolve_dtype(setting, device.type != CPU.type)]
 
 

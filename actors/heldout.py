@@ -6,10 +6,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from actors.device import load_on_device
+from models.architectures import forward_plan
+from models.logprobs import packed_logps
 from pipeline.tokenize import pad_token_id
 from training.batches import collate
 from training.group_reader import GroupReader
-from training.logprobs import forward_plan, packed_logps
 from training.objective import implicit_accuracy
 
 

@@ -9,18 +9,12 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from actors.device import load_on_device
-from pipeline.stages import (
-    active,
-    anchor_index,
-    append_negatives,
-    as_lists,
-    flat_responses,
-    meanfield_resample,
-    regroup,
-    row_seed,
-)
+from models.architectures import forward_plan
+from models.logprobs import reference_logps, response_logits
+from pipeline.frames import active, as_lists, flat_responses, regroup, row_seed
+from pipeline.negatives import append_negatives, meanfield_resample
+from pipeline.stages import anchor_index
 from pipeline.tokenize import pad_token_id
-from training.logprobs import forward_plan, reference_logps, response_logits
 
 
 class _ReferenceActor:

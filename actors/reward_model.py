@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from actors.device import load_on_device
-from pipeline.stages import as_lists, flat_responses, regroup
+from pipeline.frames import as_lists, flat_responses, regroup
 
 
 class RewardModelScores:

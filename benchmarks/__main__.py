@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--only", nargs="+", choices=list(COMPARISONS), help="run only these comparisons")
     args = ap.parse_args(argv)
 
+    # heavy (Ray, transformers): after the arguments parse, so --help is instant
     from benchmarks.common import bench_config, matmul_flops
     from benchmarks.report import table
     from jobs.common import init_ray

@@ -8,9 +8,11 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM
 
 from configs.schema import Config, load_config
 from jobs import common as jobs_common
+from pipeline.sources import read_source
 from training.model import build_model, build_tokenizer, is_saved_model
 
 CONFIG = "configs/bench.yaml"
@@ -51,8 +53,6 @@ def bench_vocab(smoke: bool) -> int:
 
 def corpus() -> list[str]:
     """Prompts and responses of the benchmarks' real data: what the benchmark tokenizer learns its merges from."""
-    from pipeline.sources import read_source
-
     texts = []
     for path in CORPUS:
         table, _ = read_source(path, on_bad_row="skip")
@@ -85,8 +85,6 @@ def ensure_model(cfg: Config, vocab_size: int | None = None) -> Path:
 
 
 def parameters(model_dir: Path) -> int:
-    from transformers import AutoModelForCausalLM
-
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     return sum(p.numel() for p in model.parameters())
 

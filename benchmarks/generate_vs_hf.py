@@ -13,11 +13,12 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from actors.device import CPU, model_dtype
 from benchmarks.common import bench_vocab, ensure_model, fresh, limit_tokens_per_second, matmul_flops, parameters
 from configs.schema import Config
-from pipeline.graph import run_prepare
+from orchestration.prepare import run_prepare
 from pipeline.shards import read_shards
 
 THREADS = os.cpu_count()
@@ -44,8 +45,6 @@ HF_BATCH_PROMPTS = 32  # prompts per generate call (x samples per prompt sequenc
 @torch.no_grad()
 def hf_generate(model_dir: str, prompts: list[list[int]], cfg: Config, threads: int) -> dict:
     """Batched, left-padded sampling with the same settings; tokens counted up to each sample's EOS."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     neg = cfg.prepare.negatives
     before = torch.get_num_threads()
     torch.set_num_threads(threads)

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from actors.embedder import Embedder
-from configs.schema import Config, GroupingConfig, load_config
+from configs.prepare import GroupingConfig
+from configs.schema import Config, load_config
 from pipeline import grouping, task
 from pipeline.sources import read_source
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from benchmarks.common import bench_vocab, ensure_model, fresh
 from benchmarks.train_vs_trl import timed_steps
 from configs.schema import Config
-from pipeline.graph import run_prepare
-from training.train import run_train
+from orchestration.prepare import run_prepare
+from orchestration.train import run_train
 
 KS = (2, 4, 8, 11)
 OVERRIDES = [

@@ -15,8 +15,8 @@ import pandas as pd
 
 from benchmarks.common import bench_vocab, ensure_model, fresh
 from configs.schema import Config
-from pipeline.graph import run_prepare
-from training.train import run_train
+from orchestration.prepare import run_prepare
+from orchestration.train import run_train
 
 LOSSES = ("swepo", "infonca", "nca", "dpo")
 NORMALIZATIONS = ("sum", "mean")
@@ -41,10 +41,10 @@ CURVES = ("loss", "grad_norm", "reward_length_corr", "lc_accuracy")
 
 
 def _plot(curves: dict[str, pd.DataFrame], path: Path) -> None:
-    import matplotlib
+    import matplotlib  # deferred: the backend is set before pyplot is imported
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after the backend
 
     fig, axes = plt.subplots(len(CURVES), len(LOSSES), figsize=(4 * len(LOSSES), 2.6 * len(CURVES)), sharex=True)
     for col, loss in enumerate(LOSSES):

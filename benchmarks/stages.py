@@ -22,12 +22,25 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
-from benchmarks.common import bench_vocab, ensure_model, fresh, limit_tokens_per_second, matmul_flops, parameters
+from actors.embedder import Embedder
+from actors.generator import VLLMNegatives
+from actors.reference import MeanfieldNegatives, ReferenceLogps
+from benchmarks.common import (
+    CONFIG,
+    bench_vocab,
+    ensure_model,
+    fresh,
+    limit_tokens_per_second,
+    matmul_flops,
+    parameters,
+)
 from configs.schema import Config, load_config
-from pipeline.graph import run_prepare
+from orchestration.prepare import run_prepare
+from pipeline.frames import as_lists
 from pipeline.shards import read_shards
-from pipeline.stages import as_lists
+from pipeline.stages import anchor_index
 
 STAGES = ("sampling", "meanfield", "reference", "embeddings")
 DTYPES = ("fp32", "bf16")
@@ -53,8 +66,6 @@ REFERENCE_PROMPTS_PER_PASS = 64
 
 
 def _sampling(cfg: Config, model_dir: str, dtype: str):
-    from actors.generator import VLLMNegatives
-
     return VLLMNegatives(
         model_dir,
         cfg.prepare.negatives,
@@ -67,22 +78,16 @@ def _sampling(cfg: Config, model_dir: str, dtype: str):
 
 
 def _meanfield(cfg: Config, model_dir: str, dtype: str):
-    from actors.reference import MeanfieldNegatives
-
     return MeanfieldNegatives(
         model_dir, 1, cfg.prepare.negatives.meanfield_fraction, cfg.seed, THREADS, dtype, cfg.prepare.score_batch_size
     )
 
 
 def _reference(cfg: Config, model_dir: str, dtype: str):
-    from actors.reference import ReferenceLogps
-
     return ReferenceLogps(model_dir, cfg.pack_row_tokens(), THREADS, dtype, REFERENCE_PROMPTS_PER_PASS)
 
 
 def _embeddings(cfg: Config, model_dir: str, dtype: str):
-    from actors.embedder import Embedder
-
     return Embedder(
         cfg.prepare.embedder_dir, "prompts", cfg.prepare.embed_batch_size, THREADS, cfg.prepare.embed_max_tokens, dtype
     )
@@ -96,8 +101,6 @@ VALUES = {"reference": "ref_logps", "embeddings": "prompt_embedding"}
 def computed_tokens(stage: str, actor, rows: pd.DataFrame, result: pd.DataFrame) -> int:
     """The tokens ``stage`` computed on ``rows``: sampled ones, a prompt with its ground truth (meanfield), a
     prompt once with all its responses (reference), or the embedder's word pieces of each prompt."""
-    from pipeline.stages import anchor_index
-
     if stage == "sampling":  # each request's prompt once (its samples share the prefill) and every sampled token
         return sum(len(p) for p in rows["prompt_ids"]) + int(result["generated_tokens"].sum())
     if stage == "meanfield":
@@ -113,8 +116,6 @@ def computed_tokens(stage: str, actor, rows: pd.DataFrame, result: pd.DataFrame)
 
 def measure(cfg: Config, stage: str, dtype: str, model_dir: str, rows_file: Path, out: Path) -> dict:
     """One stage in one precision, in this process: start (timed apart), a warm-up batch, then the rows timed."""
-    import torch
-
     torch.set_num_threads(THREADS)
     rows = as_lists(pd.read_parquet(rows_file).assign(skip_reason=""))
     started = time.perf_counter()
@@ -242,8 +243,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--set", action="append", default=[])
     args = ap.parse_args(argv)
-    from benchmarks.common import CONFIG
-
     cfg = load_config(CONFIG, args.set)
     out = Path(args.out)
     out.write_text(json.dumps(measure(cfg, args.stage, args.dtype, args.model, Path(args.rows), out)))

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from configs.schema import TaskConfig, load_config
+from configs.data import TaskConfig
+from configs.schema import load_config
 from pipeline import task
 from pipeline.tokenize import chat_renderer, encode_prompt, user_prompt
 from training.pretrained import materialize_policy

@@ -18,12 +18,12 @@ import pandas as pd
 from benchmarks.common import bench_vocab, ensure_model, fresh
 from benchmarks.train_vs_trl import timed_steps
 from configs.schema import Config
-from pipeline.graph import run_prepare
+from orchestration.prepare import run_prepare
+from orchestration.train import run_train
 from pipeline.shards import Manifest, read_manifest, verified_shard_files
 from pipeline.storage import Store
 from training.batches import pack_groups
 from training.group_reader import GroupReader
-from training.train import run_train
 
 RANDOM_MODEL = True  # worker memory as the data grows: the model's compute is not what it measures
 DEMO_PROMPTS = 2048

@@ -22,9 +22,9 @@ import pandas as pd
 
 from benchmarks.common import bench_vocab, ensure_model, fresh, limit_tokens_per_second, matmul_flops, parameters
 from configs.schema import Config
-from pipeline.graph import run_prepare
+from orchestration.prepare import run_prepare
+from orchestration.train import run_train
 from pipeline.shards import read_shards
-from training.train import run_train
 
 PRECISIONS = ("bf16", "fp32")  # bf16 first: the comparison with TRL is bf16, and runs while the machine is coolest
 METHODS = ("lora", "full")

@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
+    # heavy, and trl is optional (the bench extra): imported once the threads are set
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import DPOConfig, DPOTrainer
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     peft_config = None
     if args.lora_rank:
-        from peft import LoraConfig
+        from peft import LoraConfig  # only with --lora-rank
 
         peft_config = LoraConfig(
             r=args.lora_rank, lora_alpha=args.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM"

@@ -12,7 +12,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from configs.schema import Config, ConfigError, _format_errors, _Section, load_config
+from configs.base import ConfigError, Section
+from configs.schema import Config, format_errors, load_config
 
 
 def path_part(text: str, what: str) -> str:
@@ -25,7 +26,7 @@ def path_part(text: str, what: str) -> str:
     return text
 
 
-class StudyMethod(_Section):
+class StudyMethod(Section):
     name: str = Field(description="Row name in the study's table (a method, or a variant of one).")
     set: dict[str, Any] = Field(
         default_factory=dict, description="Dotted config keys this method sets, e.g. {train.loss: dpo}."
@@ -51,13 +52,13 @@ class StudyMethod(_Section):
         return grid
 
 
-class StudyClaim(_Section):
+class StudyClaim(Section):
     claim: str = Field(description="A paper's claim in words, e.g. 'SWEPO > DPO x (k-1)'.")
     better: str = Field(description="The method the claim says is better (a method name of the study).")
     than: str = Field(description="The method it is compared with, seed by seed.")
 
 
-class StudyConfig(_Section):
+class StudyConfig(Section):
     name: str = Field(default="", description="Study name; defaults to the file's stem.")
     base: str = Field(description="The run config every run starts from (a path, relative to the project root).")
     output_dir: str = Field(default="", description="Where the study writes; defaults to runs/studies/<name>.")
@@ -153,7 +154,7 @@ def load_study(path: str | Path) -> StudyConfig:
     try:
         study = StudyConfig.model_validate(yaml.safe_load(path.read_text()) or {})
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, str(path))) from None
+        raise ConfigError(format_errors(exc, str(path))) from None
     try:
         study.name = path_part(study.name or path.stem, "study name")
     except ValueError as exc:

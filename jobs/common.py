@@ -12,7 +12,8 @@ from pathlib import Path
 
 import ray
 
-from configs.schema import Config, ConfigError, is_uri, load_config
+from configs.base import ConfigError, is_uri
+from configs.schema import Config, load_config
 from jobs import console
 from pipeline import storage
 from training.pretrained import materialize_policy

@@ -11,9 +11,10 @@ import pandas as pd
 
 from jobs import console
 from jobs.common import ensure_model, init_ray, parse_config, run_cli, write_report
-from pipeline.graph import run_prepare
+from orchestration.answers import answer_scores
+from orchestration.evaluate import heldout_margins
+from orchestration.prepare import run_prepare
 from training import plots
-from training.evaluation import answer_scores, heldout_margins
 
 METHODS = ("dpo", "swepo", "rpo", "cpo", "infonca", "nca", "sft")
 # The control row: the same steps on the dataset answers (the anchors) alone, so a method's gain over the
@@ -23,8 +24,8 @@ LABELS = {"sft": "sft control (dataset answers only)"}
 
 def main(argv: list[str] | None = None) -> dict:
     # DeepSpeed logs on import: imported here, once the console routes output to the job's log
-    from training.sft import run_sft
-    from training.train import run_train
+    from orchestration.sft import run_sft
+    from orchestration.train import run_train
 
     cfg = parse_config("compare", argv)
     ensure_model(cfg)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from jobs import console
 from jobs.common import ensure_model, init_ray, parse_config, run_cli, write_report
-from training.evaluation import run_evaluate
+from orchestration.evaluate import run_evaluate
 
 
 def comparison_table(report: dict) -> str:

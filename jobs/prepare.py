@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from jobs import console
 from jobs.common import ensure_model, init_ray, parse_config, run_cli, write_report
-from pipeline.graph import run_prepare
+from orchestration.prepare import run_prepare
 from pipeline.report import summary_lines, summary_table
 
 

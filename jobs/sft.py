@@ -10,7 +10,7 @@ from jobs.common import init_ray, parse_config, run_cli, write_report
 
 def main(argv: list[str] | None = None) -> dict:
     # DeepSpeed logs on import: imported here, once the console routes output to the job's log
-    from training.sft import run_sft
+    from orchestration.sft import run_sft
 
     cfg = parse_config("sft", argv)
     if cfg.own_model:

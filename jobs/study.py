@@ -1,4 +1,4 @@
-"""A method study: ``python -m jobs.study --config configs/studies/<name>.yaml [--quick]`` (``training/study.py``).
+"""A method study: ``python -m jobs.study --config configs/studies/<name>.yaml [--quick]`` (``orchestration/study.py``).
 
 Writes ``runs/studies/<name>/{full,quick}/``: ``table.md``, ``study.png`` and ``report.json``; every run's scores
 are kept there, so an interrupted study resumes."""
@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from configs.schema import ConfigError
+from configs.base import ConfigError
 from configs.study import load_study, run_config
 from jobs import console
 from jobs.common import ensure_model, init_ray, run_cli
@@ -34,7 +34,7 @@ def parse_study(argv: list[str] | None):
 
 def main(argv: list[str] | None = None) -> dict:
     # DeepSpeed logs on import: imported here, once the console routes output to the study's log
-    from training.study import run_study
+    from orchestration.study import run_study
 
     study, args = parse_study(argv)
     first = run_config(study, study.methods[0], {}, study.seeds[0], args.quick)

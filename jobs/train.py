@@ -7,7 +7,7 @@ from jobs.common import ensure_model, init_ray, parse_config, run_cli, write_rep
 
 def main(argv: list[str] | None = None) -> dict:
     # DeepSpeed logs on import: imported here, once the console routes output to the job's log
-    from training.train import run_train
+    from orchestration.train import run_train
 
     cfg = parse_config("train", argv)
     ensure_model(cfg)

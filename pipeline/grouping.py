@@ -16,7 +16,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from pipeline.stages import anchor_index, row_seed
+from pipeline.frames import row_seed
+from pipeline.stages import anchor_index
 
 SAMPLE_PER_BUCKET = 64
 MAX_SAMPLE = 50_000

@@ -22,22 +22,12 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 from transformers import AutoTokenizer
 
-from configs.schema import Config, TaskConfig
+from configs.data import TaskConfig
+from configs.schema import Config
 from pipeline import task
-from pipeline.sources import (
-    BATCH_ROWS,
-    BadRow,
-    SourceError,
-    bad_row_error,
-    bad_row_message,
-    check_row,
-    decode_line,
-    detect_source_format,
-    iter_jsonl_lines,
-    open_hf,
-    source_kind,
-    source_stem,
-)
+from pipeline.source_errors import BATCH_ROWS
+from pipeline.source_files import decode_line, detect_source_format, iter_jsonl_lines, open_hf, source_stem
+from pipeline.sources import BadRow, SourceError, bad_row_error, bad_row_message, check_row, source_kind
 from pipeline.tokenize import chat_renderer, user_prompt
 
 ROW, LINE = "__row", "__line"

@@ -25,7 +25,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from configs.schema import Config, StorageConfig, check_location, is_uri
+from configs.base import check_location, is_uri
+from configs.runtime import StorageConfig
+from configs.schema import Config
 
 CHUNK = 1 << 20
 

@@ -300,7 +300,7 @@ def generate(
 
 
 def splits(seed: int, spec) -> tuple[list[dict], list[dict]]:
-    """:func:`generate` with the fields of a ``configs.schema.TaskConfig``: (training rows, held-out rows). The last
+    """:func:`generate` with the fields of a ``configs.data.TaskConfig``: (training rows, held-out rows). The last
     ``spec.n_validation`` training rows are not among the training rows (see :func:`validation`)."""
     train, heldout = generate(seed, spec.n_train, spec.n_heldout, spec.families, spec.demonstrator_error, spec.form)
     return train[: len(train) - spec.n_validation], heldout

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.tokenize import pack_shared_prompts
+from models.architectures import forward_plan
+from models.logprobs import packed_logps, reference_logps, response_logits
+from models.packing import pack_shared_prompts
 from tests.zoo import build_model, tokenizer_like
-from training.logprobs import forward_plan, packed_logps, reference_logps, response_logits
 
 TOKENIZER = tokenizer_like("llama3")
 VOCAB = len(TOKENIZER)

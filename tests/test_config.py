@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from configs.schema import Config, ConfigError, field_reference, load_config
+from configs.base import ConfigError
+from configs.schema import Config, field_reference, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))

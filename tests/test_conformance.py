@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 
+from models.architectures import UnsupportedModel, forward_plan
 from tests.conformance import REFUSED, TOKENIZER, VOCAB, measure
 from tests.zoo import ARCHITECTURES, build_model
-from training.logprobs import UnsupportedModel, forward_plan
 
 TOLERANCE = 1e-4
 BACKENDS = ("eager", "sdpa")

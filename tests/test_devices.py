@@ -18,8 +18,10 @@ from actors.embedder import Embedder
 from actors.generator import HFNegatives, vllm_engine_args
 from actors.reference import MeanfieldNegatives, ReferenceLogps
 from actors.reward_model import RewardModelScores
-from configs.schema import ConfigError, NegativesConfig, VLLMConfig, load_config
-from pipeline.graph import build_front_graph, build_main_graph
+from configs.base import ConfigError
+from configs.prepare import NegativesConfig, VLLMConfig
+from configs.schema import load_config
+from orchestration.prepare_graph import build_front_graph, build_main_graph
 from tests.conftest import ROOT
 from training.engine import deepspeed_config, trainer_resources
 
@@ -204,7 +206,7 @@ def test_gpu_check_without_a_gpu_says_so_and_exits_0():
 
 
 def test_gradient_checkpointing_is_switched_on_by_the_config(tiny_model_dir):
-    from configs.schema import DeepSpeedConfig
+    from configs.train import DeepSpeedConfig
     from training.engine import load_for_training
 
     off = load_for_training(tiny_model_dir, DeepSpeedConfig(), CPU)

@@ -8,7 +8,7 @@ import pytest
 from pipeline.shards import Manifest
 from training.batches import pack_groups
 from training.group_reader import GroupReader, Prefetcher
-from training.train import heldout_share
+from training.heldout_metrics import heldout_share
 
 
 def _rows(gids_sizes):

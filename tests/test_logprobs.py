@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from pipeline.tokenize import pack_shared_prompts, pad_sequences
-from training.logprobs import label_logps, packed_logps, response_token_counts, sequence_logps, token_logps_from_logits
+from models.logprobs import label_logps, packed_logps, response_token_counts, sequence_logps, token_logps_from_logits
+from models.packing import pack_shared_prompts, pad_sequences
 
 transformers = pytest.importorskip("transformers")
 
@@ -167,7 +167,7 @@ def test_label_logps_match_log_softmax_and_pass_gradcheck() -> None:
 
 
 def test_chunked_head_logps_equal_the_full_projection_and_pass_gradcheck() -> None:
-    from training.logprobs import _HeadLabelLogps
+    from models.logprobs import _HeadLabelLogps
 
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(7, 5, generator=g, dtype=torch.float64, requires_grad=True)
@@ -181,7 +181,7 @@ def test_chunked_head_logps_equal_the_full_projection_and_pass_gradcheck() -> No
 def test_chunked_head_backward_sums_chunks_in_fp32_and_skips_a_frozen_head() -> None:
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from training.logprobs import _HeadLabelLogps
+    from models.logprobs import _HeadLabelLogps
 
     torch.manual_seed(0)
     hidden64, weight64 = torch.randn(512, 32, dtype=torch.float64), torch.randn(64, 32, dtype=torch.float64) * 0.1

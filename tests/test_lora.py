@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from configs.schema import LoraConfig
-from pipeline.tokenize import pack_shared_prompts
+from configs.train import LoraConfig
+from models.architectures import forward_plan
+from models.logprobs import packed_logps
+from models.packing import pack_shared_prompts
 from tests.zoo import build_model, save_own_model, tokenizer_like
-from training.logprobs import forward_plan, packed_logps
 from training.lora import export_merged, with_lora
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from configs.schema import TrainConfig
+from configs.train import TrainConfig
 from training.losses import (
     cosine_similarity_matrix,
     cpo_loss,

@@ -16,7 +16,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from configs.schema import ConfigError, StorageConfig, load_config
+from configs.base import ConfigError
+from configs.runtime import StorageConfig
+from configs.schema import load_config
 from pipeline import storage
 from pipeline.shards import Manifest, read_shards, verified_shard_files
 from tests.conftest import ROOT

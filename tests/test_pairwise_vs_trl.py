@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from configs.schema import TrainConfig
+from configs.train import TrainConfig
 from training.objective import implicit_logps, pairwise_loss
 
 trl_dpo = pytest.importorskip("trl.trainer.dpo_trainer")

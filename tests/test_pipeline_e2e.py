@@ -218,8 +218,8 @@ def test_evaluation_loads_no_model_in_the_driver(run_dir, monkeypatch, in_proces
 
     from configs.schema import load_config
     from jobs.common import init_ray
+    from orchestration.evaluate import run_evaluate
     from tests.conftest import ROOT
-    from training.evaluation import run_evaluate
 
     if not (run_dir / "train" / "policy" / "config.json").is_file():
         run_job("train", run_dir, *TRAIN)
@@ -239,9 +239,9 @@ def test_evaluation_scores_a_live_reference_when_the_shards_hold_none(tiny_copy,
     """Shards without reference log-probs (prepare.ref_logps: false, train.reference: live) used to crash
     jobs.evaluate (``policy - None``); the reference model now scores the held-out groups itself."""
     from configs.schema import load_config
+    from orchestration.evaluate import heldout_margins
     from pipeline.shards import Manifest
     from tests.conftest import ROOT
-    from training.evaluation import heldout_margins
 
     cfg = load_config(ROOT / "configs/tiny.yaml", [f"output_dir={tiny_copy}", "train.reference=live"])
     shards = tiny_copy / "prepare" / "shards"

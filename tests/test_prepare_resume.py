@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from configs.schema import load_config
-from pipeline.graph import records_hash
+from orchestration.records_hash import records_hash
 from tests.conftest import ROOT, run_job
 
 pytestmark = [pytest.mark.slow]

@@ -9,7 +9,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from configs.schema import ConfigError, load_config
+from configs.base import ConfigError
+from configs.schema import load_config
 from tests.conftest import ROOT
 from training.pretrained import EMBEDDED_SHA256, GGUFSource, convert_gguf, gguf_source
 

@@ -13,7 +13,7 @@ import pytest
 import ray
 
 from configs.schema import load_config
-from pipeline.graph import user_error
+from orchestration.prepare import user_error
 from pipeline.read import OTHER_SPLIT, read_checked, source_pieces
 from pipeline.sources import SourceError, read_source
 from tests.conftest import ROOT, SHARED_DATA

@@ -9,9 +9,10 @@ import sys
 
 import pytest
 
-from configs.schema import ConfigError, load_config
+from configs.base import ConfigError
+from configs.schema import load_config
+from orchestration.records_hash import records_hash
 from pipeline import shards
-from pipeline.graph import records_hash
 from tests.conftest import ROOT
 
 

@@ -53,7 +53,7 @@ def test_saved_model_generates_through_vllm_like_transformers(tiny_model_dir, tm
         textwrap.dedent(f"""
         import json, vllm
         from actors.generator import VLLMNegatives
-        from configs.schema import NegativesConfig, VLLMConfig
+        from configs.prepare import NegativesConfig, VLLMConfig
         if __name__ == "__main__":
             sampler = VLLMNegatives({str(tiny_model_dir)!r}, NegativesConfig(autoregressive=4, max_tokens=8), seed=0,
                                     max_model_len=128, engine=VLLMConfig())

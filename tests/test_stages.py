@@ -12,7 +12,7 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from actors.reference import MeanfieldNegatives, ReferenceLogps
-from pipeline import stages
+from pipeline import negatives, rewards, stages
 from pipeline.records import SCHEMA_VERSION
 from pipeline.shards import Manifest, read_shards
 from pipeline.tokenize import encode_response
@@ -24,7 +24,7 @@ def test_meanfield_changes_only_chosen_positions_and_their_count():
     y = torch.arange(10, 31)  # 20 response tokens + EOS
     logits = torch.zeros(21, 50)
     logits[:, 3] = 20.0  # the model is sure of token 3 everywhere
-    new, positions = stages.meanfield_resample(y, logits, 0.15, gen)
+    new, positions = negatives.meanfield_resample(y, logits, 0.15, gen)
     assert len(positions) == round(0.15 * 20) == 3
     changed = (new != y).nonzero().flatten()
     assert set(changed.tolist()) <= set(positions.tolist())
@@ -40,7 +40,7 @@ def test_meanfield_samples_follow_the_model_distribution():
     logits[:, :3] = probs.log()
     counts = torch.zeros(3)
     for _ in range(500):
-        new, positions = stages.meanfield_resample(y, logits, 0.25, gen)
+        new, positions = negatives.meanfield_resample(y, logits, 0.25, gen)
         counts += torch.bincount(new[positions], minlength=3)[:3].float()
     freq = counts / counts.sum()
     assert torch.allclose(freq, probs, atol=0.03), freq
@@ -128,11 +128,11 @@ def test_reference_logps_equal_a_direct_transformers_computation(tiny_model_dir)
 
 def test_truncation_cuts_and_appends_eos():
     rng = random.Random(0)
-    negs = stages.truncation_negatives([5, 6, 7, 8, 2], 20, eos_id=2, rng=rng)
+    negs = negatives.truncation_negatives([5, 6, 7, 8, 2], 20, eos_id=2, rng=rng)
     assert len(negs) == 20
     for n in negs:
         assert n[-1] == 2 and 2 <= len(n) <= 4 and n[:-1] == [5, 6, 7, 8][: len(n) - 1]
-    assert stages.truncation_negatives([5, 2], 3, 2, rng) == []
+    assert negatives.truncation_negatives([5, 2], 3, 2, rng) == []
 
 
 def test_over_length_rows_are_marked_or_fail(tiny_model_dir):
@@ -183,7 +183,7 @@ def test_stored_swepo_columns_are_the_losses_formula_and_cosine_rank():
             "skip_reason": ["", ""],
         }
     )
-    out = stages.group_statistics(batch)
+    out = rewards.group_statistics(batch)
     assert out["deviation"].iloc[0] == pytest.approx([2.125, 0.125, 0.625, -2.875])
     assert out["log_weight"].iloc[0] == pytest.approx([2.125, 0.125, 0.625, 2.875])
     # the same function the loss uses: scores equal within its tie tolerance have no positive
@@ -192,14 +192,14 @@ def test_stored_swepo_columns_are_the_losses_formula_and_cosine_rank():
     )
     assert not positive.any()
     emb = np.array([[1, 0], [0, 1], [0.9, 0.1], [0.5, 0.5]], dtype=float)
-    assert stages.cosine_rank(emb, anchor=0) == [0, 2, 3, 1]
+    assert rewards.cosine_rank(emb, anchor=0) == [0, 2, 3, 1]
 
 
 def test_equal_scores_stay_for_the_losses_that_can_use_them():
     batch = pd.DataFrame(
         {"scores": [[1.0, 1.0], [2.0, 1.0]], "origins": [["chosen", "rejected"]] * 2, "skip_reason": ["", ""]}
     )
-    out = stages.group_statistics(batch)
+    out = rewards.group_statistics(batch)
     assert list(out["skip_reason"]) == ["", ""]  # SWEPO skips and counts them at training time
     assert out["deviation"].iloc[0] == pytest.approx([0.0, 0.0])
     assert out["deviation"].iloc[1] == pytest.approx([0.5, -0.5])
@@ -209,16 +209,16 @@ def test_negatives_identical_to_the_anchor_are_dropped_and_counted(tiny_model_di
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     batch = _batch(tokenizer, ["Say abc again.\nAnswer: "], ["abc"])
     truth = list(batch["response_ids"].iloc[0][0])
-    out = stages.append_negatives(batch, [[truth, truth[1:]]], "autoregressive", tokenizer)
+    out = negatives.append_negatives(batch, [[truth, truth[1:]]], "autoregressive", tokenizer)
     assert list(out["origins"].iloc[0]) == ["ground_truth", "autoregressive"]
     assert out["duplicate_negatives"].iloc[0] == 1 and out["responses"].iloc[0][1] == "bc"
 
 
 def test_programmatic_scorers_load_by_name():
-    assert stages.load_scorer("task")("Add 1 and 2.\nAnswer: ", "3") == 1.0
-    assert stages.load_scorer("pipeline.task:reward") is stages.load_scorer("task")
+    assert rewards.load_scorer("task")("Add 1 and 2.\nAnswer: ", "3") == 1.0
+    assert rewards.load_scorer("pipeline.task:reward") is rewards.load_scorer("task")
     with pytest.raises(ValueError, match="cannot import"):
-        stages.load_scorer("no_such_module:f")
+        rewards.load_scorer("no_such_module:f")
 
 
 def test_manifest_resumes_only_verified_shards(tmp_path):
@@ -296,7 +296,7 @@ def test_reward_model_actor_scores_every_response(tiny_model_dir, tmp_path):
     LlamaForSequenceClassification(cfg).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     batch = _batch(tokenizer, ["Add 1 and 2.\nAnswer: ", "Say ab again.\nAnswer: "], ["3", "ab"])
-    batch = stages.append_negatives(batch, [[[5, 2]], [[6, 7, 2]]], "autoregressive", tokenizer)
+    batch = negatives.append_negatives(batch, [[[5, 2]], [[6, 7, 2]]], "autoregressive", tokenizer)
     out = RewardModelScores(str(tmp_path))(batch)
     scores = [list(s) for s in out["scores"]]
     assert [len(s) for s in scores] == [2, 2] and all(np.isfinite(v) for s in scores for v in s)

@@ -11,12 +11,14 @@ from pathlib import Path
 import pytest
 from scipy import stats
 
-from configs.schema import ConfigError, load_config
+from configs.base import ConfigError
+from configs.schema import load_config
 from configs.study import StudyClaim, grid_points, load_study, run_config
+from orchestration import study
+from orchestration.study import place_run, study_table
 from pipeline import task
 from tests.conftest import ROOT
-from training import study, study_stats
-from training.study import place_run, study_table
+from training import study_stats
 
 STUDIES = sorted((ROOT / "configs" / "studies").glob("*.yaml"))
 
@@ -453,10 +455,11 @@ def test_a_tiny_study_chooses_on_validation_runs_every_seed_and_resumes(tmp_path
 
 @pytest.mark.slow
 def test_the_library_sft_keeps_its_report_so_a_second_call_reuses_the_model(tmp_path):
-    """A study (or compare) calls training.sft.run_sft, not the job: it reused nothing before the report was kept."""
+    """A study (or compare) calls orchestration.sft.run_sft, not the job: it reused nothing before the report was
+    kept."""
     import ray
 
-    from training.sft import run_sft
+    from orchestration.sft import run_sft
 
     cfg = load_config(ROOT / "configs/tiny.yaml", [f"output_dir={tmp_path}", "sft.steps=2", "ray.num_cpus=2"])
     ray.init(address="local", num_cpus=2, include_dashboard=False)

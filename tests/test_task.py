@@ -95,7 +95,7 @@ def test_demonstrator_error_outside_unit_interval_is_an_error():
 
 
 def test_task_scores_count_slips_apart_from_other_errors():
-    from training.evaluation import task_scores
+    from training.answer_scores import task_scores
 
     prompts = ["Which is the biggest of 5 9 2?\nAnswer: "] * 3 + ["Largest number in: 4 4 4\nAnswer: "]
     scores = task_scores(prompts, ["9", "2", "7", "4"])  # right, the slip (the minimum), another error, right
@@ -164,7 +164,7 @@ def test_one_seed_draws_the_same_questions_in_both_forms_and_each_form_parses_wh
 
 
 def test_paired_differences_are_per_prompt_means_with_a_t_interval():
-    from training.evaluation import paired_differences
+    from training.answer_scores import paired_differences
 
     reference = {"exact_match": [0.0, 0.0, 1.0, 1.0], "mean_reward": [0.0, 0.25, 1.0, 1.0]}
     policy = {"exact_match": [1.0, 1.0, 1.0, 0.0], "mean_reward": [1.0, 1.0, 1.0, 0.25]}

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from configs.schema import load_config
-from pipeline import stages, task
+from pipeline import frames, stages, task
 from pipeline.read import check_batch, read_piece, source_spec, task_rows, templated
 from pipeline.tokenize import chat_renderer, encode_prompt, pad_token_id, response_end_id, user_prompt
 from tests.conftest import ROOT
@@ -44,7 +44,7 @@ def _prepared(tokenizer, tmp_path, *overrides):
     cfg = load_config(ROOT / "configs/tiny.yaml", [f"data.source={source}", *overrides])
     model_dir = _saved(tokenizer, tmp_path)
     spec, (piece,) = source_spec(cfg, model_dir)
-    rows = stages.as_lists(check_batch(pa.concat_tables(read_piece(piece, None)), spec).to_pandas())
+    rows = frames.as_lists(check_batch(pa.concat_tables(read_piece(piece, None)), spec).to_pandas())
     is_templated = templated(cfg, spec, model_dir)
     end_id = response_end_id(tokenizer, cfg.data.chat_template, is_templated)  # as the prepare graph does
     return stages.tokenize_records(

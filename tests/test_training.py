@@ -10,12 +10,15 @@ import pandas as pd
 import pytest
 import torch
 
-from configs.schema import ConfigError, TrainConfig, load_config
+from configs.base import ConfigError
+from configs.schema import load_config
+from configs.train import TrainConfig
+from orchestration.train import run_train
 from training import losses as L
 from training.batches import collate, pack_groups
 from training.group_reader import split_heldout
 from training.objective import implicit_accuracy, length_metric_sums, preference_loss
-from training.train import run_train, step_groups
+from training.worker import step_groups
 
 ROOT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
@@ -301,7 +304,7 @@ def test_training_from_the_directory_it_exports_to_is_refused_before_any_work(ti
 
 
 def test_heldout_batches_are_loaded_one_at_a_time_when_the_evaluation_reaches_them():
-    from training.train import heldout_batches
+    from training.heldout_metrics import heldout_batches
 
     loaded: list[list[int]] = []
 
@@ -326,7 +329,7 @@ def test_a_micro_batch_mixing_scored_and_unscored_prompts_is_refused_not_trained
 
 
 def test_a_scored_source_whose_rows_gain_negatives_is_refused_unless_a_reward_scores_them(tmp_path):
-    from pipeline.graph import reward_mode
+    from orchestration.prepare import reward_mode
 
     def cfg(reward):
         return load_config(
@@ -343,7 +346,7 @@ def test_a_scored_source_whose_rows_gain_negatives_is_refused_unless_a_reward_sc
 
 
 def test_an_explicit_none_reward_drops_the_scores_of_every_row_alike():
-    from pipeline.stages import drop_scores
+    from pipeline.rewards import drop_scores
 
     rows = pd.DataFrame({"scores": [[1.0, 0.0], [0.5, 0.2, 0.1]]})
     assert drop_scores(rows)["scores"].tolist() == [[], []]
@@ -408,7 +411,7 @@ def test_recorded_step0_reference_makes_a_bf16_policy_tie_with_itself_exactly():
 
 
 def test_training_on_a_reference_of_another_precision_is_refused_naming_both(tmp_path):
-    from training.train import check_reference_precision
+    from orchestration.train import check_reference_precision
 
     cfg = load_config(ROOT_CONFIG, ["train.deepspeed.dtype=bf16"])
     with pytest.raises(

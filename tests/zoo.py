@@ -160,7 +160,7 @@ def write_task_as_chat(
     answer (``messages``), or with ``pairs`` the answer against the family's slip (``chosen``/``rejected``)."""
     import json
 
-    from configs.schema import TaskConfig
+    from configs.data import TaskConfig
     from pipeline import task
 
     train, _ = task.splits(seed, TaskConfig(n_train=n_train, demonstrator_error=0.0 if pairs else demonstrator_error))

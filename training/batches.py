@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from models.packing import Packed, pack_shared_prompts
 from pipeline.stages import anchor_index
-from pipeline.tokenize import Packed, pack_shared_prompts
 
 
 def _list_or_none(value):
@@ -111,7 +111,7 @@ class Batch:
 
 def collate(groups: list[dict], pad_id: int, row_tokens: int, share_prompts: bool = True) -> Batch:
     """Tensors of ``groups``; sequences are packed into rows of ``row_tokens``, prompts shared or not as the
-    model's :func:`training.logprobs.forward_plan` says (see :class:`Packed`)."""
+    model's :func:`models.logprobs.forward_plan` says (see :class:`Packed`)."""
     members = [(g, m) for g, group in enumerate(groups) for m in group["members"]]
     K = max(len(m["response_ids"]) for _, m in members)
     P = len(members)

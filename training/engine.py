@@ -11,7 +11,7 @@ from ray.train.torch import TorchConfig
 from transformers import AutoModelForCausalLM
 
 from actors.device import model_dtype
-from configs.schema import DeepSpeedConfig
+from configs.train import DeepSpeedConfig
 
 
 def deepspeed_config(

@@ -11,7 +11,7 @@ from peft import PeftModel, get_peft_model
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from configs.schema import LoraConfig
+from configs.train import LoraConfig
 
 
 def with_lora(model: nn.Module, cfg: LoraConfig) -> nn.Module:

@@ -15,7 +15,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from configs.schema import ModelConfig
+from configs.data import ModelConfig
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from configs.schema import PAIRWISE_LOSSES, TrainConfig
+from configs.train import PAIRWISE_LOSSES, TrainConfig
 from training import losses as L
 from training.batches import Batch
 

