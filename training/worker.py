@@ -119,7 +119,7 @@ def train_worker_loop(lc: dict) -> None:
         )
 
     start, acc_start = 0, None
-    checkpoint = ray.train.getcheckpoint()
+    checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
             state = checkpointing.restore(Path(d), engine, world, bool(tc.lora))
@@ -234,7 +234,7 @@ def train_worker_loop(lc: dict) -> None:
             state = {"heldout_accuracy_start": acc_start, "heldout_reference": heldout_reference}
             data_log.flush()
             job_store.push(job_dir, only=None if rank == 0 else data_log_name)  # metrics and logs, with each checkpoint
-            checkpoint(
+            save_checkpoint(
                 engine,
                 tokenizer,
                 rank,
@@ -251,7 +251,9 @@ def train_worker_loop(lc: dict) -> None:
     job_store.push(job_dir, only=None if rank == 0 else data_log_name)
 
 
-def checkpoint(engine, tokenizer, rank: int, world: int, step: int, lora: bool, state: dict, metrics: dict) -> None:
+def save_checkpoint(
+    engine, tokenizer, rank: int, world: int, step: int, lora: bool, state: dict, metrics: dict
+) -> None:
     """Write the checkpoint on every rank (training/checkpointing.py); Ray merges the ranks' files and keeps them."""
     with tempfile.TemporaryDirectory() as tmp:
         checkpointing.write(Path(tmp), engine, tokenizer, rank, world, step, state, lora)
