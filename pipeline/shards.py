@@ -55,11 +55,7 @@ def is_shard_name(name: str) -> bool:
 
 
 def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return storage.at(path).sha256()
 
 
 def content_fingerprint(path: str | Path, cache: dict | None = None) -> str:
