@@ -55,7 +55,9 @@ class _Sampler:
         new_ids: list[list[list[int]]] = [[] for _ in range(len(batch))]
         for i, samples in zip(idx, sampled):
             new_ids[i] = samples
-        out = append_negatives(batch, new_ids, "autoregressive", self.tokenizer)
+        out = append_negatives(
+            batch, new_ids, "autoregressive", self.tokenizer, drop_anchor_copies=self.cfg.keep_ground_truth
+        )
         out = as_lists(out)
         out["generated_tokens"] = [sum(len(s) for s in x) for x in new_ids]
         out["seconds_autoregressive"] = (time.perf_counter() - started) / max(len(out), 1)

@@ -45,8 +45,8 @@ class HeldoutScores:
 
     @torch.no_grad()
     def score(self, group_ids: list[int], beta: float, micro_groups: int) -> tuple[float, dict[str, list[float]]]:
-        """Implicit-reward accuracy of the policy on ``group_ids``, and its anchor-minus-negative reward margins by
-        the negative's origin."""
+        """Implicit-reward accuracy of the policy on ``group_ids`` (NaN where no pair of responses is ordered by
+        its labels: all scores equal), and its anchor-minus-negative reward margins by the negative's origin."""
         correct = pairs = 0.0
         margins: dict[str, list[float]] = {}
         device = next(self.policy.parameters()).device
@@ -66,4 +66,4 @@ class HeldoutScores:
             for member, r in zip(members, rewards):
                 for origin, value in zip(member["origins"][1:], r[1 : len(member["origins"])]):
                     margins.setdefault(origin, []).append(float(r[0] - value))
-        return correct / max(pairs, 1), margins
+        return correct / pairs if pairs else float("nan"), margins

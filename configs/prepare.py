@@ -36,6 +36,24 @@ class NegativesConfig(Section):
         default="vllm",
         description="Autoregressive sampler: vllm (default), or hf (transformers.generate, an explicit fallback).",
     )
+    keep_ground_truth: bool = Field(
+        default=True,
+        description="false: each group is the model's own scored samples alone (rejection sampling's and the "
+        "self-sample studies' setting): the ground truth prompts the sampling and leaves the group once the "
+        "samples are scored, a sample equal to it is kept, and the trainer anchors each prompt on its best-scored "
+        "sample. Needs autoregressive >= 2, no negatives made from the ground truth, and a reward that scores.",
+    )
+
+    @model_validator(mode="after")
+    def _self_samples_need_samples(self) -> NegativesConfig:
+        made_from_truth = {"meanfield": self.meanfield, "truncation": self.truncation, "batch": self.batch}
+        if not self.keep_ground_truth and (self.autoregressive < 2 or any(made_from_truth.values())):
+            raise ValueError(
+                "negatives.keep_ground_truth=false makes groups of the model's samples alone: it needs "
+                f"autoregressive >= 2 (it is {self.autoregressive}) and no negatives made from the ground truth "
+                f"({', '.join(f'{k}={v}' for k, v in made_from_truth.items())})"
+            )
+        return self
 
 
 class GroupingConfig(Section):
@@ -144,6 +162,14 @@ class PrepareConfig(Section):
     model_actor_gpus: float = Field(
         default=0, ge=0, description="GPUs per small-model actor (fractions such as 0.25 let several share one device)."
     )
+
+    @model_validator(mode="after")
+    def _self_samples_are_scored(self) -> PrepareConfig:
+        if not self.negatives.keep_ground_truth and self.reward in ("none", "source"):
+            raise ValueError(
+                f"negatives.keep_ground_truth=false needs a reward that scores the samples, not reward={self.reward!r}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _tensor_parallel(self) -> PrepareConfig:

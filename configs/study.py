@@ -102,6 +102,10 @@ class StudyConfig(Section):
         description="--quick: one seed, the first grid point of each method its claims compare and of the control "
         "(of every method when it has neither), and these dotted keys set.",
     )
+    quick_methods: list[str] = Field(
+        default_factory=list,
+        description="--quick runs these methods instead of those the claims compare and the control (empty: those).",
+    )
 
     @model_validator(mode="after")
     def _names(self) -> StudyConfig:
@@ -114,6 +118,9 @@ class StudyConfig(Section):
             unknown = [n for n in (claim.better, claim.than) if n not in names]
             if unknown:
                 raise ValueError(f"claim {claim.claim!r} names {unknown}, not among the methods {names}")
+        unknown = [n for n in self.quick_methods if n not in names]
+        if unknown:
+            raise ValueError(f"quick_methods names {unknown}, not among the methods {names}")
         return self
 
     def seeds_run(self, quick: bool) -> list[int]:
@@ -121,10 +128,13 @@ class StudyConfig(Section):
         return self.seeds[:1] if quick else self.seeds
 
     def methods_run(self, quick: bool) -> list[StudyMethod]:
-        """The methods a run trains: all, or with --quick those its claims compare and the control (all when none)."""
+        """The methods a run trains: all, or with --quick ``quick_methods``, else those its claims compare and the
+        control (all when none)."""
         if not quick:
             return self.methods
-        named = {n for claim in self.claims for n in (claim.better, claim.than)} | {self.control}
+        named = set(self.quick_methods) or {n for claim in self.claims for n in (claim.better, claim.than)} | {
+            self.control
+        }
         return [m for m in self.methods if m.name in named] or self.methods
 
 

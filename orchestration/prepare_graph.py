@@ -21,7 +21,7 @@ from actors.reward_model import RewardModelScores
 from configs.schema import Config
 from pipeline import grouping
 from pipeline.frames import active, as_lists, row_seed, timed
-from pipeline.negatives import append_negatives, truncation_negatives
+from pipeline.negatives import append_negatives, truncation_negatives, without_ground_truth
 from pipeline.read import CHECKED_SCHEMA
 from pipeline.report import shard_stats
 from pipeline.rewards import drop_scores, group_statistics, load_scorer, score_responses
@@ -244,6 +244,8 @@ def build_main_graph(
             batch_format="pandas",
             batch_size=None,
         )
+    if not neg.keep_ground_truth:
+        ds = ds.map_batches(timed("without_ground_truth", without_ground_truth), batch_format="pandas", batch_size=None)
     if p.embed_responses:
         ds = ds.map_batches(
             Embedder,

@@ -8,21 +8,25 @@ import random
 import pandas as pd
 import torch
 
+from pipeline.frames import active
 from pipeline.stages import anchor_index
 
 
-def append_negatives(batch: pd.DataFrame, new_ids: list[list[list[int]]], origin: str, tokenizer) -> pd.DataFrame:
+def append_negatives(
+    batch: pd.DataFrame, new_ids: list[list[list[int]]], origin: str, tokenizer, drop_anchor_copies: bool = True
+) -> pd.DataFrame:
     """Append token-id negatives (one list per row) with their decoded text and origin.
 
     A negative identical to the row's anchor is not a negative: it is dropped and counted in
-    ``duplicate_negatives`` (a sample can reproduce the ground truth exactly).
+    ``duplicate_negatives`` (a sample can reproduce the ground truth exactly), unless ``drop_anchor_copies`` is
+    false (self-samples, where the ground truth leaves the group and a sample equal to it is a good one).
     """
     batch = batch.copy()
     responses, origins, ids, scores, duplicates = [], [], [], [], []
     previous = batch["duplicate_negatives"] if "duplicate_negatives" in batch else [0] * len(batch)
     for row, extra, dup in zip(batch.itertuples(), new_ids, previous):
         anchor = [int(t) for t in row.response_ids[anchor_index(row.origins)]]
-        kept = [[int(t) for t in x] for x in extra if [int(t) for t in x] != anchor]
+        kept = [[int(t) for t in x] for x in extra if not drop_anchor_copies or [int(t) for t in x] != anchor]
         responses.append(list(row.responses) + [tokenizer.decode(x, skip_special_tokens=True) for x in kept])
         origins.append(list(row.origins) + [origin] * len(kept))
         ids.append([list(x) for x in row.response_ids] + kept)
@@ -61,3 +65,22 @@ def meanfield_resample(
     new_ids = response_ids.clone()
     new_ids[positions] = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
     return new_ids, positions
+
+
+def without_ground_truth(batch: pd.DataFrame) -> pd.DataFrame:
+    """Each active row's group without its ground truth once every sample is scored
+    (``prepare.negatives.keep_ground_truth=false``): the model's samples alone, in the order they were drawn.
+    The rows were lone ground truths when tokenized, so none of what remains was cut (``truncated`` 0)."""
+    batch = batch.copy()
+    columns = {c: list(batch[c]) for c in ("responses", "origins", "scores", "response_ids")}
+    truncated = list(batch["truncated"])
+    for i, ok in enumerate(active(batch)):
+        if ok:
+            keep = [j for j, o in enumerate(batch["origins"].iloc[i]) if o != "ground_truth"]
+            for values in columns.values():
+                values[i] = [list(values[i])[j] for j in keep]
+            truncated[i] = 0
+    for c, values in columns.items():
+        batch[c] = values
+    batch["truncated"] = truncated
+    return batch

@@ -23,6 +23,7 @@ STAGE_ORDER = (
     "meanfield",
     "truncation",
     "rewards",
+    "without_ground_truth",
     "embed_responses",
     "group_statistics",
     "ref_logps",

@@ -38,6 +38,19 @@ def _write(tmp_path, text: str) -> Path:
         ("model:\n  hidden_size: 64\n  num_heads: 4\n", "head_dim"),
         ("- a\n- b\n", "top level must be a mapping"),
         ("sft: [1, 2\n", "not valid YAML"),
+        (
+            "prepare:\n  negatives: {autoregressive: 4, meanfield: 1, keep_ground_truth: false}\n",
+            "no negatives made from the ground truth (meanfield=1, truncation=1, batch=0)",
+        ),
+        (
+            "prepare:\n  negatives: {autoregressive: 1, meanfield: 0, truncation: 0, keep_ground_truth: false}\n",
+            "autoregressive >= 2 (it is 1)",
+        ),
+        (
+            "prepare:\n  reward: none\n  negatives: {autoregressive: 4, meanfield: 0, truncation: 0, "
+            "keep_ground_truth: false}\n",
+            "needs a reward that scores the samples, not reward='none'",
+        ),
     ],
 )
 def test_bad_config_names_key_and_file(tmp_path, text, needle):

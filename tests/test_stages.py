@@ -214,6 +214,30 @@ def test_negatives_identical_to_the_anchor_are_dropped_and_counted(tiny_model_di
     assert out["duplicate_negatives"].iloc[0] == 1 and out["responses"].iloc[0][1] == "bc"
 
 
+def test_self_samples_keep_a_copy_of_the_truth_and_lose_the_truth_once_scored(tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    batch = _batch(tokenizer, ["Say abc again.\nAnswer: ", "Say de.\nAnswer: "], ["abc", "de"])
+    batch["skip_reason"] = ["", "prompt_over_length"]
+    truth = list(batch["response_ids"].iloc[0][0])
+    out = negatives.append_negatives(
+        batch, [[truth[1:], truth], []], "autoregressive", tokenizer, drop_anchor_copies=False
+    )
+    assert (
+        out["duplicate_negatives"].iloc[0] == 0
+        and list(out["origins"].iloc[0]) == ["ground_truth"] + ["autoregressive"] * 2
+    )
+    out = rewards.score_responses(out, lambda prompt, response: float(response == "abc"))
+    out["truncated"] = [1, 1]
+    out = negatives.without_ground_truth(out)
+    first, skipped = out.iloc[0], out.iloc[1]
+    # the samples alone, in the order drawn, each with its own score and tokens
+    assert list(first["origins"]) == ["autoregressive"] * 2 and list(first["responses"]) == ["bc", "abc"]
+    assert list(first["scores"]) == [0.0, 1.0] and [list(r) for r in first["response_ids"]] == [truth[1:], truth]
+    assert first["truncated"] == 0
+    # a row skipped before the stages is left as it was
+    assert list(skipped["origins"]) == ["ground_truth"] and skipped["truncated"] == 1
+
+
 def test_programmatic_scorers_load_by_name():
     assert rewards.load_scorer("task")("Add 1 and 2.\nAnswer: ", "3") == 1.0
     assert rewards.load_scorer("pipeline.task:reward") is rewards.load_scorer("task")

@@ -179,12 +179,12 @@ def test_the_demo_trains_what_study_a_chose_on_validation():
 
 
 def test_the_real_model_demo_trains_what_the_self_samples_study_chose_on_validation():
-    """README "What `make run` does": on SmolLM2's own samples, the study chose NCA on its validation split
-    (seed 0, 2026-12-01)."""
+    """README "Method studies on a real model": on SmolLM2's own samples, study (f) chose NCA at K = 8 on its
+    validation split (seed 0, 2026-12-02)."""
     study = load_study(ROOT / "configs/studies/self_samples.yaml")
     assert study.choose_method and study.base == "configs/demo.yaml"
-    nca = next(m for m in study.methods if m.name == "nca")
-    chosen = run_config(study, nca, {}, seed=0, quick=False)
+    method = next(m for m in study.methods if m.name == "nca K=8")
+    chosen = run_config(study, method, grid_points(method.grid)[0], seed=0, quick=False)
     demo = load_config(ROOT / "configs/demo.yaml")
     assert chosen.train.model_dump(exclude={"checkpoint_every", "log_every"}) == demo.train.model_dump(
         exclude={"checkpoint_every", "log_every"}
@@ -374,6 +374,18 @@ def test_quick_trains_what_the_claims_compare_and_the_control_and_prepares_only_
         "TN",
         "BN",
     ]
+
+
+def test_quick_methods_name_what_quick_trains_and_must_be_methods(tmp_path):
+    study = load_study(ROOT / "configs/studies/self_samples.yaml")
+    assert [m.name for m in study.methods_run(quick=True)] == study.quick_methods
+    assert len(study.methods_run(quick=False)) == len(study.methods) > len(study.quick_methods)
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        json.dumps({"base": "configs/tiny.yaml", "methods": [{"name": "dpo"}], "quick_methods": ["dpo", "nca"]})
+    )
+    with pytest.raises(ConfigError, match=r"quick_methods names \['nca'\], not among the methods \['dpo'\]"):
+        load_study(path)
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ from orchestration.train import run_train
 from training import losses as L
 from training.batches import collate, pack_groups
 from training.group_reader import split_heldout
+from training.heldout_metrics import SUMMED, ratios
 from training.objective import implicit_accuracy, length_metric_sums, preference_loss
 from training.worker import step_groups
 
@@ -61,6 +62,17 @@ def test_max_responses_keeps_the_anchor_and_the_first_others():
     assert m["ref_logps"] == [-2.0, -3.0] and m["rank"] == [0, 1]  # stored order [1, 2, 0] without the dropped one
 
 
+def test_a_group_of_samples_alone_is_anchored_on_the_best_of_the_samples_kept():
+    rows = _rows().assign(origins=[["autoregressive"] * 3] * 6, scores=[[0.2, 0.5, 1.0]] * 6)
+    m = pack_groups(rows)[0]["members"][0]
+    assert m["scores"] == [1.0, 0.2, 0.5] and m["response_ids"][0] == [8, 2] and m["ref_logps"][0] == -1.0
+    # K = 2 of the same samples: the first two drawn, the better of those first (not the best of all three)
+    m = pack_groups(rows, max_responses=2)[0]["members"][0]
+    assert m["scores"] == [0.5, 0.2] and m["response_ids"] == [[6, 7, 2], [5, 2]] and m["rank"] == [0, 1]
+    # the source's own anchor stays where it is, whatever a reward says of the others
+    assert pack_groups(_rows().assign(scores=[[2.0, 1.0, 0.5]] * 6))[0]["members"][0]["origins"][0] == "ground_truth"
+
+
 def test_columns_that_are_null_throughout_read_as_absent():
     # Ray Data hands a list column holding only nulls to pandas as NA, not None (paired data without scores).
     rows = _rows().assign(scores=pd.NA, rank=pd.NA, ref_logps=None)
@@ -99,6 +111,12 @@ def test_implicit_accuracy_orders_pairs_by_score():
     rewards = torch.tensor([[3.0, 1.0, 2.0], [0.0, 1.0, 2.0]])
     correct, pairs = implicit_accuracy(rewards, batch)
     assert pairs == 6 and correct == 3 + 1  # first prompt all 3 right; second only 0.5 > 0.2 right
+
+
+def test_an_accuracy_over_no_ordered_pair_is_nan_not_zero():
+    total = dict.fromkeys(SUMMED, 0.0) | {"accuracy_correct": 3.0, "accuracy_pairs": 4.0}
+    figures = ratios(total)
+    assert figures["accuracy"] == 0.75 and math.isnan(figures["lc_accuracy"])
 
 
 def test_step_groups_cover_each_epoch_exactly_once():

@@ -3,7 +3,8 @@
 A *group* is what the prepare job grouped (RPO's contrast group: related prompts); each prompt
 carries K responses. The trainer's unit of data is the whole group, so no batch ever splits
 one. Within a prompt the anchor response (:func:`pipeline.stages.anchor_index`: the one the prepare
-stages built negatives from) is moved to index 0, which is where CPO expects the ground truth.
+stages built negatives from) is moved to index 0, which is where CPO expects the ground truth; a group of the
+model's own samples alone (every origin ``autoregressive``) is anchored on its best-scored sample.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pandas as pd
 import torch
 
 from models.packing import Packed, pack_shared_prompts
-from pipeline.stages import anchor_index
+from pipeline.stages import anchor_index, best_scored_first
 
 
 def _list_or_none(value):
@@ -29,6 +30,10 @@ def _prompt_record(row, max_responses: int | None) -> dict:
     scores = None if scores is None else [float(s) for s in scores]
     a = anchor_index(origins)
     perm = ([a] + [i for i in range(len(origins)) if i != a])[:max_responses]
+    if scores is not None and set(origins) == {"autoregressive"}:
+        # the model's own samples alone: the best-scored of those kept is the anchor (rejection sampling's choice)
+        best = best_scored_first([origins[i] for i in perm], [scores[i] for i in perm])
+        perm = [perm[i] for i in best] if best else perm
     where = {old: new for new, old in enumerate(perm)}
     rank, ref = _list_or_none(row.get("rank")), _list_or_none(row.get("ref_logps"))
     return {

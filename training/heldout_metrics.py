@@ -34,7 +34,9 @@ SUMMED = (
 
 
 def ratios(total: dict) -> dict[str, float]:
-    return {name: total[num] / max(total[den], 1) for name, (num, den) in RATIOS.items()}
+    """Each ratio of the summed figures; NaN where nothing was counted (no pair ordered by its labels: an accuracy
+    of 0 there would read as a policy ranking every pair wrong)."""
+    return {name: total[num] / total[den] if total[den] else float("nan") for name, (num, den) in RATIOS.items()}
 
 
 def sequence_values(engine, ref_model, batch: Batch, live_reference: bool, plan: ForwardPlan):
