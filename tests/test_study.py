@@ -179,11 +179,11 @@ def test_the_demo_trains_what_study_a_chose_on_validation():
 
 
 def test_the_real_model_demo_trains_what_the_self_samples_study_chose_on_validation():
-    """README "Method studies on a real model": on SmolLM2's own samples, study (f) chose NCA at K = 8 on its
+    """README "Method studies on a real model": on SmolLM2's own samples, study (f) chose InfoNCA at K = 8 on its
     validation split (seed 0, 2026-12-02)."""
     study = load_study(ROOT / "configs/studies/self_samples.yaml")
     assert study.choose_method and study.base == "configs/demo.yaml"
-    method = next(m for m in study.methods if m.name == "nca K=8")
+    method = next(m for m in study.methods if m.name == "infonca K=8")
     chosen = run_config(study, method, grid_points(method.grid)[0], seed=0, quick=False)
     demo = load_config(ROOT / "configs/demo.yaml")
     assert chosen.train.model_dump(exclude={"checkpoint_every", "log_every"}) == demo.train.model_dump(
