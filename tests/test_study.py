@@ -69,6 +69,9 @@ def test_a_claim_holds_only_when_its_interval_lies_above_zero():
     assert claim("a", "one")["verdict"] == "one seed: no interval"
     table = study_stats.claims_markdown([claim("a", "b")], ("exact_match",), "exact_match")
     assert "| x (a − b) | +0.100 ± 0.000 | holds |" in table
+    # --quick with quick_methods runs only some methods: a claim naming one that did not run has no row
+    both = [StudyClaim(claim="y", better="a", than="b"), StudyClaim(claim="z", better="a", than="not run")]
+    assert [row["claim"] for row in study_stats.claim_rows(final, both, "exact_match")] == ["y"]
 
 
 def test_a_claim_naming_an_unknown_method_is_refused(tmp_path):

@@ -72,9 +72,10 @@ def verdict(diff: tuple[float, float] | None) -> str:
 
 
 def claim_rows(final: dict[str, dict[int, dict]], claims: list, metric: str) -> list[dict]:
-    """Per claim: the paired differences better − than of every metric and the verdict on ``metric``."""
+    """Per claim whose two methods both ran (``--quick`` may run only some, ``quick_methods``): the paired
+    differences better − than of every metric and the verdict on ``metric``."""
     rows = []
-    for claim in claims:
+    for claim in (c for c in claims if c.better in final and c.than in final):
         row: dict = {"claim": claim.claim, "better": claim.better, "than": claim.than}
         for name in METRICS:
             diff = paired(final[claim.better], final[claim.than], name)
