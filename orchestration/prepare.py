@@ -61,11 +61,6 @@ def reward_mode(cfg: Config, has_scores: bool, adds_negatives: bool) -> str:
                 "to score every response, set the prepare.negatives counts to 0 to train on the source's scores, or "
                 "set prepare.reward=none to train without scores"
             )
-        if cfg.data.source and not cfg.prepare.negatives.keep_ground_truth:
-            raise ValueError(
-                f"prepare.negatives.keep_ground_truth=false needs the samples of {cfg.data.source} scored, and "
-                "prepare.reward=auto has no scorer for them: set prepare.reward to 'module:function' or 'model:<dir>'"
-            )
         return "task" if not cfg.data.source else "none"
     if mode == "source" and adds_negatives:
         raise ValueError(
@@ -101,11 +96,17 @@ def front_pass(cfg: Config, model_dir: str, tokenizer, root: Store, key: str) ->
     response ends with (:func:`pipeline.tokenize.response_end_id`) and the directory."""
     directory = root / f"front-{key}"
     ds, spec = read_checked(cfg, model_dir)
-    if spec and spec.format != "ground_truth" and not cfg.prepare.negatives.keep_ground_truth:
-        raise ValueError(
-            f"{spec.path}: prepare.negatives.keep_ground_truth=false samples from each row's prompt and drops its "
-            f"ground truth, so the rows must have the ground_truth format, not {spec.format}"
-        )
+    if spec and not cfg.prepare.negatives.keep_ground_truth:  # refused before the front pass's work
+        if spec.format != "ground_truth":
+            raise ValueError(
+                f"{spec.path}: prepare.negatives.keep_ground_truth=false samples from each row's prompt and drops "
+                f"its ground truth, so the rows must have the ground_truth format, not {spec.format}"
+            )
+        if cfg.prepare.reward == "auto":
+            raise ValueError(
+                f"prepare.negatives.keep_ground_truth=false needs the samples of {spec.path} scored, and "
+                "prepare.reward=auto has no scorer for them: set prepare.reward to 'module:function' or 'model:<dir>'"
+            )
     chat_templated = templated(cfg, spec, model_dir)
     end_id = response_end_id(tokenizer, cfg.data.chat_template, chat_templated)
     if (directory / "_DONE").is_file():
