@@ -6,12 +6,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from actors.device import load_on_device
+from configs.train import TrainConfig
 from models.architectures import forward_plan
 from models.logprobs import packed_logps
 from pipeline.tokenize import pad_token_id
 from training.batches import collate
 from training.group_reader import GroupReader
-from training.objective import implicit_accuracy
+from training.objective import implicit_accuracy, implicit_logps, length_metric_sums
 
 
 class HeldoutScores:
@@ -43,12 +44,9 @@ class HeldoutScores:
         self.reader = GroupReader(shard_files, max_responses)
         self.row_tokens = row_tokens
 
-    @torch.no_grad()
-    def score(self, group_ids: list[int], beta: float, micro_groups: int) -> tuple[float, dict[str, list[float]]]:
-        """Implicit-reward accuracy of the policy on ``group_ids`` (NaN where no pair of responses is ordered by
-        its labels: all scores equal), and its anchor-minus-negative reward margins by the negative's origin."""
-        correct = pairs = 0.0
-        margins: dict[str, list[float]] = {}
+    def _rewards(self, group_ids: list[int], micro_groups: int):
+        """Per micro-batch of ``group_ids``: its groups, its batch (on the CPU), both models' summed log-probs and the
+        responses' token counts, ``[P, K]`` each."""
         device = next(self.policy.parameters()).device
         for start in range(0, len(group_ids), micro_groups):
             groups = self.reader.read(group_ids[start : start + micro_groups])
@@ -59,11 +57,45 @@ class HeldoutScores:
                 if self.policy is self.reference
                 else batch.gather(packed_logps(self.reference, batch.packed, self.plan))
             )
-            rewards = (beta * (policy - ref)).float().cpu()
-            c, p = implicit_accuracy(rewards, batch.to(torch.device("cpu")))
+            counts = batch.gather(batch.packed.response_lengths.float())
+            cpu = torch.device("cpu")
+            yield groups, batch.to(cpu), policy.float().cpu(), ref.float().cpu(), counts.cpu()
+
+    @torch.no_grad()
+    def score(self, group_ids: list[int], beta: float, micro_groups: int) -> tuple[float, dict[str, list[float]]]:
+        """Implicit-reward accuracy of the policy on ``group_ids`` (NaN where no pair of responses is ordered by
+        its labels: all scores equal), and its anchor-minus-negative reward margins by the negative's origin."""
+        correct = pairs = 0.0
+        margins: dict[str, list[float]] = {}
+        for groups, batch, policy, ref, _ in self._rewards(group_ids, micro_groups):
+            rewards = beta * (policy - ref)
+            c, p = implicit_accuracy(rewards, batch)
             correct, pairs = correct + c, pairs + p
             members = [m for g in groups for m in g["members"]]
             for member, r in zip(members, rewards):
                 for origin, value in zip(member["origins"][1:], r[1 : len(member["origins"])]):
                     margins.setdefault(origin, []).append(float(r[0] - value))
         return correct / pairs if pairs else float("nan"), margins
+
+    @torch.no_grad()
+    def preference_accuracy(self, group_ids: list[int], tc: TrainConfig) -> dict[str, float]:
+        """Held-out preference accuracy on ``group_ids``: how often the policy's implicit reward (as ``tc`` trains
+        it: summed or per-token log-ratios, R-DPO's length term) ranks the preferred response of a label-ordered
+        pair higher, over all such pairs (``implicit_accuracy``) and over those of similar length
+        (``lc_accuracy``), with the pair counts; NaN where there are none."""
+        sums = {"correct": 0.0, "pairs": 0, "lc_correct": 0.0, "lc_pairs": 0}
+        for _, batch, policy, ref, counts in self._rewards(group_ids, tc.micro_groups):
+            policy, ref = implicit_logps(tc, policy, ref, counts)
+            rewards = tc.beta * (policy - ref)
+            c, p = implicit_accuracy(rewards, batch)
+            lengths = length_metric_sums(rewards, batch, counts)
+            sums["correct"] += c
+            sums["pairs"] += p
+            sums["lc_correct"] += lengths["lc_correct"]
+            sums["lc_pairs"] += lengths["lc_pairs"]
+        return {
+            "implicit_accuracy": sums["correct"] / sums["pairs"] if sums["pairs"] else float("nan"),
+            "lc_accuracy": sums["lc_correct"] / sums["lc_pairs"] if sums["lc_pairs"] else float("nan"),
+            "test_pairs": sums["pairs"],
+            "test_lc_pairs": sums["lc_pairs"],
+        }

@@ -117,6 +117,19 @@ class DataConfig(Section):
     )
     split: str | None = Field(default=None, description="Keep only rows whose `split` field equals this (e.g. train).")
     hf_split: str = Field(default="train", description="Split taken from a DatasetDict directory.")
+    test_fraction: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="Share of the source's prompts set apart as test rows, by a hash of the prompt and the seed (a "
+        "repeated prompt is always on one side), before any grouping: the same test prompts whatever the contrast "
+        "groups, so a study on the user's data scores every method on them. 0: no test rows.",
+    )
+    rows: Literal["train", "test"] = Field(
+        default="train",
+        description="Which side of test_fraction a prepare reads: the training rows, or the test rows (a study's "
+        "test prepare); the other side's rows are counted as other_split in the report.",
+    )
     on_bad_row: Literal["error", "skip"] = Field(
         default="error",
         description="A malformed row stops the job with an error naming file, row and field (error), or is skipped "
@@ -134,3 +147,14 @@ class DataConfig(Section):
         description="Rows whose prompt plus longest response exceed this many characters are bad rows (null: no "
         "limit).",
     )
+
+    @model_validator(mode="after")
+    def _test_rows(self) -> DataConfig:
+        if self.rows == "test" and not self.test_fraction:
+            raise ValueError("data.rows: test reads the test rows, which data.test_fraction: 0 leaves empty")
+        if self.test_fraction and not self.source:
+            raise ValueError(
+                "data.test_fraction sets apart test rows of data.source; the embedded task has its own held-out "
+                "split (task.n_heldout)"
+            )
+        return self

@@ -23,19 +23,16 @@ from orchestration.answers import (
     task_answers,
 )
 from pipeline import storage, task
+from pipeline.shards import verified_shard_files
 from training import plots
 from training.answer_scores import paired_differences, task_scores_per_prompt
 from training.progress import Progress, resident_mb, restart_peak
 
 
-def heldout_margins(model_dir: str | Path, cfg) -> tuple[float, dict[str, list[float]]]:
-    """Implicit-reward accuracy of a model against the reference (``cfg.policy_dir()``) on the held-out contrast
-    groups, and its anchor-minus-negative margins by the negative's origin. Both models are scored by a Ray actor
-    (:class:`actors.heldout.HeldoutScores`, the model actors' resources) in the trainer's precision, so the driver
-    loads no model and reads no group."""
+def _scores_actor(model_dir: str | Path, cfg, files: list) -> ray.actor.ActorHandle:
+    """A :class:`actors.heldout.HeldoutScores` actor for ``model_dir`` against ``cfg``'s reference on ``files``."""
     p = cfg.prepare
-    files, held = heldout_groups(cfg)
-    actor = ray.remote(num_cpus=p.model_actor_cpus, num_gpus=p.model_actor_gpus or None)(HeldoutScores).remote(
+    return ray.remote(num_cpus=p.model_actor_cpus, num_gpus=p.model_actor_gpus or None)(HeldoutScores).remote(
         str(cfg.policy_dir()),
         str(model_dir),
         files,
@@ -44,8 +41,30 @@ def heldout_margins(model_dir: str | Path, cfg) -> tuple[float, dict[str, list[f
         cfg.pack_row_tokens(),
         max(1, int(p.model_actor_cpus)),
     )
+
+
+def heldout_margins(model_dir: str | Path, cfg) -> tuple[float, dict[str, list[float]]]:
+    """Implicit-reward accuracy of a model against the reference (``cfg.policy_dir()``) on the held-out contrast
+    groups, and its anchor-minus-negative margins by the negative's origin. Both models are scored by a Ray actor
+    (:class:`actors.heldout.HeldoutScores`, the model actors' resources) in the trainer's precision, so the driver
+    loads no model and reads no group."""
+    files, held = heldout_groups(cfg)
+    actor = _scores_actor(model_dir, cfg, files)
     try:
         return ray.get(actor.score.remote(held, cfg.train.beta, cfg.train.micro_groups))
+    finally:
+        ray.kill(actor)
+
+
+def preference_scores_on_test_rows(model_dir: str | Path, cfg, test_cfg) -> dict[str, float]:
+    """Held-out preference accuracy (and its length-controlled version) of a model trained by ``cfg`` against
+    its reference, on every group of ``test_cfg``'s prepared shards (the test rows, ``data.rows: test``), with the
+    implicit reward ``cfg.train`` trains; scored in a Ray actor like :func:`heldout_margins`."""
+    files = verified_shard_files(storage.job_store(test_cfg, "prepare") / "shards")
+    group_ids = sorted({g for f in files for g in f.read_table(columns=["group_id"])["group_id"].to_pylist()})
+    actor = _scores_actor(model_dir, cfg, files)
+    try:
+        return ray.get(actor.preference_accuracy.remote(group_ids, cfg.train))
     finally:
         ray.kill(actor)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from configs.schema import Config
 from configs.study import StudyConfig, StudyMethod, grid_points, run_config
 from orchestration.answers import answer_scores
-from orchestration.evaluate import heldout_margins
+from orchestration.evaluate import heldout_margins, preference_scores_on_test_rows
 from orchestration.prepare import run_prepare
 from orchestration.sft import run_sft
 from orchestration.train import run_train
@@ -60,9 +60,30 @@ def _data_ready(cfg: Config) -> None:
     run_prepare(cfg)  # reused when these shards exist
 
 
+def prepared_test_rows(cfg: Config, root: Path, cache: Path, seed: int) -> Config | None:
+    """On the user's data with ``data.test_fraction``: the config of the seed's test rows, prepared (once, in the
+    cache) with the run's data settings but one prompt per group, so every method of the study, whatever its
+    contrast groups, is scored on the same prompts. None on the embedded task (it has its own held-out split)."""
+    if not cfg.data.test_fraction:
+        return None
+    test = cfg.model_copy(deep=True)
+    test.data.rows = "test"
+    test.prepare.grouping.method, test.prepare.grouping.group_size = "random", 1
+    place_run(test, root, cache, seed)
+    run_prepare(test)  # reused when these shards exist
+    return test
+
+
 def _scores(cfg: Config, model_dir: Path, split: str) -> dict:
     cfg.evaluate.split = split
     return answer_scores(cfg, model_dir)
+
+
+def trainer_accuracy(cfg: Config, trained: dict) -> dict:
+    """The trainer's implicit-reward accuracy on its held-out groups at the end (on the user's data, with its
+    length-controlled version: the validation figures there)."""
+    accuracy = {"implicit_accuracy": trained["heldout_accuracy_end"]}
+    return {**accuracy, "lc_accuracy": trained["heldout_lc_accuracy_end"]} if cfg.data.source else accuracy
 
 
 def run_one(
@@ -82,9 +103,14 @@ def run_one(
         trained = run_train(cfg, job=job)
         trained_file.write_text(json.dumps(trained, indent=2, default=str))
     started = time.perf_counter()
+    policy = Path(trained["policy_dir"])
+    test = prepared_test_rows(cfg, root, Path(study.cache_dir), seed) if split == "heldout" else None
     scores = {
-        **_scores(cfg, Path(trained["policy_dir"]), split),
-        "implicit_accuracy": trained["heldout_accuracy_end"],
+        **(
+            preference_scores_on_test_rows(policy, cfg, test)
+            if test
+            else {**_scores(cfg, policy, split), **trainer_accuracy(cfg, trained)}
+        ),
         "train_seconds": trained["wall_seconds"],
         "score_seconds": time.perf_counter() - started,
     }
@@ -107,10 +133,15 @@ def reference_scores(study: StudyConfig, method: StudyMethod, seed: int, root: P
     if kept.is_file():
         return json.loads(kept.read_text())
     _data_ready(cfg)
-    scores = {
-        **_scores(cfg, cfg.policy_dir(), "heldout"),
-        "implicit_accuracy": heldout_margins(cfg.policy_dir(), cfg)[0],
-    }
+    test = prepared_test_rows(cfg, root, Path(study.cache_dir), seed)
+    scores = (
+        preference_scores_on_test_rows(cfg.policy_dir(), cfg, test)
+        if test
+        else {
+            **_scores(cfg, cfg.policy_dir(), "heldout"),
+            "implicit_accuracy": heldout_margins(cfg.policy_dir(), cfg)[0],
+        }
+    )
     kept.write_text(json.dumps(scores, indent=2))
     return scores
 

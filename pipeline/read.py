@@ -11,6 +11,7 @@ prepare graph finds them afterwards (:func:`duplicate_rows`).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from pathlib import Path
@@ -74,6 +75,16 @@ class SourceSpec:
     on_bad_row: str
     model_dir: str
     chat_template: str
+    test_fraction: float = 0.0  # data.test_fraction, data.rows == "test" and the seed: which prompts this read keeps
+    test_rows: bool = False
+    seed: int = 0
+
+
+def is_test_prompt(prompt: str, seed: int, fraction: float) -> bool:
+    """Whether ``prompt`` is a test row at ``data.test_fraction``: a hash of the seed and the prompt text, so the side
+    depends on neither the row's position nor the grouping, and a repeated prompt is never on both sides."""
+    digest = hashlib.blake2b(f"{seed}\0{prompt}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") < fraction * 2**64
 
 
 def source_pieces(path: str | Path, hf_split: str) -> tuple[str, str, list[Piece]]:
@@ -190,7 +201,10 @@ def check_batch(batch: pa.Table, spec: SourceSpec) -> pa.Table:
             checked = check_row(
                 item, number, fmt=fmt, split=spec.split, max_chars=spec.max_chars, renderer=render, stem=spec.stem
             )
-            if checked is None:
+            if checked is None or (
+                spec.test_fraction
+                and is_test_prompt(checked[2].prompt, spec.seed, spec.test_fraction) != spec.test_rows
+            ):
                 record["skip_reason"] = OTHER_SPLIT
             else:
                 rid, _, group = checked
@@ -227,6 +241,9 @@ def source_spec(cfg: Config, model_dir: str) -> tuple[SourceSpec, list[Piece]]:
         on_bad_row=d.on_bad_row,
         model_dir=model_dir,
         chat_template=d.chat_template,
+        test_fraction=d.test_fraction,
+        test_rows=d.rows == "test",
+        seed=cfg.seed,
     )
     return spec, pieces
 

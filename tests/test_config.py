@@ -51,6 +51,8 @@ def _write(tmp_path, text: str) -> Path:
             "keep_ground_truth: false}\n",
             "needs a reward that scores the samples, not reward='none'",
         ),
+        ("data:\n  source: pairs.jsonl\n  rows: test\n", "data.test_fraction: 0 leaves empty"),
+        ("data:\n  test_fraction: 0.2\n", "the embedded task has its own held-out split"),
     ],
 )
 def test_bad_config_names_key_and_file(tmp_path, text, needle):

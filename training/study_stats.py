@@ -6,7 +6,7 @@ import math
 
 from scipy import stats
 
-METRICS = ("exact_match", "mean_reward", "slip_rate", "implicit_accuracy")
+METRICS = ("exact_match", "mean_reward", "slip_rate", "implicit_accuracy", "lc_accuracy")
 
 
 def interval(values: list[float]) -> tuple[float, float]:
