@@ -44,22 +44,24 @@ class HeldoutScores:
         self.reader = GroupReader(shard_files, max_responses)
         self.row_tokens = row_tokens
 
-    def _rewards(self, group_ids: list[int], micro_groups: int):
+    def _rewards(self, group_ids: list[int], micro_groups: int, reference: list | None = None):
         """Per micro-batch of ``group_ids``: its groups, its batch (on the CPU), both models' summed log-probs and the
-        responses' token counts, ``[P, K]`` each."""
+        responses' token counts, ``[P, K]`` each; the reference's are ``reference[i]`` for the i-th micro-batch when
+        given (what this scorer computed for the reference on the same batches: the same numbers, one forward)."""
         device = next(self.policy.parameters()).device
-        for start in range(0, len(group_ids), micro_groups):
+        for i, start in enumerate(range(0, len(group_ids), micro_groups)):
             groups = self.reader.read(group_ids[start : start + micro_groups])
             batch = collate(groups, self.pad_id, self.row_tokens, self.plan.share_prompts).to(device)
-            policy = batch.gather(packed_logps(self.policy, batch.packed, self.plan))
-            ref = (
-                policy
-                if self.policy is self.reference
-                else batch.gather(packed_logps(self.reference, batch.packed, self.plan))
-            )
+            policy = batch.gather(packed_logps(self.policy, batch.packed, self.plan)).float().cpu()
+            if reference is not None:
+                ref = torch.tensor(reference[i], dtype=torch.float32)
+            elif self.policy is self.reference:
+                ref = policy
+            else:
+                ref = batch.gather(packed_logps(self.reference, batch.packed, self.plan)).float().cpu()
             counts = batch.gather(batch.packed.response_lengths.float())
             cpu = torch.device("cpu")
-            yield groups, batch.to(cpu), policy.float().cpu(), ref.float().cpu(), counts.cpu()
+            yield groups, batch.to(cpu), policy, ref, counts.cpu()
 
     @torch.no_grad()
     def score(self, group_ids: list[int], beta: float, micro_groups: int) -> tuple[float, dict[str, list[float]]]:
@@ -78,13 +80,18 @@ class HeldoutScores:
         return correct / pairs if pairs else float("nan"), margins
 
     @torch.no_grad()
-    def preference_accuracy(self, group_ids: list[int], tc: TrainConfig) -> dict[str, float]:
+    def preference_accuracy(
+        self, group_ids: list[int], tc: TrainConfig, reference: list | None = None
+    ) -> tuple[dict[str, float], list]:
         """Held-out preference accuracy on ``group_ids``: how often the policy's implicit reward (as ``tc`` trains
         it: summed or per-token log-ratios, R-DPO's length term) ranks the preferred response of a label-ordered
         pair higher, over all such pairs (``implicit_accuracy``) and over those of similar length
-        (``lc_accuracy``), with the pair counts; NaN where there are none."""
+        (``lc_accuracy``), with the pair counts; NaN where there are none. Also the policy's summed log-probs per
+        micro-batch: scored as the reference, they are the ``reference`` of later calls on the same groups."""
         sums = {"correct": 0.0, "pairs": 0, "lc_correct": 0.0, "lc_pairs": 0}
-        for _, batch, policy, ref, counts in self._rewards(group_ids, tc.micro_groups):
+        logps = []
+        for _, batch, policy, ref, counts in self._rewards(group_ids, tc.micro_groups, reference):
+            logps.append(policy.tolist())
             policy, ref = implicit_logps(tc, policy, ref, counts)
             rewards = tc.beta * (policy - ref)
             c, p = implicit_accuracy(rewards, batch)
@@ -98,4 +105,4 @@ class HeldoutScores:
             "lc_accuracy": sums["lc_correct"] / sums["lc_pairs"] if sums["lc_pairs"] else float("nan"),
             "test_pairs": sums["pairs"],
             "test_lc_pairs": sums["lc_pairs"],
-        }
+        }, logps

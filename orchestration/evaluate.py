@@ -59,14 +59,24 @@ def heldout_margins(model_dir: str | Path, cfg) -> tuple[float, dict[str, list[f
 def preference_scores_on_test_rows(model_dir: str | Path, cfg, test_cfg) -> dict[str, float]:
     """Held-out preference accuracy (and its length-controlled version) of a model trained by ``cfg`` against
     its reference, on every group of ``test_cfg``'s prepared shards (the test rows, ``data.rows: test``), with the
-    implicit reward ``cfg.train`` trains; scored in a Ray actor like :func:`heldout_margins`."""
+    implicit reward ``cfg.train`` trains; scored in a Ray actor like :func:`heldout_margins`. The reference's
+    log-probs, scored once (``model_dir`` is the reference), are kept beside the test rows' run and reused: every
+    later model is scored by one forward, on the same batches as the reference was."""
     files = verified_shard_files(storage.job_store(test_cfg, "prepare") / "shards")
     group_ids = sorted({g for f in files for g in f.read_table(columns=["group_id"])["group_id"].to_pylist()})
+    kept = Path(test_cfg.output_dir) / "reference_test_logps.json"
+    layout = {"reference": str(cfg.policy_dir()), "group_ids": group_ids, "micro_groups": cfg.train.micro_groups}
+    is_reference = Path(model_dir).resolve() == cfg.policy_dir().resolve()
+    stored = json.loads(kept.read_text()) if kept.is_file() and not is_reference else None
+    reference = stored["logps"] if stored is not None and stored["layout"] == layout else None
     actor = _scores_actor(model_dir, cfg, files)
     try:
-        return ray.get(actor.preference_accuracy.remote(group_ids, cfg.train))
+        scores, logps = ray.get(actor.preference_accuracy.remote(group_ids, cfg.train, reference))
     finally:
         ray.kill(actor)
+    if is_reference:
+        kept.write_text(json.dumps({"layout": layout, "logps": logps}))
+    return scores
 
 
 def reward_eval(cfg, reference: Path, policy: Path, scorer, out: Path) -> dict:

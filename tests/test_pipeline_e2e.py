@@ -255,3 +255,55 @@ def test_evaluation_scores_a_live_reference_when_the_shards_hold_none(tiny_copy,
     accuracy, margins = heldout_margins(cfg.policy_dir(), cfg)
     assert accuracy == pytest.approx(0.5) and accuracy == with_ref[0]  # the reference against itself
     assert all(abs(m) < 1e-5 for values in margins.values() for m in values)
+
+
+def test_preference_accuracy_on_test_rows_is_the_implicit_accuracy_and_half_for_the_reference(run_dir, in_process_ray):
+    """The studies' held-out preference accuracy (actors.heldout.HeldoutScores.preference_accuracy, here on every
+    group of the tiny shards): with summed rewards it is the evaluation's implicit accuracy on the same groups; the
+    reference against itself scores exactly 0.5, in both the plain and the length-controlled accuracy."""
+    import ray
+
+    from actors.heldout import HeldoutScores
+    from configs.schema import load_config
+    from orchestration.evaluate import preference_scores_on_test_rows
+    from pipeline.shards import verified_shard_files
+    from tests.conftest import ROOT
+
+    if not (run_dir / "train" / "policy" / "config.json").is_file():
+        run_job("train", run_dir, *TRAIN)
+    cfg = load_config(ROOT / "configs/tiny.yaml", [f"output_dir={run_dir}"])
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    policy = run_dir / "train" / "policy"
+    reference = preference_scores_on_test_rows(cfg.policy_dir(), cfg, cfg)
+    trained = preference_scores_on_test_rows(policy, cfg, cfg)
+    assert reference["implicit_accuracy"] == 0.5 and reference["test_pairs"] == trained["test_pairs"] > 0
+    assert reference["lc_accuracy"] == 0.5 or reference["test_lc_pairs"] == 0
+    files = verified_shard_files(run_dir / "prepare" / "shards")
+    ids = sorted({g for f in files for g in f.read_table(columns=["group_id"])["group_id"].to_pylist()})
+    scorer = HeldoutScores(
+        str(cfg.policy_dir()), str(policy), files, cfg.train.max_responses, "fp32", cfg.pack_row_tokens()
+    )
+    assert (run_dir / "reference_test_logps.json").is_file()  # the policy was scored against the kept reference
+    live, _ = scorer.preference_accuracy(ids, cfg.train)  # ... which gives what a live reference gives
+    assert trained["implicit_accuracy"] == pytest.approx(live["implicit_accuracy"], abs=1e-9)
+    assert trained["implicit_accuracy"] == pytest.approx(scorer.score(ids, cfg.train.beta, 2)[0])
+    assert trained["implicit_accuracy"] > 0.5  # the tiny run learns what its rewards say
+    mean, _ = scorer.preference_accuracy(ids, cfg.train.model_copy(update={"reward_normalization": "mean"}))
+    assert mean["test_pairs"] == trained["test_pairs"] and 0 <= mean["implicit_accuracy"] <= 1
+
+
+def test_self_samples_of_a_users_source_with_no_scorer_are_refused_before_the_front_pass(tiny_copy):
+    """keep_ground_truth: false on a user's ground-truth source with reward: auto (no scorer for the samples) was
+    refused only after the front pass had read, tokenized and embedded every row; now before it."""
+    source = tiny_copy / "truths.jsonl"
+    source.write_text("".join(json.dumps({"prompt": f"q{i}", "response": f"a{i}"}) + "\n" for i in range(8)))
+    sets = [
+        f"data.source={source}",
+        "prepare.reward=auto",
+        "prepare.negatives={autoregressive: 2, meanfield: 0, truncation: 0, batch: 0, keep_ground_truth: false}",
+    ]
+    fronts = sorted(tiny_copy.glob("prepare/work/front/front-*"))
+    with pytest.raises(AssertionError, match="prepare.reward=auto has no scorer for them") as refused:
+        run_job("prepare", tiny_copy, *sets)
+    assert str(source) in str(refused.value)
+    assert sorted(tiny_copy.glob("prepare/work/front/front-*")) == fronts  # no front pass for the refused source

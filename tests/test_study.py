@@ -484,3 +484,55 @@ def test_the_library_sft_keeps_its_report_so_a_second_call_reuses_the_model(tmp_
     finally:
         ray.shutdown()
     assert not first["reused"] and again["reused"] and again["model_dir"] == first["model_dir"]
+
+
+def test_on_the_users_data_every_method_is_scored_on_one_set_of_test_rows_whatever_its_groups(tmp_path, monkeypatch):
+    """RPO's related (neighbours) and random groups split their held-out groups differently: scored on the trainer's
+    held-out groups, the two would be compared on different prompts. With data.test_fraction every method of a
+    seed is scored on the same prepared test rows (one prompt per group), and chooses on the trainer's held-out
+    groups of training rows (validation)."""
+    shipped = load_study(ROOT / "configs/studies/rpo_hh_harmless.yaml")
+    shipped.output_dir, shipped.cache_dir, shipped.seeds = str(tmp_path / "out"), str(tmp_path / "cache"), [0, 1]
+    shipped.methods[0].grid = {"train.lr": [1e-3, 3e-4]}  # a grid: validation runs too
+    prepared, scored = [], []
+
+    def train(cfg, job):
+        cfg.job_dir(job).mkdir(parents=True)
+        return {
+            "policy_dir": str(cfg.job_dir(job) / "policy"),
+            "heldout_accuracy_end": 0.7 if "0.0003" in job else 0.6,
+            "heldout_lc_accuracy_end": 0.55,
+            "wall_seconds": 1.0,
+        }
+
+    def prepare(cfg):
+        prepared.append((cfg.seed, cfg.data.rows, cfg.prepare.grouping.method, cfg.prepare.grouping.group_size))
+
+    def score(model_dir, cfg, test):
+        scored.append((cfg.seed, cfg.prepare.grouping.method, Path(test.output_dir).resolve()))
+        return {"implicit_accuracy": 0.5 if model_dir == cfg.policy_dir() else 0.6, "lc_accuracy": 0.5}
+
+    monkeypatch.setattr(study, "run_train", train)
+    monkeypatch.setattr(study, "run_prepare", prepare)
+    monkeypatch.setattr(study, "preference_scores_on_test_rows", score)
+    monkeypatch.setattr(  # the configured reward (none on HH pairs) scores answers on validation, not on test
+        study, "_scores", lambda cfg, model_dir, split: {} if split == "validation" else pytest.fail(split)
+    )
+    report = study._study(shipped, Path(shipped.output_dir) / "full", quick=False)
+    assert report["chosen"]["dpo"] == "lr=0.0003"
+    assert report["validation"]["dpo"]["lr=0.0003"] == {
+        "implicit_accuracy": 0.7,
+        "lc_accuracy": 0.55,
+        "train_seconds": 1.0,
+        "score_seconds": report["validation"]["dpo"]["lr=0.0003"]["score_seconds"],
+    }
+    for seed in (0, 1):
+        tests = {where for s, _, where in scored if s == seed}
+        assert len(tests) == 1  # reference, related and random groups: one test set
+        assert {m for s, m, _ in scored if s == seed} == {"neighbors", "random"}
+        assert (seed, "test", "random", 1) in prepared
+    assert {k for k, v in report["final"]["rpo embedding random"]["1"].items() if "accuracy" in k} == {
+        "implicit_accuracy",
+        "lc_accuracy",
+    }
+    assert report["final"]["reference"]["0"]["implicit_accuracy"] == 0.5
