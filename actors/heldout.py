@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -12,7 +14,8 @@ from models.logprobs import packed_logps
 from pipeline.tokenize import pad_token_id
 from training.batches import collate
 from training.group_reader import GroupReader
-from training.objective import implicit_accuracy, implicit_logps, length_metric_sums
+from training.heldout_metrics import ratios
+from training.objective import implicit_accuracy, implicit_logps, reward_metric_sums
 
 
 class HeldoutScores:
@@ -88,21 +91,16 @@ class HeldoutScores:
         pair higher, over all such pairs (``implicit_accuracy``) and over those of similar length
         (``lc_accuracy``), with the pair counts; NaN where there are none. Also the policy's summed log-probs per
         micro-batch: scored as the reference, they are the ``reference`` of later calls on the same groups."""
-        sums = {"correct": 0.0, "pairs": 0, "lc_correct": 0.0, "lc_pairs": 0}
+        sums: Counter = Counter()
         logps = []
         for _, batch, policy, ref, counts in self._rewards(group_ids, tc.micro_groups, reference):
             logps.append(policy.tolist())
             policy, ref = implicit_logps(tc, policy, ref, counts)
-            rewards = tc.beta * (policy - ref)
-            c, p = implicit_accuracy(rewards, batch)
-            lengths = length_metric_sums(rewards, batch, counts)
-            sums["correct"] += c
-            sums["pairs"] += p
-            sums["lc_correct"] += lengths["lc_correct"]
-            sums["lc_pairs"] += lengths["lc_pairs"]
+            sums.update(reward_metric_sums(tc.beta * (policy - ref), batch, counts))
+        figures = ratios(sums)
         return {
-            "implicit_accuracy": sums["correct"] / sums["pairs"] if sums["pairs"] else float("nan"),
-            "lc_accuracy": sums["lc_correct"] / sums["lc_pairs"] if sums["lc_pairs"] else float("nan"),
-            "test_pairs": sums["pairs"],
+            "implicit_accuracy": figures["accuracy"],
+            "lc_accuracy": figures["lc_accuracy"],
+            "test_pairs": sums["accuracy_pairs"],
             "test_lc_pairs": sums["lc_pairs"],
         }, logps

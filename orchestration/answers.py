@@ -15,7 +15,7 @@ from actors.generator import VLLMAnswers
 from actors.reward_model import RewardModelScores
 from pipeline import storage, task
 from pipeline.rewards import load_scorer
-from pipeline.shards import read_manifest, verified_shard_files
+from pipeline.shards import read_manifest, shard_group_ids, verified_shard_files
 from pipeline.tokenize import chat_renderer, encode_prompt, response_end_id, user_prompt
 from training.answer_scores import task_scores
 from training.group_reader import split_heldout
@@ -37,7 +37,7 @@ def greedy_answers(model_dir: str | Path, prompt_ids: list[list[int]], cfg, end_
 def heldout_groups(cfg) -> tuple[list[str], list[int]]:
     """The verified shard files and the ids of the held-out contrast groups (the trainer's split)."""
     files = verified_shard_files(storage.job_store(cfg, "prepare") / "shards")
-    group_ids = sorted({g for f in files for g in f.read_table(columns=["group_id"])["group_id"].to_pylist()})
+    group_ids = shard_group_ids(files)
     return files, split_heldout(group_ids, cfg.train.heldout_fraction, cfg.seed)[1]
 
 

@@ -23,7 +23,7 @@ from orchestration.answers import (
     task_answers,
 )
 from pipeline import storage, task
-from pipeline.shards import verified_shard_files
+from pipeline.shards import shard_group_ids, verified_shard_files
 from training import plots
 from training.answer_scores import paired_differences, task_scores_per_prompt
 from training.progress import Progress, resident_mb, restart_peak
@@ -63,7 +63,7 @@ def preference_scores_on_test_rows(model_dir: str | Path, cfg, test_cfg) -> dict
     log-probs, scored once (``model_dir`` is the reference), are kept beside the test rows' run and reused: every
     later model is scored by one forward, on the same batches as the reference was."""
     files = verified_shard_files(storage.job_store(test_cfg, "prepare") / "shards")
-    group_ids = sorted({g for f in files for g in f.read_table(columns=["group_id"])["group_id"].to_pylist()})
+    group_ids = shard_group_ids(files)
     kept = Path(test_cfg.output_dir) / "reference_test_logps.json"
     layout = {"reference": str(cfg.policy_dir()), "group_ids": group_ids, "micro_groups": cfg.train.micro_groups}
     is_reference = Path(model_dir).resolve() == cfg.policy_dir().resolve()

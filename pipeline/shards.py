@@ -201,6 +201,11 @@ def verified_shard_files(directory: str | Path | Store) -> list[Store]:
     return files
 
 
+def shard_group_ids(files: list[Store]) -> list[int]:
+    """The contrast-group ids of shard files (:func:`verified_shard_files`), sorted, reading only that column."""
+    return sorted({g for f in files for g in f.read_table(columns=["group_id"])["group_id"].to_pylist()})
+
+
 def read_shards(directory: str | Path) -> pa.Table:
     """All shards of a complete prepare run, verified, as one table."""
     tables = [file.read_table() for file in verified_shard_files(directory)]

@@ -266,7 +266,7 @@ def test_preference_accuracy_on_test_rows_is_the_implicit_accuracy_and_half_for_
     from actors.heldout import HeldoutScores
     from configs.schema import load_config
     from orchestration.evaluate import preference_scores_on_test_rows
-    from pipeline.shards import verified_shard_files
+    from pipeline.shards import shard_group_ids, verified_shard_files
     from tests.conftest import ROOT
 
     if not (run_dir / "train" / "policy" / "config.json").is_file():
@@ -279,7 +279,7 @@ def test_preference_accuracy_on_test_rows_is_the_implicit_accuracy_and_half_for_
     assert reference["implicit_accuracy"] == 0.5 and reference["test_pairs"] == trained["test_pairs"] > 0
     assert reference["lc_accuracy"] == 0.5 or reference["test_lc_pairs"] == 0
     files = verified_shard_files(run_dir / "prepare" / "shards")
-    ids = sorted({g for f in files for g in f.read_table(columns=["group_id"])["group_id"].to_pylist()})
+    ids = shard_group_ids(files)
     scorer = HeldoutScores(
         str(cfg.policy_dir()), str(policy), files, cfg.train.max_responses, "fp32", cfg.pack_row_tokens()
     )

@@ -127,6 +127,13 @@ def length_metric_sums(rewards: Tensor, batch: Batch, token_counts: Tensor) -> d
     }
 
 
+def reward_metric_sums(rewards: Tensor, batch: Batch, token_counts: Tensor) -> dict[str, float]:
+    """The implicit rewards' ``[P, K]`` figures as sums to add over batches and ranks (``heldout_metrics.RATIOS``
+    makes them ratios): label-ordered pairs ranked right, and :func:`length_metric_sums`."""
+    correct, pairs = implicit_accuracy(rewards, batch)
+    return {"accuracy_correct": correct, "accuracy_pairs": pairs, **length_metric_sums(rewards, batch, token_counts)}
+
+
 def implicit_logps(tc: TrainConfig, policy: Tensor, ref: Tensor, token_counts: Tensor) -> tuple[Tensor, Tensor]:
     """The log-probs every loss contrasts (its implicit reward is ``beta * (policy - ref)``): the summed ones
     (``train.reward_normalization: sum``), or per response token (``mean``); then R-DPO's length term,
@@ -203,15 +210,11 @@ def preference_loss(
     keeps_nll = tc.loss == "sft" or (tc.loss == "cpo" and tc.cpo_alpha_mle > 0)
     valid = out.valid & (contrastable | keeps_nll)
     loss = (out.losses * valid).sum() / valid.sum().clamp(min=1)
-    rewards = tc.beta * (policy - ref).detach()
-    correct, pairs = implicit_accuracy(rewards, batch)
     metrics = {
         "loss": float(loss.detach()),
         "prompts": P,
         "skipped_prompts": int((~valid).sum()),
-        "accuracy_correct": correct,
-        "accuracy_pairs": pairs,
-        **length_metric_sums(rewards, batch, token_counts),
+        **reward_metric_sums(tc.beta * (policy - ref).detach(), batch, token_counts),
     }
     if "margin" in out.metrics:
         metrics["margin"] = float(out.metrics["margin"][valid].mean()) if valid.any() else 0.0
