@@ -494,6 +494,11 @@ def test_on_the_users_data_every_method_is_scored_on_one_set_of_test_rows_whatev
     shipped = load_study(ROOT / "configs/studies/rpo_hh_harmless.yaml")
     shipped.output_dir, shipped.cache_dir, shipped.seeds = str(tmp_path / "out"), str(tmp_path / "cache"), [0, 1]
     shipped.methods[0].grid = {"train.lr": [1e-3, 3e-4]}  # a grid: validation runs too
+    shipped.set["model.cache_dir"] = str(tmp_path / "models")  # a clean machine has converted no model
+    method = shipped.methods[0]
+    converted = run_config(shipped, method, grid_points(method.grid)[0], 0, False).gguf_model_dir()
+    converted.mkdir(parents=True)
+    (converted / "config.json").write_text("{}")
     prepared, scored = [], []
 
     def train(cfg, job):
