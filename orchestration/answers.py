@@ -41,10 +41,9 @@ def heldout_groups(cfg) -> tuple[list[str], list[int]]:
     return files, split_heldout(group_ids, cfg.train.heldout_fraction, cfg.seed)[1]
 
 
-def task_prompt_ids(cfg, model_dir: str | Path) -> tuple[list[str], list[list[int]], int]:
+def task_prompt_ids(cfg, tokenizer) -> tuple[list[str], list[list[int]], int]:
     """The task prompts of ``evaluate.split`` (held-out by default), their token ids as the model sees them (its
     chat template when one applies) and the token an answer ends with (the template's end of turn, else EOS)."""
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     render = chat_renderer(tokenizer, cfg.data.chat_template)
     prompts = [r["prompt"] for r in task.scored_split(cfg.seed, cfg.task, cfg.evaluate.split)]
     end_id = response_end_id(tokenizer, cfg.data.chat_template, render is not None)
@@ -53,22 +52,26 @@ def task_prompt_ids(cfg, model_dir: str | Path) -> tuple[list[str], list[list[in
 
 def task_answers(model_dir: str | Path, cfg) -> list[str]:
     """Greedy vLLM answers of a model to the task prompts of ``evaluate.split``."""
-    _, ids, end_id = task_prompt_ids(cfg, model_dir)
+    _, ids, end_id = task_prompt_ids(cfg, AutoTokenizer.from_pretrained(model_dir))
     return greedy_answers(model_dir, ids, cfg, end_id)
 
 
 def answer_scores(cfg, model_dir: str | Path) -> dict[str, float]:
-    """Scores of a model's greedy answers: task metrics on the embedded task (``evaluate.split``), the configured
-    reward on held-out prompts of the user's data (none when no reward can score new answers)."""
+    """Scores of a model's greedy answers and their mean length in tokens (``answer_tokens``): task metrics on the
+    embedded task (``evaluate.split``), the configured reward on held-out prompts of the user's data (no scores
+    when no reward can score new answers)."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if not cfg.data.source:
-        prompts, ids, end_id = task_prompt_ids(cfg, model_dir)
-        return task_scores(prompts, greedy_answers(model_dir, ids, cfg, end_id))
+        prompts, ids, end_id = task_prompt_ids(cfg, tokenizer)
+        answers = greedy_answers(model_dir, ids, cfg, end_id)
+        return {**task_scores(prompts, answers), "answer_tokens": mean_answer_tokens(tokenizer, answers)}
     scorer = answer_scorer(cfg)
     if scorer is None:
         return {}
     prompts, ids, end_id = heldout_prompts(cfg)
-    rewards = scorer(prompts, greedy_answers(model_dir, ids, cfg, end_id))
-    return {"mean_reward": sum(rewards) / len(rewards)}
+    answers = greedy_answers(model_dir, ids, cfg, end_id)
+    rewards = scorer(prompts, answers)
+    return {"mean_reward": sum(rewards) / len(rewards), "answer_tokens": mean_answer_tokens(tokenizer, answers)}
 
 
 def answer_scorer(cfg) -> Callable[[list[str], list[str]], list[float]] | None:
@@ -107,11 +110,15 @@ def heldout_prompts(cfg) -> tuple[list[str], list[list[int]], int | None]:
     return list(rows["prompt"]), [[int(t) for t in ids] for ids in rows["prompt_ids"]], end_id
 
 
+def mean_answer_tokens(tokenizer, answers: list[str]) -> float:
+    """Mean length of answers in tokens, so a gain bought by length shows."""
+    return sum(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers) / max(len(answers), 1)
+
+
 def answer_lengths(reference: Path, ref_answers: list[str], pol_answers: list[str]) -> dict[str, float]:
-    """Mean answer length in tokens of both models (the reference's tokenizer), so a gain bought by length shows."""
+    """Mean answer length in tokens of both models (the reference's tokenizer)."""
     tok = AutoTokenizer.from_pretrained(reference)
-
-    def mean(answers: list[str]) -> float:
-        return sum(len(tok(a, add_special_tokens=False)["input_ids"]) for a in answers) / max(len(answers), 1)
-
-    return {"reference_mean_answer_tokens": mean(ref_answers), "policy_mean_answer_tokens": mean(pol_answers)}
+    return {
+        "reference_mean_answer_tokens": mean_answer_tokens(tok, ref_answers),
+        "policy_mean_answer_tokens": mean_answer_tokens(tok, pol_answers),
+    }

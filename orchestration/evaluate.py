@@ -25,7 +25,7 @@ from orchestration.answers import (
 from pipeline import storage, task
 from pipeline.shards import shard_group_ids, verified_shard_files
 from training import plots
-from training.answer_scores import paired_differences, task_scores_per_prompt
+from training.answer_scores import family_means, paired_differences, task_scores_per_prompt
 from training.progress import Progress, resident_mb, restart_peak
 
 
@@ -113,13 +113,8 @@ def _task_report(
     progress.update(4, finished="policy answers")
     ref_each, pol_each = task_scores_per_prompt(prompts, ref_answers), task_scores_per_prompt(prompts, pol_answers)
     ref_scores, pol_scores = ({k: sum(v) / len(v) for k, v in each.items()} for each in (ref_each, pol_each))
-    by_family: dict[str, dict[str, float]] = {}
-    for family in sorted({r["family"] for r in heldout}):
-        idx = [i for i, r in enumerate(heldout) if r["family"] == family]
-        by_family[family] = {
-            who: sum(each["exact_match"][i] for i in idx) / len(idx)
-            for who, each in (("reference", ref_each), ("policy", pol_each))
-        }
+    ref_family, pol_family = (family_means(prompts, each["exact_match"]) for each in (ref_each, pol_each))
+    by_family = {f: {"reference": ref_family[f], "policy": pol_family[f]} for f in ref_family}
     samples = [
         {"prompt": p, "answer": r["response"], "reference": a, "policy": b}
         for p, r, a, b in list(zip(prompts, heldout, ref_answers, pol_answers))[:40]

@@ -54,6 +54,33 @@ def test_summary_rows_compare_with_reference_and_control_but_not_themselves():
     assert "| dpo | 2 | 0.400 ± " in table and "| +0.250 ± " in table
 
 
+def test_answer_length_and_each_familys_exact_match_are_study_metrics_after_the_fixed_ones():
+    def scores(em: float, add: float, tokens: float) -> dict:
+        return {
+            "exact_match": em,
+            "exact_match[add_digits]": add,
+            "exact_match[copy]": 2 * em - add,
+            "answer_tokens": tokens,
+            "train_seconds": 60.0,
+        }
+
+    final = {
+        "reference": {0: scores(0.2, 0.1, 9.0), 1: scores(0.3, 0.2, 10.0)},
+        "nca": {0: scores(0.5, 0.6, 8.0), 1: scores(0.6, 0.8, 7.0)},
+    }
+    rows = study_stats.summary_rows(final, control=None)
+    metrics = study_stats.present_metrics(rows)
+    assert metrics == ("exact_match", "answer_tokens", "exact_match[add_digits]", "exact_match[copy]")
+    nca = rows[1]
+    assert nca["exact_match[add_digits]"][0] == pytest.approx(0.7) and nca["answer_tokens"][0] == pytest.approx(7.5)
+    assert nca["exact_match[copy]_vs_reference"][0] == pytest.approx(0.35)
+    claims = study_stats.claim_rows(final, [StudyClaim(claim="x", better="nca", than="reference")], "exact_match")
+    assert claims[0]["answer_tokens"][0] == pytest.approx(-2.0) and "train_seconds" not in claims[0]
+    assert "| method | seeds | exact_match | answer_tokens | exact_match[add_digits] | exact_match[copy] |" in (
+        study_stats.markdown(rows, metrics)
+    )
+
+
 def test_a_claim_holds_only_when_its_interval_lies_above_zero():
     better = {0: {"exact_match": 0.30}, 1: {"exact_match": 0.32}, 2: {"exact_match": 0.34}}
     consistent = {s: {"exact_match": v["exact_match"] - 0.1} for s, v in better.items()}
@@ -453,6 +480,8 @@ def test_a_tiny_study_chooses_on_validation_runs_every_seed_and_resumes(tmp_path
     ]
     assert report["claims"][0]["exact_match"] == pytest.approx(list(study_stats.interval(dpo_vs_sft)))
     assert "| DPO > SFT (dpo − sft) |" in (tmp_path / "out" / "full" / "table.md").read_text()
+    families = {f"exact_match[{f}]" for f in load_config(ROOT / "configs" / "tiny.yaml").task.families}
+    assert families <= set(rows["dpo"]) and rows["dpo"]["answer_tokens"][0] > 0
     assert (tmp_path / "out" / "full" / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert proc.stdout.count("100% 40/40 steps") == 2, proc.stdout  # one SFT per seed, reused by all its runs
     # the seeds differ in data: their references are different models

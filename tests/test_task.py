@@ -102,6 +102,15 @@ def test_task_scores_count_slips_apart_from_other_errors():
     assert scores["exact_match"] == 0.5 and scores["slip_rate"] == 0.25  # where slip == answer it is right, not a slip
 
 
+def test_task_scores_give_exact_match_per_family():
+    from training.answer_scores import task_scores
+
+    prompts = ["Which is the biggest of 5 9 2?\nAnswer: "] * 2 + [CHAT_ADD] * 3
+    scores = task_scores(prompts, ["9", "2", "The answer is 42.", "The answer is 41.", "The answer is 42."])
+    assert scores["exact_match[max]"] == 0.5 and scores["exact_match[add]"] == pytest.approx(2 / 3)
+    assert scores["exact_match"] == pytest.approx(3 / 5) and len([k for k in scores if "[" in k]) == 2
+
+
 CHAT_ADD = "What is 17 plus 25?\nReply in the form: The answer is <number>."
 CHAT_SORT = (
     "Put these digits in ascending order: 1 2 6 4 9\nReply in the form: The answer is <digits, separated by spaces>."

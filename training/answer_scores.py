@@ -7,7 +7,7 @@ import torch
 
 from pipeline import task
 from pipeline.tokenize import pad_token_id
-from training.study_stats import interval
+from training.study_stats import family_metric, interval
 
 
 @torch.no_grad()
@@ -41,9 +41,22 @@ def task_scores_per_prompt(prompts: list[str], answers: list[str]) -> dict[str, 
     return {"exact_match": exact, "mean_reward": rewards, "slip_rate": slips}
 
 
+def family_means(prompts: list[str], values: list[float]) -> dict[str, float]:
+    """The mean of a per-answer figure over the answers to each task family's prompts."""
+    by_family: dict[str, list[float]] = {}
+    for prompt, value in zip(prompts, values):
+        by_family.setdefault(task.family_of(prompt), []).append(value)
+    return {family: sum(v) / len(v) for family, v in sorted(by_family.items())}
+
+
 def task_scores(prompts: list[str], answers: list[str]) -> dict[str, float]:
-    """Exact match, mean reward and slip rate of answers to embedded-task prompts."""
-    return {k: sum(v) / len(v) for k, v in task_scores_per_prompt(prompts, answers).items()}
+    """Exact match, mean reward and slip rate of answers to embedded-task prompts, and exact match per family
+    (``exact_match[<family>]``)."""
+    each = task_scores_per_prompt(prompts, answers)
+    return {
+        **{k: sum(v) / len(v) for k, v in each.items()},
+        **{family_metric(f): v for f, v in family_means(prompts, each["exact_match"]).items()},
+    }
 
 
 def paired_differences(reference: dict[str, list[float]], policy: dict[str, list[float]]) -> dict[str, float]:

@@ -3,10 +3,30 @@
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Iterable
 
 from scipy import stats
 
-METRICS = ("exact_match", "mean_reward", "slip_rate", "implicit_accuracy", "lc_accuracy")
+METRICS = ("exact_match", "mean_reward", "slip_rate", "answer_tokens", "implicit_accuracy", "lc_accuracy")
+# Exact match per task family follows METRICS, whichever families the task has.
+FAMILY_METRIC = re.compile(r"exact_match\[[^\]]+\]")
+
+
+def family_metric(family: str) -> str:
+    """The name of a task family's exact match among the study's metrics (matches :data:`FAMILY_METRIC`)."""
+    return f"exact_match[{family}]"
+
+
+def metrics_of(keys: Iterable[str]) -> tuple[str, ...]:
+    """The study metrics among ``keys``: those of :data:`METRICS` in its order, then the per-family exact matches."""
+    keys = set(keys)
+    return tuple(m for m in METRICS if m in keys) + tuple(sorted(k for k in keys if FAMILY_METRIC.fullmatch(k)))
+
+
+def run_metrics(final: dict[str, dict[int, dict]]) -> tuple[str, ...]:
+    """The metrics some run of ``final`` (method -> seed -> scores) has."""
+    return metrics_of(k for by_seed in final.values() for scores in by_seed.values() for k in scores)
 
 
 def interval(values: list[float]) -> tuple[float, float]:
@@ -40,10 +60,10 @@ def summary_rows(final: dict[str, dict[int, dict]], control: str | None) -> list
     """One row per method (``reference`` first): mean ± interval of each metric over seeds, and paired differences
     against the reference and the control."""
     baselines = {"reference": final.get("reference"), "control": final.get(control) if control else None}
-    rows = []
+    rows, metrics = [], run_metrics(final)
     for method, by_seed in final.items():
         row: dict = {"method": method, "seeds": len(by_seed)}
-        for metric in METRICS:
+        for metric in metrics:
             values = [s[metric] for s in by_seed.values() if metric in s]
             if not values:
                 continue
@@ -57,8 +77,8 @@ def summary_rows(final: dict[str, dict[int, dict]], control: str | None) -> list
 
 
 def present_metrics(rows: list[dict]) -> tuple[str, ...]:
-    """The metrics some row of ``rows`` has, in ``METRICS`` order (the embedded task has all; user data a reward)."""
-    return tuple(m for m in METRICS if any(m in row for row in rows))
+    """The metrics some row of ``rows`` has (:func:`metrics_of`: the embedded task has all; user data a reward)."""
+    return metrics_of(k for row in rows for k in row)
 
 
 def verdict(diff: tuple[float, float] | None) -> str:
@@ -74,10 +94,10 @@ def verdict(diff: tuple[float, float] | None) -> str:
 def claim_rows(final: dict[str, dict[int, dict]], claims: list, metric: str) -> list[dict]:
     """Per claim whose two methods both ran (``--quick`` may run only some, ``quick_methods``): the paired
     differences better − than of every metric and the verdict on ``metric``."""
-    rows = []
+    rows, metrics = [], run_metrics(final)
     for claim in (c for c in claims if c.better in final and c.than in final):
         row: dict = {"claim": claim.claim, "better": claim.better, "than": claim.than}
-        for name in METRICS:
+        for name in metrics:
             diff = paired(final[claim.better], final[claim.than], name)
             if diff is not None:
                 row[name] = diff
