@@ -210,8 +210,13 @@ def run_prepare(cfg: Config) -> dict:
             examples.append(bad_row_message(path, row, duplicate_id(rid)))
     good = counts["good"] - len(duplicates)
     if good == 0:
+        side = (
+            f" on the {cfg.data.rows} side of data.test_fraction={cfg.data.test_fraction}"
+            if cfg.data.test_fraction
+            else ""
+        )
         raise SourceError(
-            f"{path}: no valid rows ({counts['rows_read']} read, skipped: {counts['skipped']}); "
+            f"{path}: no valid rows{side} ({counts['rows_read']} read, skipped: {counts['skipped']}); "
             f"e.g. {next(iter(counts['examples'].values()), ['-'])[0]}",
             path=path,
         )

@@ -209,8 +209,19 @@ def run_study(study: StudyConfig, quick: bool = False) -> dict:
     return report
 
 
+def test_rows_ready(study: StudyConfig, methods: list[StudyMethod], seeds: list[int], root: Path, quick: bool) -> None:
+    """Every seed's test rows prepared (:func:`prepared_test_rows`) before any training, so data whose test side
+    is empty stops the study before it has trained anything."""
+    for seed in seeds:
+        for method in methods:
+            for point in grid_points(method.grid)[: 1 if quick else None]:
+                cfg = place_run(run_config(study, method, point, seed, quick), root, Path(study.cache_dir), seed)
+                prepared_test_rows(cfg, root, Path(study.cache_dir), seed)
+
+
 def _study(study: StudyConfig, root: Path, quick: bool) -> dict:
     seeds, methods = study.seeds_run(quick), study.methods_run(quick)
+    test_rows_ready(study, methods, seeds, root, quick)
     chosen, validation = choose_settings(study, methods, root, seeds[0], quick)
     final: dict[str, dict[int, dict]] = {"reference": {}}
     for seed in seeds:

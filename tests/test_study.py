@@ -17,6 +17,7 @@ from configs.study import StudyClaim, grid_points, load_study, run_config
 from orchestration import study
 from orchestration.study import place_run, study_table
 from pipeline import task
+from pipeline.source_errors import SourceError
 from tests.conftest import ROOT
 from training import study_stats
 
@@ -96,6 +97,7 @@ def test_a_claim_holds_only_when_its_interval_lies_above_zero():
     assert claim("a", "one")["verdict"] == "one seed: no interval"
     table = study_stats.claims_markdown([claim("a", "b")], ("exact_match",), "exact_match")
     assert "| x (a − b) | +0.100 ± 0.000 | holds |" in table
+    assert study_stats.cell((math.nan, math.nan), signed=True) == "n/a"  # nothing counted, not "+nan"
     # --quick with quick_methods runs only some methods: a claim naming one that did not run has no row
     both = [StudyClaim(claim="y", better="a", than="b"), StudyClaim(claim="z", better="a", than="not run")]
     assert [row["claim"] for row in study_stats.claim_rows(final, both, "exact_match")] == ["y"]
@@ -570,3 +572,24 @@ def test_on_the_users_data_every_method_is_scored_on_one_set_of_test_rows_whatev
         "lc_accuracy",
     }
     assert report["final"]["reference"]["0"]["implicit_accuracy"] == 0.5
+
+
+def test_a_study_whose_test_side_is_empty_stops_before_it_trains_anything(tmp_path, monkeypatch):
+    """The test rows are prepared for every seed first: a source whose rows all fall on the training side of
+    data.test_fraction is refused by prepare (it names the side) before any run trains."""
+    shipped = load_study(ROOT / "configs/studies/rpo_hh_harmless.yaml")
+    shipped.output_dir, shipped.cache_dir, shipped.seeds = str(tmp_path / "out"), str(tmp_path / "cache"), [0, 1]
+    shipped.set["model.cache_dir"] = str(tmp_path / "models")
+    method = shipped.methods[0]
+    converted = run_config(shipped, method, grid_points(method.grid)[0], 0, False).gguf_model_dir()
+    converted.mkdir(parents=True)
+    (converted / "config.json").write_text("{}")
+
+    def prepare(cfg):
+        if cfg.data.rows == "test" and cfg.seed == 1:
+            raise SourceError("no valid rows on the test side of data.test_fraction", path=cfg.data.source)
+
+    monkeypatch.setattr(study, "run_prepare", prepare)
+    monkeypatch.setattr(study, "run_train", lambda cfg, job: pytest.fail(f"{job} trained before the test rows"))
+    with pytest.raises(SourceError, match="test side"):
+        study._study(shipped, Path(shipped.output_dir) / "full", quick=False)

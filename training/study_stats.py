@@ -121,9 +121,13 @@ def claims_markdown(rows: list[dict], metrics: tuple[str, ...], metric: str) -> 
 
 
 def cell(value: tuple[float, float] | None, signed: bool = False) -> str:
+    """``mean ± half-width``; '–' where a row has no such figure, 'n/a' where its seeds counted nothing (NaN: e.g. no
+    held-out pair ordered by its scores)."""
     if value is None:
         return "–"
     mean, half = value
+    if math.isnan(mean):
+        return "n/a"
     text = f"{mean:+.3f}" if signed else f"{mean:.3f}"
     return text if math.isnan(half) else f"{text} ± {half:.3f}"
 
