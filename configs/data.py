@@ -128,7 +128,8 @@ class DataConfig(Section):
     rows: Literal["train", "test"] = Field(
         default="train",
         description="Which side of test_fraction a prepare reads: the training rows, or the test rows (a study's "
-        "test prepare); the other side's rows are counted as other_split in the report.",
+        "test prepare); the other side's rows are counted as other_split in the report, and so, on the test side, are "
+        "malformed rows (the training side's report counts each by its reason, once).",
     )
     on_bad_row: Literal["error", "skip"] = Field(
         default="error",

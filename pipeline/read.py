@@ -218,7 +218,10 @@ def check_batch(batch: pa.Table, spec: SourceSpec) -> pa.Table:
         except BadRow as bad:
             if spec.on_bad_row == "error":
                 raise bad_row_error(spec.path, number, bad) from None
-            record.update(skip_reason=f"source:{bad.reason}", skip_message=bad_row_message(spec.path, number, bad))
+            if spec.test_rows:  # a bad row may have no prompt to hash, so no side: the training side reports it
+                record["skip_reason"] = OTHER_SPLIT
+            else:
+                record.update(skip_reason=f"source:{bad.reason}", skip_message=bad_row_message(spec.path, number, bad))
         for name, value in record.items():
             out[name].append(value)
     return pa.table(out, schema=CHECKED_SCHEMA)

@@ -138,18 +138,22 @@ def test_test_rows_are_the_same_prompts_whatever_the_order_and_never_both_sides(
     """data.test_fraction: a prompt's side is fixed by its text and the seed, so a reordered file sets apart the same
     prompts, a repeated prompt lands on one side, and train + test are every row once."""
     rows = [{"prompt": f"question {i % 40}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(60)]
+    rows.append({"prompt": "question 1", "chosen": "", "rejected": "bad"})  # invalid: reported on one side only
     source = tmp_path / "pairs.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
     shuffled = tmp_path / "shuffled.jsonl"
     shuffled.write_text("".join(json.dumps(r) + "\n" for r in reversed(rows)))
-    train, skipped_train, _ = _through_ray(source, test_fraction=0.3)
-    test, skipped_test, _ = _through_ray(source, test_fraction=0.3, rows="test")
+    train, skipped_train, _ = _through_ray(source, test_fraction=0.3, on_bad_row="skip")
+    test, skipped_test, _ = _through_ray(source, test_fraction=0.3, rows="test", on_bad_row="skip")
     test_prompts = {r["prompt"] for r in test}
     assert {r["prompt"] for r in train}.isdisjoint(test_prompts)
     assert len(train) + len(test) == 60 and skipped_train[OTHER_SPLIT] == len(test)
-    assert skipped_test[OTHER_SPLIT] == len(train)
+    assert skipped_train["empty_response"] == 1 and "empty_response" not in skipped_test
+    assert skipped_test[OTHER_SPLIT] == len(train) + 1
     assert 4 <= len(test_prompts) <= 24  # about 30% of the 40 distinct prompts
-    assert {r["prompt"] for r in _through_ray(shuffled, test_fraction=0.3, rows="test")[0]} == test_prompts
+    assert {
+        r["prompt"] for r in _through_ray(shuffled, test_fraction=0.3, rows="test", on_bad_row="skip")[0]
+    } == test_prompts
     reseeded = load_config(
         ROOT / "configs/tiny.yaml",
         [f"data.source={source}", "data.chat_template=none", "prepare.max_rows=null", "data.test_fraction=0.3"]
