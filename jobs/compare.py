@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
         "exact_match",
         "mean_reward",
         "slip_rate",
+        "answer_tokens",
         "implicit_accuracy_start",
         "implicit_accuracy",
         "train_seconds",
