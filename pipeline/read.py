@@ -1,12 +1,10 @@
 """Sources as a Ray Data dataset: read in parallel by read tasks, checked row by row in a map stage.
 
-The file is split into pieces (a JSONL file, a Parquet row group, one Arrow file of a ``save_to_disk`` dataset),
-each read by its own Ray Data read task that attaches every row's number (the line number for JSONL, so numbers
-still match an editor). A map stage then applies the checks of :mod:`pipeline.sources` to each row: the same
-reason codes and messages as :func:`pipeline.sources.read_source`. A bad row either stops the job
-(``on_bad_row: error``: :class:`~pipeline.sources.SourceError` naming file, row and field) or flows on with its
-``skip_reason`` so that the report counts it; no row comes to the driver. Duplicate ids need every row, so the
-prepare graph finds them afterwards (:func:`duplicate_rows`).
+Pieces (a JSONL file, a Parquet row group, one Arrow file of a ``save_to_disk`` dataset) are read by one Ray Data
+read task each, with every row's number (JSONL: its line). A map stage applies :mod:`pipeline.sources`' checks
+(its reason codes and messages): a bad row stops the job (``on_bad_row: error``: file, row and field) or flows on
+with its ``skip_reason`` for the report (the training side's under ``data.test_fraction``: a bad row may have no
+prompt to hash); no row reaches the driver. Duplicate ids need every row: the prepare graph finds them afterwards.
 """
 
 from __future__ import annotations
@@ -218,10 +216,9 @@ def check_batch(batch: pa.Table, spec: SourceSpec) -> pa.Table:
         except BadRow as bad:
             if spec.on_bad_row == "error":
                 raise bad_row_error(spec.path, number, bad) from None
-            if spec.test_rows:  # a bad row may have no prompt to hash, so no side: the training side reports it
-                record["skip_reason"] = OTHER_SPLIT
-            else:
-                record.update(skip_reason=f"source:{bad.reason}", skip_message=bad_row_message(spec.path, number, bad))
+            reported = not spec.test_rows  # the training side reports a bad row (see the module docstring)
+            record.update(skip_reason=f"source:{bad.reason}" if reported else OTHER_SPLIT)
+            record.update(skip_message=bad_row_message(spec.path, number, bad) if reported else "")
         for name, value in record.items():
             out[name].append(value)
     return pa.table(out, schema=CHECKED_SCHEMA)
