@@ -215,8 +215,8 @@ def test_rows_ready(study: StudyConfig, methods: list[StudyMethod], seeds: list[
     for seed in seeds:
         for method in methods:
             for point in grid_points(method.grid)[: 1 if quick else None]:
-                cfg = place_run(run_config(study, method, point, seed, quick), root, Path(study.cache_dir), seed)
-                prepared_test_rows(cfg, root, Path(study.cache_dir), seed)
+                # the test rows' config is placed by prepared_test_rows: no run directory is made for the run here
+                prepared_test_rows(run_config(study, method, point, seed, quick), root, Path(study.cache_dir), seed)
 
 
 def _study(study: StudyConfig, root: Path, quick: bool) -> dict:
